@@ -1,0 +1,29 @@
+# Two entry points a fresh machine needs: `make demo` and `make test`. Both install what they need.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+export RAY_USAGE_STATS_ENABLED=0
+export HF_HUB_OFFLINE=1
+export AWS_EC2_METADATA_DISABLED=true
+
+.PHONY: install demo test lint
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: the local CPU build. A bare `torch` requirement would pull several GB of CUDA wheels.
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[test]'
+
+demo: install
+	$(BIN)/python -m diffseg.demo
+
+lint: install
+	$(BIN)/ruff check diffseg jobs tests
+
+test: install
+	$(BIN)/ruff check diffseg jobs tests
+	$(BIN)/python -m pytest -q

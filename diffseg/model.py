@@ -1,0 +1,290 @@
+"""Loading Stable Diffusion components, and offline builders for tests, the demo and benchmarks.
+
+``load_pipeline(uri)`` accepts:
+
+- ``"tiny"``: a few-MB random pipeline built in code with a fixed seed (SD 1.5's structure, small
+  channels, a generated CLIP tokenizer). Its masks are meaningless: it exists for tests and demos.
+- ``"sd15-random"`` / ``"sd21-random"``: full-size SD 1.5 / 2.1 architectures with random weights
+  (benchmarks: the timing is the same as with real weights).
+- a local folder, ``file://`` URL or any fsspec URL (``s3://bucket/sd15/``, ``gs://...``) of a
+  diffusers-format checkpoint (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``). Remote checkpoints are downloaded once per node into a local cache
+  (``$DIFFSEG_CACHE`` or ``~/.cache/diffseg``) under a file lock, into a temporary folder renamed into
+  place only when complete, so several actors starting together download once and an interrupted
+  download is never used.
+
+Only safetensors weights are read unless ``allow_pickle=True`` (pickle files can run code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+BUILTIN_MODELS = ("tiny", "sd15-random", "sd21-random")
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelLoadError(ValueError):
+    """The model URI does not name a usable diffusers Stable Diffusion checkpoint."""
+
+
+@dataclass
+class Pipeline:
+    """The frozen SD components diffseg reads. Weights are in eval mode with gradients off."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    name: str  # the URI or builtin name it was loaded from (never contains credentials)
+    dtype: torch.dtype
+    device: torch.device
+    is_random: bool = False  # True for builtin random-weight models: masks are meaningless
+
+    @property
+    def vae_scale(self) -> int:
+        """Spatial downsampling factor of the VAE (8 for every SD 1.x/2.x checkpoint)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` is fp16 on CUDA and fp32 on CPU; also accepts "fp32"/"fp16"/"bf16" or a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "fp32": torch.float32, "float32": torch.float32,
+        "fp16": torch.float16, "float16": torch.float16,
+        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    }
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` picks CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_pipeline(
+    uri: str,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    allow_pickle: bool = False,
+    cache_dir: str | None = None,
+) -> Pipeline:
+    """Loads the pipeline named by `uri` (see the module docstring) onto `device` in `dtype`."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if uri in BUILTIN_MODELS:
+        parts = build_random_components(uri)
+        is_random = True
+    else:
+        folder = fetch_checkpoint(uri, cache_dir=cache_dir)
+        parts = load_components(folder, uri, allow_pickle=allow_pickle)
+        is_random = False
+    for key in ("unet", "vae", "text_encoder"):
+        parts[key] = parts[key].to(device=dev, dtype=dt).eval().requires_grad_(False)
+    return Pipeline(**parts, name=redact_uri(uri), dtype=dt, device=dev, is_random=is_random)
+
+
+def redact_uri(uri: str) -> str:
+    """Drops any ``user:password@`` part of a URL, so names written to logs carry no secrets."""
+    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = uri.split("://", 1)
+        host_part, _, path = rest.partition("/")
+        return f"{scheme}://{host_part.rsplit('@', 1)[1]}/{path}"
+    return uri
+
+
+def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
+    """Returns a local folder holding the checkpoint named by `uri`, downloading remote ones once."""
+    import fsspec
+    from filelock import FileLock
+
+    if "://" not in uri or uri.startswith("file://"):
+        folder = Path(uri.removeprefix("file://")).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"model {uri!r}: no such folder. Pass 'tiny', 'sd15-random', 'sd21-random', a local "
+                "folder or an fsspec URL (s3://bucket/prefix/) of a diffusers-format checkpoint"
+            )
+        check_checkpoint_folder(folder, uri)
+        return folder
+
+    cache = Path(cache_dir or os.environ.get("DIFFSEG_CACHE", "~/.cache/diffseg")).expanduser() / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    final = cache / key
+    with FileLock(str(cache / f"{key}.lock")):
+        if (final / ".complete").exists():
+            return final
+        fs, root = fsspec.core.url_to_fs(uri)
+        root = root.rstrip("/")
+        try:
+            if not fs.exists(f"{root}/model_index.json"):
+                raise ModelLoadError(
+                    f"model {redact_uri(uri)!r} has no model_index.json: it is not a diffusers-format "
+                    "Stable Diffusion checkpoint (save one with pipeline.save_pretrained(folder))"
+                )
+            tmp = cache / f"{key}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            fs.get(f"{root}/", str(tmp), recursive=True)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # network, permissions, missing bucket
+            raise ModelLoadError(f"model {redact_uri(uri)!r} could not be downloaded: {exc}") from exc
+        check_checkpoint_folder(tmp, uri)
+        (tmp / ".complete").write_text("ok")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return final
+
+
+def check_checkpoint_folder(folder: Path, uri: str) -> None:
+    """Raises ModelLoadError naming `uri` and the missing parts when `folder` is not an SD checkpoint."""
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing or not (folder / "model_index.json").exists():
+        raise ModelLoadError(
+            f"model {redact_uri(uri)!r} is not a diffusers Stable Diffusion checkpoint: missing "
+            f"{', '.join(missing) or 'model_index.json'} (expected model_index.json, {', '.join(COMPONENTS)})"
+        )
+
+
+def load_components(folder: Path, uri: str, allow_pickle: bool = False) -> dict:
+    """Loads the five components from a checkpoint folder."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    use_st = None if allow_pickle else True
+    try:
+        return {
+            "unet": UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=use_st),
+            "vae": AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=use_st),
+            "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=use_st),
+            "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+            "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
+        }
+    except (OSError, ValueError, EnvironmentError) as exc:
+        hint = "" if allow_pickle else " (only .safetensors weights are read; pass allow_pickle=True to trust .bin files)"
+        raise ModelLoadError(f"model {redact_uri(uri)!r} could not be loaded{hint}: {exc}") from exc
+
+
+def save_pipeline(pipe: Pipeline, folder: str | Path) -> Path:
+    """Writes `pipe` as a diffusers-format checkpoint folder (safetensors), loadable by load_pipeline."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ("unet", "vae", "text_encoder"):
+        getattr(pipe, key).save_pretrained(folder / key, safe_serialization=True)
+    pipe.tokenizer.save_pretrained(folder / "tokenizer")
+    pipe.scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=1))
+    return folder
+
+
+# SD 1.5 / 2.1 architecture parameters; "tiny" keeps the structure with small channels.
+_ARCH = {
+    "sd15-random": dict(
+        channels=(320, 640, 1280, 1280), heads=8, cross_dim=768, text_layers=12, text_heads=12,
+        text_ff=3072, vae_channels=(128, 256, 512, 512), sample_size=64, linear_proj=False,
+        vocab_size=49408, upcast=False, prediction_type="epsilon",
+    ),
+    "sd21-random": dict(
+        channels=(320, 640, 1280, 1280), heads=(5, 10, 20, 20), cross_dim=1024, text_layers=23,
+        text_heads=16, text_ff=4096, vae_channels=(128, 256, 512, 512), sample_size=96, linear_proj=True,
+        vocab_size=49408, upcast=True, prediction_type="v_prediction",
+    ),
+    "tiny": dict(
+        channels=(32, 64, 64, 64), heads=2, cross_dim=32, text_layers=2, text_heads=2, text_ff=37,
+        vae_channels=(32, 32, 32, 32), sample_size=32, linear_proj=False, vocab_size=None,
+        upcast=False, prediction_type="epsilon",
+    ),
+}
+
+
+def build_random_components(name: str, seed: int = 0) -> dict:
+    """Builds the five components of a builtin architecture with random weights (fixed `seed`)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffseg.tokenizer import build_tiny_tokenizer
+
+    a = _ARCH[name]
+    if name == "tiny":
+        tokenizer = build_tiny_tokenizer()
+        vocab_size = len(tokenizer)
+    else:
+        tokenizer = build_tiny_tokenizer()  # same BPE code path; a real checkpoint brings its own
+        vocab_size = a["vocab_size"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=a["sample_size"],
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            block_out_channels=a["channels"],
+            layers_per_block=2,
+            cross_attention_dim=a["cross_dim"],
+            attention_head_dim=a["heads"],
+            use_linear_projection=a["linear_proj"],
+            upcast_attention=a["upcast"],
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(a["vae_channels"]),
+            up_block_types=("UpDecoderBlock2D",) * len(a["vae_channels"]),
+            block_out_channels=a["vae_channels"],
+            layers_per_block=1 if name == "tiny" else 2,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=a["sample_size"] * 8,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab_size,
+                hidden_size=a["cross_dim"],
+                intermediate_size=a["text_ff"],
+                num_hidden_layers=a["text_layers"],
+                num_attention_heads=a["text_heads"],
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=a["prediction_type"],
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
