@@ -18,6 +18,7 @@ Only safetensors weights are read unless ``allow_pickle=True`` (pickle files can
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -92,11 +93,29 @@ def load_pipeline(
         is_random = True
     else:
         folder = fetch_checkpoint(uri, cache_dir=cache_dir)
-        parts = load_components(folder, uri, allow_pickle=allow_pickle)
+        with quiet_diffusers():
+            parts = load_components(folder, uri, allow_pickle=allow_pickle)
         is_random = False
-    for key in ("unet", "vae", "text_encoder"):
-        parts[key] = parts[key].to(device=dev, dtype=dt).eval().requires_grad_(False)
+    with quiet_diffusers():
+        for key in ("unet", "vae", "text_encoder"):
+            parts[key] = parts[key].to(device=dev, dtype=dt).eval().requires_grad_(False)
     return Pipeline(**parts, name=redact_uri(uri), dtype=dt, device=dev, is_random=is_random)
+
+
+@contextlib.contextmanager
+def quiet_diffusers():
+    """Silences diffusers' and transformers' info/warning chatter (e.g. dtype casts) while loading."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    old = dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(old[0])
+        tlog.set_verbosity(old[1])
 
 
 def redact_uri(uri: str) -> str:
@@ -176,7 +195,7 @@ def load_components(folder: Path, uri: str, allow_pickle: bool = False) -> dict:
             "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer"),
             "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler"),
         }
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         hint = "" if allow_pickle else " (only .safetensors weights are read; pass allow_pickle=True to trust .bin files)"
         raise ModelLoadError(f"model {redact_uri(uri)!r} could not be loaded{hint}: {exc}") from exc
 

@@ -1,0 +1,111 @@
+"""``python -m diffseg IMAGE... --vocab "person, car" --model MODEL --out DIR``: segment single images.
+
+For each image and method it writes ``STEM.METHOD.labels.png`` (the label map: 0 = background, k =
+the k-th class), ``STEM.METHOD.overlay.png`` (colour overlay with a legend) and ``STEM.METHOD.json``
+(per-class statistics, COCO RLE included). For collections, use the Ray job: ``python -m jobs.segment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m diffseg photo.jpg street.png --vocab "person, car, potted plant, road" --model tiny --out out/
+  python -m diffseg s3://bucket/img.jpg --vocab classes.txt --model s3://models/sd15/ --dtype fp16
+
+--model takes 'tiny' (an offline random pipeline: its masks are meaningless), 'sd15-random' /
+'sd21-random' (full-size random weights, for timing), a local folder, or an fsspec URL of a
+diffusers-format Stable Diffusion 1.x/2.x checkpoint. --vocab is a comma-separated list or a file
+with one class per line ('name: alias, alias' allowed).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffseg import methods
+
+    p = argparse.ArgumentParser(
+        prog="python -m diffseg",
+        description="Segment images against an open vocabulary with a frozen Stable Diffusion U-Net.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", help="image paths or URLs (local, file://, s3://, gs://)")
+    p.add_argument("--vocab", required=True, help="comma-separated class names, or a class file path/URL")
+    p.add_argument("--model", default="tiny", help="model name, folder or URL (default: tiny)")
+    p.add_argument("--out", default="out", help="output folder (default: out)")
+    p.add_argument("--method", action="append", choices=methods.available(),
+                   help="method; repeat for several from one forward (default: diffsegmenter)")
+    p.add_argument("--resolution", type=int, default=512, help="model input side in pixels (default: 512)")
+    p.add_argument("--timesteps", default="100", help="comma-separated timesteps, averaged (default: 100)")
+    p.add_argument("--context", choices=("joint", "per_class"), default="joint",
+                   help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
+    p.add_argument("--tau", type=float, default=None, help="DiffSegmenter background threshold (default 0.4)")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward (default: 4)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from diffseg import Segmenter, Vocabulary, load_pipeline
+    from diffseg.images import ImageDecodeError, load_image
+    from diffseg.masks import compute_class_stats, encode_label_png
+    from diffseg.methods.diffsegmenter import DiffSegmenterParams
+    from diffseg.model import ModelLoadError
+    from diffseg.overlay import render_overlay
+
+    try:
+        vocab = Vocabulary.from_spec(args.vocab)
+        timesteps = tuple(int(t) for t in args.timesteps.split(","))
+        pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
+        methods = args.method or ["diffsegmenter"]
+        params = {"diffsegmenter": DiffSegmenterParams(tau=args.tau)} if args.tau is not None and "diffsegmenter" in methods else None
+        seg = Segmenter(pipe, vocab, method=methods, params=params, resolution=args.resolution,
+                        timesteps=timesteps, context=args.context)
+    except (ValueError, ModelLoadError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    title = None
+    if pipe.is_random:
+        title = f"model '{args.model}' has RANDOM weights: these masks are meaningless"
+        print(f"NOTE: {title}. Pass --model with a real Stable Diffusion checkpoint for real masks.", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    started = time.perf_counter()
+    for start in range(0, len(args.images), args.batch_size):
+        uris = args.images[start : start + args.batch_size]
+        loaded = []
+        for uri in uris:
+            try:
+                loaded.append((uri, load_image(uri)))
+            except (ImageDecodeError, OSError) as exc:
+                failures += 1
+                print(f"skipped {uri}: {exc}", file=sys.stderr)
+        if not loaded:
+            continue
+        results = seg.segment([img for _, img in loaded], keys=[u for u, _ in loaded])
+        for method, per_image in results.items():
+            for (uri, img), res in zip(loaded, per_image):
+                stem = Path(uri.rstrip("/")).stem
+                base = out / f"{stem}.{method}"
+                Path(f"{base}.labels.png").write_bytes(encode_label_png(res.label_map))
+                render_overlay(img, res.label_map, vocab.names, title=title).save(f"{base}.overlay.png")
+                stats = compute_class_stats(res.label_map, vocab.names, res.scores)
+                meta = {"uri": uri, "method": method, "model": pipe.name, "width": img.shape[1],
+                        "height": img.shape[0], "vocabulary": vocab.names, "classes": stats}
+                Path(f"{base}.json").write_text(json.dumps(meta, indent=1, default=float))
+                found = ", ".join(f"{s['class_name']} {s['fraction']:.0%}" for s in stats) or "background only"
+                print(f"{uri} [{method}]: {found} -> {base}.overlay.png")
+    n = len(args.images) - failures
+    print(f"segmented {n} image(s), {failures} failed, in {time.perf_counter() - started:.1f}s; outputs in {out}/")
+    return 1 if failures and not n else (3 if failures else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

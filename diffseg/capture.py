@@ -1,0 +1,335 @@
+"""Attention and feature capture on a diffusers UNet2DConditionModel, by swapping attention processors.
+
+Which layers to read (the *locator*: ``locate_layers``) is separate from how they are read (the
+*hook*: ``CaptureProcessor``), as in DAAM. Only the layers a method needs get the capturing processor;
+every other layer keeps its original (fast) processor, and the originals are restored on exit. A capture
+refuses to be installed twice on one U-Net.
+
+What is kept (DESIGN.md "Captured maps"), for the rows of the batch in ``keep`` (the conditional branch):
+
+- cross-attention probabilities, mean over heads and over the layers at each resolution, as a running
+  sum over forwards (memory does not grow with timesteps or denoising steps);
+- for self-attention, the queries and keys of the chosen layers (never the N x N probabilities);
+  ``SelfAttention.propagate(x)`` computes mean_layers,heads softmax(QK^T/sqrt(d)) @ x with
+  scaled_dot_product_attention, and ``dense()`` materialises a head-mean map in row chunks when a
+  method really needs one (SeeDiff, one layer at a time);
+- U-Net decoder features: the input of ``up_blocks[i].resnets[-1]`` (after its skip concatenation),
+  through a forward pre-hook.
+
+Levels are keyed by ``r``, the side of the square token grid; a layer's level index is known from its
+name (down_blocks.i -> i, mid_block -> last, up_blocks.j -> last - j), so rank 0 is the finest level.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+_ACTIVE_ATTR = "_diffseg_capture_active"
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method reads. ``self_attn``: pairs (rank, which) with rank 0 = finest level and which in
+    {"all", "first_up"} (every self-attention layer at that level, or the first decoder one)."""
+
+    cross: bool = True
+    cross_layers: bool = False
+    self_attn: frozenset = frozenset()
+    features: bool = False
+
+    def union(self, other: Needs) -> Needs:
+        return Needs(
+            cross=self.cross or other.cross,
+            cross_layers=self.cross_layers or other.cross_layers,
+            self_attn=self.self_attn | other.self_attn,
+            features=self.features or other.features,
+        )
+
+
+class SelfAttention:
+    """Self-attention of the kept layers at one level, as queries and keys.
+
+    ``entries``: list of (layer name, q, k, scale) with q, k (B, heads, N, d), one entry per layer
+    per forward. Operations average over entries and heads; math runs in fp32.
+    """
+
+    def __init__(self, entries: list[tuple[str, torch.Tensor, torch.Tensor, float]]):
+        self.entries = entries
+
+    @property
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys(name for name, *_ in self.entries))
+
+    def select(self, layers: list[str]) -> SelfAttention:
+        """The subset of `layers` (names), for methods that read one layer (e.g. the first decoder one)."""
+        chosen = [e for e in self.entries if e[0] in set(layers)]
+        if not chosen:
+            raise KeyError(f"none of {layers} was captured; have {self.layers}")
+        return SelfAttention(chosen)
+
+    def propagate(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) values -> (B, N, C) = mean over layers and heads of softmax(QK^T * scale) @ x."""
+        out = None
+        count = 0
+        for _, q, k, scale in self.entries:
+            q32, k32 = q.float(), k.float()
+            v = x.float().to(q.device).unsqueeze(1).expand(-1, q.shape[1], -1, -1)
+            y = F.scaled_dot_product_attention(q32, k32, v, scale=scale).mean(1)
+            out = y if out is None else out + y
+            count += 1
+        return out / count
+
+    def dense(self, row_chunk: int = 1024) -> torch.Tensor:
+        """(B, N, N) head- and layer-mean attention probabilities, built `row_chunk` rows at a time."""
+        _, q0, k0, _ = self.entries[0]
+        b, _, n, _ = q0.shape
+        out = torch.zeros(b, n, n, dtype=torch.float32, device=q0.device)
+        for _, q, k, scale in self.entries:
+            kt = k.float().transpose(-1, -2)
+            for s in range(0, n, row_chunk):
+                probs = torch.softmax(q[:, :, s : s + row_chunk].float() @ kt * scale, dim=-1)
+                out[:, s : s + row_chunk] += probs.mean(1)
+        return out / len(self.entries)
+
+
+@dataclass
+class CapturedMaps:
+    """Maps of one capture context (conditional branch only), averaged over its forwards.
+
+    cross[r]: (B, r*r, T) float32; cross_layers[r]: list of (B, r*r, T); self_attn[r]: SelfAttention;
+    features[r]: (B, C_r, r, r) float32; image: (B, 3, H, W) in [0, 1] or None; layer_names[r]: the
+    self-attention layers captured at r, in U-Net order (down, mid, up).
+    """
+
+    cross: dict[int, torch.Tensor] = field(default_factory=dict)
+    cross_layers: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    self_attn: dict[int, SelfAttention] = field(default_factory=dict)
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    image: torch.Tensor | None = None
+    first_up: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> list[int]:
+        """Sides of the captured cross-attention levels, finest first."""
+        return sorted(self.cross, reverse=True)
+
+
+def layer_level(name: str, n_levels: int) -> int:
+    """Level index (0 = finest) of an attention processor or block from its module path."""
+    m = re.match(r"(down|up)_blocks\.(\d+)", name)
+    if m:
+        i = int(m.group(2))
+        return i if m.group(1) == "down" else n_levels - 1 - i
+    if name.startswith("mid_block"):
+        return n_levels - 1
+    raise ValueError(f"cannot place layer {name!r} in the U-Net")
+
+
+def locate_layers(unet, needs: Needs) -> tuple[set[str], set[str], dict[int, str]]:
+    """Returns (cross layer names, self layer names to keep, first decoder self layer per level)."""
+    n_levels = len(unet.down_blocks)
+    names = [k.removesuffix(".processor") for k in unet.attn_processors]
+    cross = {n for n in names if n.endswith("attn2")} if (needs.cross or needs.cross_layers) else set()
+    selfs = [n for n in names if n.endswith("attn1")]
+    first_up: dict[int, str] = {}
+    for n in selfs:
+        lvl = layer_level(n, n_levels)
+        if n.startswith("up_blocks") and lvl not in first_up:
+            first_up[lvl] = n
+    keep: set[str] = set()
+    for rank, which in needs.self_attn:
+        if which == "all":
+            keep |= {n for n in selfs if layer_level(n, n_levels) == rank}
+        elif which == "first_up":
+            if rank in first_up:
+                keep.add(first_up[rank])
+        else:
+            raise ValueError(f"self-attention selection {which!r} is not 'all' or 'first_up'")
+    return cross, keep, first_up
+
+
+class _Recorder:
+    """Running sums filled by the processors and hooks of one capture context."""
+
+    def __init__(self, keep: slice, needs: Needs):
+        self.keep = keep
+        self.needs = needs
+        self.cross_sum: dict[int, torch.Tensor] = {}
+        self.cross_count: dict[int, int] = defaultdict(int)
+        self.cross_layer_sum: dict[str, torch.Tensor] = {}
+        self.cross_layer_count: dict[str, int] = defaultdict(int)
+        self.cross_layer_side: dict[str, int] = {}
+        self.self_entries: dict[int, list] = defaultdict(list)
+        self.feature_sum: dict[int, torch.Tensor] = {}
+        self.feature_count: dict[int, int] = defaultdict(int)
+
+    def add_cross(self, name: str, probs: torch.Tensor) -> None:
+        """probs: (B, heads, N, T) for the kept rows."""
+        mean = probs.float().mean(1)
+        side = math.isqrt(mean.shape[1])
+        if side in self.cross_sum:
+            self.cross_sum[side] += mean
+        else:
+            self.cross_sum[side] = mean.clone()
+        self.cross_count[side] += 1
+        if self.needs.cross_layers:
+            if name in self.cross_layer_sum:
+                self.cross_layer_sum[name] += mean
+            else:
+                self.cross_layer_sum[name] = mean.clone()
+            self.cross_layer_count[name] += 1
+            self.cross_layer_side[name] = side
+
+    def add_self(self, name: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        side = math.isqrt(q.shape[2])
+        self.self_entries[side].append((name, q.detach(), k.detach(), scale))
+
+    def add_feature(self, side: int, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if side in self.feature_sum:
+            self.feature_sum[side] += x
+        else:
+            self.feature_sum[side] = x.clone()
+        self.feature_count[side] += 1
+
+
+class CaptureProcessor:
+    """Attention processor that computes what AttnProcessor2_0 computes and records for the recorder.
+
+    Cross layers compute probabilities explicitly (they are small: N x T) and reuse them for the output;
+    self layers run scaled_dot_product_attention and keep only q and k.
+    """
+
+    def __init__(self, name: str, recorder: _Recorder, is_cross: bool):
+        self.name = name
+        self.recorder = recorder
+        self.is_cross = is_cross
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch, _, _ = hidden_states.shape
+        if attention_mask is not None:
+            seq = hidden_states.shape[1] if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        keep = self.recorder.keep
+        if self.is_cross:
+            logits = query.float() @ key.float().transpose(-1, -2) * attn.scale
+            if attention_mask is not None:
+                logits = logits + attention_mask.float()
+            probs = logits.softmax(dim=-1)
+            self.recorder.add_cross(self.name, probs[keep])
+            out = (probs @ value.float()).to(query.dtype)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
+            self.recorder.add_self(self.name, query[keep], key[keep], attn.scale)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class capture:  # noqa: N801  (used as a context manager: `with capture(unet, needs) as cap:`)
+    """Installs capturing processors (and feature hooks) on `unet` for `needs`; restores on exit.
+
+    ``keep``: the batch rows to record (e.g. ``slice(B, 2 * B)`` for the conditional half of a
+    classifier-free-guidance batch). After the forwards, ``cap.maps(image)`` returns CapturedMaps.
+    """
+
+    def __init__(self, unet, needs: Needs, keep: slice = slice(None)):
+        self.unet = unet
+        self.needs = needs
+        self.recorder = _Recorder(keep, needs)
+        self._originals = None
+        self._hooks = []
+        self._first_up: dict[int, str] = {}
+
+    def __enter__(self) -> capture:
+        if getattr(self.unet, _ACTIVE_ATTR, False):
+            raise RuntimeError("a diffseg capture is already installed on this U-Net; captures do not nest")
+        cross, keep, first_up = locate_layers(self.unet, self.needs)
+        self._first_up = first_up
+        self._originals = dict(self.unet.attn_processors)
+        procs = {}
+        for key, original in self._originals.items():
+            name = key.removesuffix(".processor")
+            if name in cross:
+                procs[key] = CaptureProcessor(name, self.recorder, is_cross=True)
+            elif name in keep:
+                procs[key] = CaptureProcessor(name, self.recorder, is_cross=False)
+            else:
+                procs[key] = original
+        self.unet.set_attn_processor(procs)
+        if self.needs.features:
+            n = len(self.unet.down_blocks)
+            for i, block in enumerate(self.unet.up_blocks):
+                level = n - 1 - i
+                self._hooks.append(block.resnets[-1].register_forward_pre_hook(self._feature_hook(level)))
+        setattr(self.unet, _ACTIVE_ATTR, True)
+        return self
+
+    def _feature_hook(self, level: int):
+        def hook(module, args):
+            x = args[0]
+            self.recorder.add_feature(x.shape[-1], x[self.recorder.keep])
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        self.unet.set_attn_processor(dict(self._originals))
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        setattr(self.unet, _ACTIVE_ATTR, False)
+
+    def maps(self, image: torch.Tensor | None = None) -> CapturedMaps:
+        """The averaged maps recorded so far; `image` (B, 3, H, W) in [0, 1] is attached for PAMR."""
+        rec = self.recorder
+        out = CapturedMaps(image=image)
+        for side, total in rec.cross_sum.items():
+            out.cross[side] = total / rec.cross_count[side]
+        for name, total in rec.cross_layer_sum.items():
+            out.cross_layers.setdefault(rec.cross_layer_side[name], []).append(total / rec.cross_layer_count[name])
+        for side, entries in rec.self_entries.items():
+            out.self_attn[side] = SelfAttention(entries)
+        for side, total in rec.feature_sum.items():
+            out.features[side] = total / rec.feature_count[side]
+        len(self.unet.down_blocks)
+        sides = sorted(out.cross or out.self_attn, reverse=True)
+        if sides:
+            finest = sides[0]
+            out.first_up = {finest >> lvl: name for lvl, name in self._first_up.items()}
+        return out

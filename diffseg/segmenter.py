@@ -1,0 +1,219 @@
+"""Segmenter: a frozen SD pipeline + a vocabulary + one or more methods; images in, label maps out.
+
+One U-Net forward per image (per timestep) serves the whole vocabulary and every method requested:
+VAE posterior mean -> seeded noise added at t -> U-Net under capture -> method scores -> argmax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffseg import methods as method_registry
+from diffseg.capture import CapturedMaps, Needs, SelfAttention, capture
+from diffseg.images import resize_square, to_rgb_array
+from diffseg.model import Pipeline
+from diffseg.vocabulary import Vocabulary, encode_text
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    resolution: int = 512  # model input side (square; the paper ignores aspect ratio, results are resized back)
+    timesteps: tuple[int, ...] = (100,)  # DiffSegmenter: one forward at t=100; several are averaged
+    context: str = "joint"  # "joint": one context for the vocabulary; "per_class": the paper's protocol
+    seed: int = 0  # mixed into every image's noise seed (the key decides the rest)
+    max_label_side: int = 1024  # argmax at most this long side, then nearest-resize to the original size
+    class_token_weight: float = 1.0  # scale of class tokens' embeddings (the paper's "++" is ~1.21)
+
+
+@dataclass
+class Segmentation:
+    """One image's result for one method.
+
+    label_map: (H, W) uint8 (uint16 beyond 255 classes) at the input's size, 0 = background, k = the
+    k-th vocabulary class; scores: (1 + K, h, w) float32 at model resolution (channel 0 background,
+    -inf for classes the method filtered out); classes: names present in label_map; method: its name.
+    """
+
+    label_map: np.ndarray
+    scores: np.ndarray
+    classes: list[str]
+    method: str
+    class_ids: list[int] = field(default_factory=list)
+
+
+class Segmenter:
+    """Segments images against a shared vocabulary with one forward pass per image."""
+
+    def __init__(
+        self,
+        pipe: Pipeline,
+        vocab: Vocabulary | Sequence[str],
+        method: str | Sequence[str] = "diffsegmenter",
+        config: SegmenterConfig | None = None,
+        params: dict | None = None,
+        **overrides,
+    ):
+        config = config or SegmenterConfig()
+        known = {f.name for f in fields(SegmenterConfig)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise TypeError(f"unknown Segmenter option(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        if "timesteps" in overrides and isinstance(overrides["timesteps"], int):
+            overrides["timesteps"] = (overrides["timesteps"],)
+        self.config = replace(config, **overrides)
+        self.pipe = pipe
+        self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary(list(vocab))
+        self.single = isinstance(method, str)
+        self.methods = [method] if self.single else list(method)
+        if not self.methods:
+            raise ValueError("method list is empty; available: " + ", ".join(method_registry.available()))
+        self.fns = {m: method_registry.get(m) for m in self.methods}
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.methods))
+        if unknown:
+            raise ValueError(f"params given for methods not in use: {', '.join(unknown)}")
+        self.params = {m: params.get(m) for m in self.methods}
+        self.needs = Needs()
+        for m in self.methods:
+            self.needs = self.needs.union(method_registry.needs(m))
+        self._check_resolution()
+        self.prompt = self.vocab.encode(pipe.tokenizer, self.config.context)
+        self.context = self._encode_context()  # once per Segmenter, never per batch
+        self.label_dtype = np.uint8 if len(self.vocab) < 256 else np.uint16
+
+    def _check_resolution(self) -> None:
+        res, scale = self.config.resolution, self.pipe.vae_scale
+        levels = len(self.pipe.unet.down_blocks)
+        step = scale * 2 ** (levels - 1)
+        if res <= 0 or res % step:
+            raise ValueError(f"resolution {res} must be a positive multiple of {step} for this model")
+        if self.config.context not in ("joint", "per_class"):
+            raise ValueError(f"context {self.config.context!r} is not 'joint' or 'per_class'")
+        for t in self.config.timesteps:
+            if not 0 <= t < self.pipe.scheduler.config.num_train_timesteps:
+                raise ValueError(f"timestep {t} is outside 0..{self.pipe.scheduler.config.num_train_timesteps - 1}")
+
+    def _encode_context(self) -> torch.Tensor:
+        tok_len = self.pipe.tokenizer.model_max_length
+        chunk = tok_len if tok_len and tok_len < 10_000 else 77
+        ctx = encode_text(self.pipe.text_encoder, self.prompt.input_ids, chunk, self.pipe.device, self.pipe.dtype)
+        w = self.config.class_token_weight
+        if w != 1.0:
+            ctx = ctx.clone()
+            for row, spans in enumerate(self.prompt.spans):
+                for span in spans:
+                    ctx[row, span] *= w
+        return ctx
+
+    @torch.no_grad()
+    def segment(self, images: Sequence, keys: Sequence[str] | None = None, sizes: Sequence[tuple[int, int]] | None = None):
+        """Segments `images` (PIL images or HxWx3 uint8 arrays, any sizes).
+
+        keys: per image, the identity that seeds its noise (e.g. its URI); default: a hash of its pixels.
+        sizes: per image, the (H, W) of the label map; default: the image's own size (pass the original
+        size when the images were already resized to the model resolution).
+        Returns list[Segmentation] for a single method, else dict method -> list[Segmentation].
+        """
+        arrays = [to_rgb_array(im) for im in images]
+        if not arrays:
+            return [] if self.single else {m: [] for m in self.methods}
+        sizes = list(sizes) if sizes is not None else [a.shape[:2] for a in arrays]
+        keys = list(keys) if keys is not None else [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
+        if len(keys) != len(arrays) or len(sizes) != len(arrays):
+            raise ValueError(f"got {len(arrays)} images, {len(keys)} keys and {len(sizes)} sizes; they must match")
+        maps, spans = self.capture_maps(arrays, keys)
+        out = {}
+        for m in self.methods:
+            scores = self.fns[m](maps, spans, self.params[m]).float()
+            out[m] = [self._to_segmentation(scores[i], sizes[i], m) for i in range(len(arrays))]
+        return out[self.methods[0]] if self.single else out
+
+    def capture_maps(self, arrays: list[np.ndarray], keys: list[str]) -> tuple[CapturedMaps, list[list[int]]]:
+        """Runs the VAE and one U-Net forward per timestep under capture; returns (maps, class spans)."""
+        pipe, res = self.pipe, self.config.resolution
+        x01 = torch.from_numpy(np.stack([resize_square(a, res) for a in arrays])).permute(0, 3, 1, 2)
+        x01 = x01.to(pipe.device, torch.float32) / 255.0
+        latents = pipe.vae.encode((x01 * 2 - 1).to(pipe.dtype)).latent_dist.mean
+        latents = latents * pipe.vae.config.scaling_factor
+        noise = torch.stack([seeded_noise(k, self.config.seed, latents.shape[1:]) for k in keys])
+        noise = noise.to(pipe.device, latents.dtype)
+        b = len(arrays)
+        prompts = self.context.shape[0]
+        if self.config.context == "per_class":  # batch rows: image-major, one row per (image, class)
+            latents = latents.repeat_interleave(prompts, 0)
+            noise = noise.repeat_interleave(prompts, 0)
+            ctx = self.context.repeat(b, 1, 1)
+        else:
+            ctx = self.context.expand(b, -1, -1)
+        with capture(pipe.unet, self.needs) as cap:
+            for t in self.config.timesteps:
+                tt = torch.full((latents.shape[0],), t, device=pipe.device, dtype=torch.long)
+                noisy = pipe.scheduler.add_noise(latents, noise, tt)
+                pipe.unet(noisy, tt, encoder_hidden_states=ctx)
+        maps = cap.maps(image=x01)
+        if self.config.context == "per_class":
+            return merge_per_class(maps, b, self.prompt.spans)
+        return maps, self.prompt.spans[0]
+
+    def _to_segmentation(self, scores: torch.Tensor, size: tuple[int, int], method: str) -> Segmentation:
+        h, w = int(size[0]), int(size[1])
+        long_side = max(h, w)
+        f = min(1.0, self.config.max_label_side / long_side)
+        ah, aw = max(1, round(h * f)), max(1, round(w * f))
+        finite = torch.nan_to_num(scores, neginf=-1e9, posinf=1e9)
+        up = F.interpolate(finite[None], size=(ah, aw), mode="bilinear", align_corners=False)[0]
+        labels = up.argmax(0)
+        if (ah, aw) != (h, w):
+            labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+        label_map = labels.cpu().numpy().astype(self.label_dtype)
+        ids = [int(i) for i in np.unique(label_map) if i > 0]
+        return Segmentation(
+            label_map=label_map,
+            scores=scores.cpu().numpy().astype(np.float32),
+            classes=[self.vocab.names[i - 1] for i in ids],
+            method=method,
+            class_ids=ids,
+        )
+
+
+def seeded_noise(key: str, seed: int, shape) -> torch.Tensor:
+    """Standard normal noise of `shape` from a CPU generator seeded by (key, seed): batch-independent."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.randn(tuple(shape), generator=gen)
+
+
+def merge_per_class(maps: CapturedMaps, b: int, spans_per_prompt: list[list[list[int]]]):
+    """Folds a per-class capture (B*K rows, image-major) into one joint-like capture of B rows.
+
+    Cross maps: the columns of class k's tokens are taken from class k's own prompt and concatenated,
+    so class spans index the merged token axis. Self-attention and features: the mean over the K
+    prompts (the paper uses each prompt's own S_k; with one joint S the propagation is m = mean_k(S_k)·c,
+    a documented simplification).
+    """
+    k = len(spans_per_prompt)
+    spans = [s[0] for s in spans_per_prompt]
+    merged_spans, offset = [], 0
+    for s in spans:
+        merged_spans.append(list(range(offset, offset + len(s))))
+        offset += len(s)
+
+    def gather(x: torch.Tensor) -> torch.Tensor:  # (B*K, N, T) -> (B, N, sum |span|)
+        x = x.view(b, k, *x.shape[1:])
+        return torch.cat([x[:, j][:, :, spans[j]] for j in range(k)], -1)
+
+    out = CapturedMaps(image=maps.image, first_up=dict(maps.first_up))
+    out.cross = {r: gather(x) for r, x in maps.cross.items()}
+    out.cross_layers = {r: [gather(x) for x in xs] for r, xs in maps.cross_layers.items()}
+    out.features = {r: x.view(b, k, *x.shape[1:]).mean(1) for r, x in maps.features.items()}
+    out.self_attn = {
+        r: SelfAttention([(n, q[j::k], kk[j::k], s) for n, q, kk, s in sa.entries for j in range(k)])
+        for r, sa in maps.self_attn.items()
+    }
+    return out, merged_spans

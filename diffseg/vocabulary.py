@@ -1,0 +1,219 @@
+"""Class names, prompts, and the exact token positions of every class in the encoded text context.
+
+Prompt rules (DESIGN.md "Prompts"):
+
+- ``joint`` mode (default): one context for the whole vocabulary, ``"a photograph of {classes}"`` with
+  the classes (each followed by its aliases) joined by ``", "``. A class never straddles a 77-token
+  chunk: chunks are filled greedily by whole classes, each chunk repeats the template's text around
+  ``{classes}``, is wrapped in start/end tokens and padded to the tokenizer's length (as SD pads), and
+  the chunks are concatenated along the sequence. The U-Net's cross-attention accepts any length.
+- ``per_class`` mode (the DiffSegmenter paper's protocol): one context per class,
+  ``"a photograph of a {class}"``.
+- A class's span is every token of its name and of its aliases (multi-token names use all their tokens;
+  nothing assumes one token per word). Positions are found by tokenizing each piece on its own: CLIP's
+  BPE never merges across words or punctuation, so the pieces concatenate to the whole prompt's tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_TEMPLATE = "a photograph of {classes}"  # joint context (DESIGN.md)
+DEFAULT_CLASS_TEMPLATE = "a photograph of a {class}"  # per-class context (DiffSegmenter paper)
+SEPARATOR = ", "
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """Token ids of one or more contexts and the token positions of each class.
+
+    ``input_ids``: (P, L) int64, P prompts (1 in joint mode, K in per-class mode), L = chunks x 77.
+    ``spans``: for joint mode one list of K spans (positions in the single prompt); for per-class mode
+    K lists of one span each (the position of class k inside prompt k).
+    """
+
+    input_ids: torch.Tensor
+    spans: list[list[list[int]]]
+
+
+class Vocabulary:
+    """An ordered list of classes (1-based ids in label maps; 0 is background), with optional aliases."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        aliases: dict[str, Sequence[str]] | None = None,
+        template: str = DEFAULT_TEMPLATE,
+        class_template: str = DEFAULT_CLASS_TEMPLATE,
+    ):
+        cleaned = [normalize_name(n) for n in names]
+        cleaned = [n for n in cleaned if n]
+        if not cleaned:
+            raise ValueError("the vocabulary is empty: pass at least one class name, e.g. 'person, car, road'")
+        dupes = sorted({n for n in cleaned if cleaned.count(n) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique; repeated: {', '.join(dupes)}")
+        if "{classes}" not in template:
+            raise ValueError(f"template {template!r} must contain '{{classes}}'")
+        if "{class}" not in class_template:
+            raise ValueError(f"class_template {class_template!r} must contain '{{class}}'")
+        aliases = {normalize_name(k): v for k, v in (aliases or {}).items()}
+        unknown = sorted(set(aliases) - set(cleaned))
+        if unknown:
+            raise ValueError(f"aliases given for classes not in the vocabulary: {', '.join(unknown)}")
+        self.names: list[str] = cleaned
+        self.aliases: dict[str, tuple[str, ...]] = {
+            n: tuple(a for a in (normalize_name(x) for x in aliases.get(n, ())) if a) for n in cleaned
+        }
+        self.template = template
+        self.class_template = class_template
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({self.names!r})"
+
+    @classmethod
+    def from_text(cls, text: str, **kwargs) -> Vocabulary:
+        """One class per line, ``name`` or ``name: alias, alias``; blank lines and ``#`` comments ignored."""
+        names, aliases = [], {}
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, _, rest = line.partition(":")
+            names.append(name)
+            if rest.strip():
+                aliases[normalize_name(name)] = [a for a in rest.split(",")]
+        return cls(names, aliases, **kwargs)
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs) -> Vocabulary:
+        """Reads a class file (see from_text) from a local path or any fsspec URL."""
+        import fsspec
+
+        try:
+            with fsspec.open(path, "r", encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError as exc:
+            raise ValueError(f"vocabulary file {path!r} does not exist") from exc
+        return cls.from_text(text, **kwargs)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs) -> Vocabulary:
+        """A file path/URL (one class per line) when `spec` names one, else a comma-separated list."""
+        if "://" in spec or os.path.isfile(spec):
+            return cls.from_file(spec, **kwargs)
+        return cls([s for s in spec.split(",")], **kwargs)
+
+    def hash(self, model: str = "") -> str:
+        """sha256 hex of the normalised classes (with aliases), both templates and `model`."""
+        payload = {
+            "classes": [[n, *self.aliases[n]] for n in self.names],
+            "template": self.template,
+            "class_template": self.class_template,
+            "model": model,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def encode(self, tokenizer, mode: str = "joint") -> EncodedPrompt:
+        """Token ids and class spans for `mode` ("joint" or "per_class"), with `tokenizer` (CLIP BPE)."""
+        if mode == "joint":
+            ids, spans = self._encode_joint(tokenizer)
+            return EncodedPrompt(torch.tensor([ids]), [spans])
+        if mode == "per_class":
+            rows, spans = [], []
+            for name in self.names:
+                pre, post = self.class_template.split("{class}", 1)
+                chunks = build_chunks(tokenizer, pre, post, [self._class_items(name)], what=f"class {name!r}")
+                if len(chunks) != 1:
+                    raise ValueError(f"class {name!r} with its aliases does not fit one context")
+                rows.append(chunks[0][0])
+                spans.append([chunks[0][1][0]])
+            return EncodedPrompt(torch.tensor(rows), spans)
+        raise ValueError(f"context mode {mode!r} is not one of 'joint', 'per_class'")
+
+    def _class_items(self, name: str) -> list[str]:
+        return [name, *self.aliases[name]]
+
+    def _encode_joint(self, tokenizer) -> tuple[list[int], list[list[int]]]:
+        pre, post = self.template.split("{classes}", 1)
+        chunks = build_chunks(tokenizer, pre, post, [self._class_items(n) for n in self.names], what="vocabulary")
+        ids, spans = [], []
+        for chunk_ids, chunk_spans in chunks:
+            offset = len(ids)
+            ids += chunk_ids
+            spans += [[offset + p for p in span] for span in chunk_spans]
+        return ids, spans
+
+
+def normalize_name(name: str) -> str:
+    """Strips and collapses white space (case is kept: it reaches the tokenizer, which lower-cases)."""
+    return re.sub(r"\s+", " ", str(name)).strip()
+
+
+def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], what: str):
+    """Fills contexts greedily with whole classes; returns [(ids padded to max length, spans)].
+
+    `classes`: per class, its name then aliases. Each chunk is
+    ``<start> prefix item, item, ... suffix <end> <pad>...``; a class's span is the positions of all its
+    items' tokens within the chunk.
+    """
+    length = tokenizer.model_max_length
+    if length is None or length > 10_000:
+        length = 77
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+
+    def tok(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
+
+    pre, post, sep = tok(prefix), tok(suffix), tok(SEPARATOR)
+    fixed = 2 + len(pre) + len(post)
+    chunks: list[tuple[list[int], list[list[int]]]] = []
+    body: list[int] = []
+    spans: list[list[int]] = []
+
+    def flush():
+        ids = [start, *pre, *body, *post, end]
+        chunks.append((ids + [pad] * (length - len(ids)), spans))
+
+    for items in classes:
+        piece: list[int] = []
+        rel: list[int] = []
+        for j, item in enumerate(items):
+            if j:
+                piece += sep
+            item_ids = tok(item)
+            if not item_ids:
+                raise ValueError(f"{what}: {item!r} encodes to no tokens")
+            rel += range(len(piece), len(piece) + len(item_ids))
+            piece += item_ids
+        lead = sep if body else []
+        if fixed + len(body) + len(lead) + len(piece) > length:
+            if not body:
+                raise ValueError(f"{what}: {items[0]!r} with its aliases is longer than one {length}-token context")
+            flush()
+            body, spans, lead = [], [], []
+        base = 1 + len(pre) + len(body) + len(lead)
+        spans = [*spans, [base + r for r in rel]]
+        body = body + lead + piece
+    flush()
+    return chunks
+
+
+@torch.no_grad()
+def encode_text(text_encoder, input_ids: torch.Tensor, chunk: int, device, dtype) -> torch.Tensor:
+    """(P, L) token ids -> (P, L, D) embeddings, encoding each `chunk`-token context separately."""
+    p, length = input_ids.shape
+    flat = input_ids.reshape(p * (length // chunk), chunk).to(device)
+    hidden = text_encoder(flat)[0]
+    return hidden.reshape(p, length, -1).to(dtype)

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from diffseg.capture import Needs, capture
+
+ALL = Needs(cross_layers=True, self_attn=frozenset({(0, "all"), (1, "first_up"), (2, "first_up")}), features=True)
+
+
+def _inputs(pipe, batch=2, side=32, tokens=77, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, side, side, generator=g)
+    ctx = torch.randn(batch, tokens, pipe.unet.config.cross_attention_dim, generator=g)
+    return x, ctx
+
+
+def test_capture_does_not_change_the_unet_output_and_restores_processors(tiny_pipe):
+    unet = tiny_pipe.unet
+    x, ctx = _inputs(tiny_pipe)
+    originals = dict(unet.attn_processors)
+    ref = unet(x, 100, encoder_hidden_states=ctx).sample
+    with capture(unet, ALL):
+        out = unet(x, 100, encoder_hidden_states=ctx).sample
+    assert (out - ref).abs().max().item() <= 1e-5
+    after = unet.attn_processors
+    assert all(after[k] is originals[k] for k in originals)
+    assert not unet.up_blocks[-1].resnets[-1]._forward_pre_hooks
+
+
+def test_capture_refuses_to_nest_and_restores_after_an_error(tiny_pipe):
+    unet = tiny_pipe.unet
+    originals = dict(unet.attn_processors)
+    with capture(unet, Needs()):
+        with pytest.raises(RuntimeError, match="do not nest"):
+            with capture(unet, Needs()):
+                pass
+    with pytest.raises(ZeroDivisionError):
+        with capture(unet, ALL):
+            raise ZeroDivisionError("inside the capture")
+    assert all(unet.attn_processors[k] is originals[k] for k in originals)
+    with capture(unet, Needs()):  # usable again after the error
+        pass
+
+
+def test_only_the_layers_a_method_reads_are_swapped(tiny_pipe):
+    unet = tiny_pipe.unet
+    originals = dict(unet.attn_processors)
+    with capture(unet, Needs(cross=True, self_attn=frozenset({(0, "all")}))):
+        swapped = [k for k, v in unet.attn_processors.items() if v is not originals[k]]
+    selfs = [k for k in swapped if ".attn1." in k]
+    assert all(".attn2." in k for k in swapped if k not in selfs)
+    # finest level self-attention: down_blocks.0 (2 layers) and up_blocks.3 (3 layers), as SD 1.5 at 64x64
+    assert len(selfs) == 5 and all(k.startswith(("down_blocks.0", "up_blocks.3")) for k in selfs)
+
+
+def test_captured_maps_have_contract_shapes_and_are_probabilities(tiny_pipe):
+    x, ctx = _inputs(tiny_pipe, tokens=154)  # two concatenated 77-token chunks
+    with capture(tiny_pipe.unet, ALL) as cap:
+        tiny_pipe.unet(x, 100, encoder_hidden_states=ctx)
+    maps = cap.maps()
+    assert maps.levels == [32, 16, 8, 4]
+    for r, c in maps.cross.items():
+        assert c.shape == (2, r * r, 154)
+        assert torch.allclose(c.sum(-1), torch.ones(2, r * r), atol=1e-5)
+    assert {r: len(v) for r, v in maps.cross_layers.items()} == {32: 5, 16: 5, 8: 5, 4: 1}
+    assert {r: f.shape[1:] for r, f in maps.features.items()} == {
+        32: (64, 32, 32), 16: (96, 16, 16), 8: (128, 8, 8), 4: (128, 4, 4)
+    }
+    sa = maps.self_attn[32]
+    values = torch.randn(2, 32 * 32, 3)
+    dense = sa.dense(row_chunk=100)
+    assert torch.allclose(dense.sum(-1), torch.ones(2, 1024), atol=1e-5)
+    assert torch.allclose(sa.propagate(values), dense @ values, atol=1e-5)
+    first = sa.select([maps.first_up[32]])
+    assert first.layers == ["up_blocks.3.attentions.0.transformer_blocks.0.attn1"]
+
+
+def test_several_forwards_are_averaged(tiny_pipe):
+    x, ctx = _inputs(tiny_pipe)
+    needs = Needs(cross=True)
+    singles = []
+    for t in (50, 150):
+        with capture(tiny_pipe.unet, needs) as cap:
+            tiny_pipe.unet(x, t, encoder_hidden_states=ctx)
+        singles.append(cap.maps().cross[16])
+    with capture(tiny_pipe.unet, needs) as cap:
+        for t in (50, 150):
+            tiny_pipe.unet(x, t, encoder_hidden_states=ctx)
+    assert torch.allclose(cap.maps().cross[16], (singles[0] + singles[1]) / 2, atol=1e-6)
+
+
+def test_keep_records_only_the_conditional_half(tiny_pipe):
+    x, ctx = _inputs(tiny_pipe, batch=4)
+    with capture(tiny_pipe.unet, Needs(cross=True, self_attn=frozenset({(1, "all")}), features=True), keep=slice(2, 4)) as cap:
+        tiny_pipe.unet(x, 100, encoder_hidden_states=ctx)
+    maps = cap.maps()
+    assert maps.cross[8].shape[0] == 2 and maps.features[8].shape[0] == 2
+    assert maps.self_attn[16].entries[0][1].shape[0] == 2

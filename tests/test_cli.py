@@ -1,0 +1,37 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from diffseg.__main__ import main
+from diffseg.masks import decode_label_png
+
+
+def test_cli_writes_label_map_overlay_and_stats_per_image(tmp_path, sample_photos, capsys):
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(sample_photos["chelsea"]).save(photo)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    code = main([str(photo), str(broken), "--vocab", "cat, potted plant", "--model", "tiny",
+                 "--resolution", "128", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 3  # partial failure is not success
+    assert "meaningless" in captured.err  # the random model says so plainly
+    assert "broken.jpg" in captured.err
+    labels = decode_label_png((out / "cat.diffsegmenter.labels.png").read_bytes())
+    assert labels.shape == (300, 451)
+    overlay = Image.open(out / "cat.diffsegmenter.overlay.png")
+    assert overlay.width >= 451 and overlay.height >= 300
+    meta = json.loads((out / "cat.diffsegmenter.json").read_text())
+    assert meta["width"] == 451 and meta["height"] == 300
+    total = sum(c["pixel_count"] for c in meta["classes"]) + int((labels == 0).sum())
+    assert total == 300 * 451
+    assert {c["class_name"] for c in meta["classes"]} == {["cat", "potted plant"][i - 1] for i in np.unique(labels) if i}
+
+
+def test_cli_bad_vocabulary_and_model_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["x.jpg", "--vocab", " , ", "--model", "tiny"]) == 2
+    assert "vocabulary is empty" in capsys.readouterr().err
+    assert main(["x.jpg", "--vocab", "cat", "--model", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err

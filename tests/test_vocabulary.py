@@ -1,0 +1,65 @@
+import pytest
+
+from diffseg.vocabulary import Vocabulary
+
+
+def _tokens_at(tokenizer, ids, span):
+    return tokenizer.convert_ids_to_tokens([ids[i] for i in span])
+
+
+def test_multi_token_names_use_every_token(tiny_pipe):
+    tok = tiny_pipe.tokenizer
+    vocab = Vocabulary(["cat", "potted plant", "tv monitor"], aliases={"tv monitor": ["television"]})
+    enc = vocab.encode(tok)
+    ids = enc.input_ids[0].tolist()
+    spans = enc.spans[0]
+    assert _tokens_at(tok, ids, spans[0]) == ["cat</w>"]
+    potted = tok("potted plant", add_special_tokens=False).input_ids
+    assert len(potted) > 2  # the tiny vocabulary splits these words into pieces
+    assert [ids[i] for i in spans[1]] == potted
+    tv = tok("tv monitor", add_special_tokens=False).input_ids + tok("television", add_special_tokens=False).input_ids
+    assert [ids[i] for i in spans[2]] == tv
+    # the pieces concatenate to exactly what the tokenizer makes of the whole prompt
+    whole = tok("a photograph of cat, potted plant, tv monitor, television").input_ids
+    assert ids[: len(whole)] == whole
+    assert len(ids) == 77
+
+
+def test_long_vocabulary_is_split_into_chunks_without_cutting_a_class(tiny_pipe):
+    tok = tiny_pipe.tokenizer
+    names = [f"class{i} thing{i}" for i in range(30)]  # ~10 tokens each: far over one 77-token context
+    enc = Vocabulary(names).encode(tok)
+    ids = enc.input_ids[0].tolist()
+    assert len(ids) % 77 == 0 and len(ids) >= 4 * 77
+    for name, span in zip(names, enc.spans[0]):
+        assert len({p // 77 for p in span}) == 1, f"{name} straddles a chunk"
+        assert [ids[i] for i in span] == tok(name, add_special_tokens=False).input_ids
+    for c in range(len(ids) // 77):  # each chunk is wrapped in start/end tokens
+        chunk = ids[c * 77 : (c + 1) * 77]
+        assert chunk[0] == tok.bos_token_id and tok.eos_token_id in chunk[1:]
+
+
+def test_per_class_mode_has_one_prompt_per_class(tiny_pipe):
+    tok = tiny_pipe.tokenizer
+    enc = Vocabulary(["cat", "potted plant"]).encode(tok, "per_class")
+    assert enc.input_ids.shape == (2, 77)
+    assert tok.decode(enc.input_ids[1][enc.spans[1][0]]).strip() == "potted plant"
+
+
+def test_from_text_and_spec(tmp_path):
+    f = tmp_path / "classes.txt"
+    f.write_text("# my classes\nperson: man, woman\n\ncar\n  potted   plant  \n")
+    v = Vocabulary.from_spec(str(f))
+    assert v.names == ["person", "car", "potted plant"]
+    assert v.aliases["person"] == ("man", "woman")
+    assert Vocabulary.from_spec("person, car ,road").names == ["person", "car", "road"]
+    assert v.hash("tiny") != v.hash("sd15") and v.hash("tiny") == Vocabulary.from_spec(str(f)).hash("tiny")
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [([], "empty"), ([" ", ""], "empty"), (["cat", "cat"], "repeated: cat")],
+)
+def test_bad_vocabularies_are_refused_with_a_clear_error(names, message):
+    with pytest.raises(ValueError, match=message):
+        Vocabulary(names)
