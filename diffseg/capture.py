@@ -286,10 +286,8 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         procs = {}
         for key, original in self._originals.items():
             name = key.removesuffix(".processor")
-            if name in cross:
-                procs[key] = CaptureProcessor(name, self.recorder, is_cross=True)
-            elif name in keep:
-                procs[key] = CaptureProcessor(name, self.recorder, is_cross=False)
+            if name in cross or name in keep:
+                procs[key] = self.make_processor(name, is_cross=name in cross)
             else:
                 procs[key] = original
         self.unet.set_attn_processor(procs)
@@ -300,6 +298,10 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
                 self._hooks.append(block.resnets[-1].register_forward_pre_hook(self._feature_hook(level)))
         setattr(self.unet, _ACTIVE_ATTR, True)
         return self
+
+    def make_processor(self, name: str, is_cross: bool):
+        """The processor installed on a captured layer (benchmarks override it with a naive one)."""
+        return CaptureProcessor(name, self.recorder, is_cross=is_cross)
 
     def _feature_hook(self, level: int):
         def hook(module, args):

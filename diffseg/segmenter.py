@@ -7,6 +7,8 @@ VAE posterior mean -> seeded noise added at t -> U-Net under capture -> method s
 from __future__ import annotations
 
 import hashlib
+import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
@@ -38,6 +40,8 @@ class Segmentation:
     label_map: (H, W) uint8 (uint16 beyond 255 classes) at the input's size, 0 = background, k = the
     k-th vocabulary class; scores: (1 + K, h, w) float32 at model resolution (channel 0 background,
     -inf for classes the method filtered out); classes: names present in label_map; method: its name.
+    For maskdiffusion-unsupervised, label k is the k-th segment, and classes/class_ids name the segments
+    present (the vocabulary class each overlaps most by cross-attention, or "segment k").
     """
 
     label_map: np.ndarray
@@ -86,6 +90,15 @@ class Segmenter:
         self.prompt = self.vocab.encode(pipe.tokenizer, self.config.context)
         self.context = self._encode_context()  # once per Segmenter, never per batch
         self.label_dtype = np.uint8 if len(self.vocab) < 256 else np.uint16
+        self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
+
+    def _tick(self, stage: str, since: float) -> float:
+        """Adds the time since `since` to `stage` (synchronising CUDA first); returns now."""
+        if self.pipe.device.type == "cuda":
+            torch.cuda.synchronize(self.pipe.device)
+        now = time.perf_counter()
+        self.timings[stage] += now - since
+        return now
 
     def _check_resolution(self) -> None:
         res, scale = self.config.resolution, self.pipe.vae_scale
@@ -130,17 +143,27 @@ class Segmenter:
         maps, spans = self.capture_maps(arrays, keys)
         out = {}
         for m in self.methods:
+            t0 = time.perf_counter()
             scores = self.fns[m](maps, spans, self.params[m]).float()
-            out[m] = [self._to_segmentation(scores[i], sizes[i], m) for i in range(len(arrays))]
+            namer = method_registry.namer(m)  # segment methods name their channels from the maps
+            names = namer(maps, spans, scores, self.vocab.names, self.params[m]) if namer else None
+            t0 = self._tick("method", t0)
+            out[m] = [
+                self._to_segmentation(scores[i], sizes[i], m, names[i] if names else None)
+                for i in range(len(arrays))
+            ]
+            self._tick("labels", t0)
         return out[self.methods[0]] if self.single else out
 
     def capture_maps(self, arrays: list[np.ndarray], keys: list[str]) -> tuple[CapturedMaps, list[list[int]]]:
         """Runs the VAE and one U-Net forward per timestep under capture; returns (maps, class spans)."""
         pipe, res = self.pipe, self.config.resolution
+        t0 = time.perf_counter()
         x01 = torch.from_numpy(np.stack([resize_square(a, res) for a in arrays])).permute(0, 3, 1, 2)
         x01 = x01.to(pipe.device, torch.float32) / 255.0
         latents = pipe.vae.encode((x01 * 2 - 1).to(pipe.dtype)).latent_dist.mean
         latents = latents * pipe.vae.config.scaling_factor
+        t0 = self._tick("vae_encode", t0)
         noise = torch.stack([seeded_noise(k, self.config.seed, latents.shape[1:]) for k in keys])
         noise = noise.to(pipe.device, latents.dtype)
         b = len(arrays)
@@ -157,11 +180,15 @@ class Segmenter:
                 noisy = pipe.scheduler.add_noise(latents, noise, tt)
                 pipe.unet(noisy, tt, encoder_hidden_states=ctx)
         maps = cap.maps(image=x01)
+        self._tick("unet_capture", t0)
         if self.config.context == "per_class":
             return merge_per_class(maps, b, self.prompt.spans)
         return maps, self.prompt.spans[0]
 
-    def _to_segmentation(self, scores: torch.Tensor, size: tuple[int, int], method: str) -> Segmentation:
+    def _to_segmentation(
+        self, scores: torch.Tensor, size: tuple[int, int], method: str, names: list[str] | None = None
+    ) -> Segmentation:
+        """`names`: of channels 1..K when they are not the vocabulary's classes (unsupervised segments)."""
         h, w = int(size[0]), int(size[1])
         long_side = max(h, w)
         f = min(1.0, self.config.max_label_side / long_side)
@@ -176,7 +203,7 @@ class Segmenter:
         return Segmentation(
             label_map=label_map,
             scores=scores.cpu().numpy().astype(np.float32),
-            classes=[self.vocab.names[i - 1] for i in ids],
+            classes=[(names or self.vocab.names)[i - 1] for i in ids],
             method=method,
             class_ids=ids,
         )
