@@ -53,49 +53,65 @@ class Needs:
 
 
 class SelfAttention:
-    """Self-attention of the kept layers at one level, as queries and keys.
+    """Self-attention of the kept layers at one level.
 
-    ``entries``: list of (layer name, q, k, scale) with q, k (B, heads, N, d), one entry per layer
-    per forward. Operations average over entries and heads; math runs in fp32.
+    Two storage forms, chosen by the capture's ``self_mode``:
+    ``entries``: list of (layer name, q, k, scale) with q, k (B, heads, N, d), one entry per layer per
+    forward (the default: exact, memory does not hold any N x N map);
+    ``dense_maps``: layer name -> (B, N, N) head-mean probabilities already averaged over forwards
+    (running sums, for long generations where keeping Q/K of every step would grow with the steps).
+    Operations average over layers (and forwards) and heads; math runs in fp32.
     """
 
-    def __init__(self, entries: list[tuple[str, torch.Tensor, torch.Tensor, float]]):
+    def __init__(self, entries: list[tuple[str, torch.Tensor, torch.Tensor, float]], dense_maps: dict | None = None):
         self.entries = entries
+        self.dense_maps: dict[str, torch.Tensor] = dict(dense_maps or {})
 
     @property
     def layers(self) -> list[str]:
-        return list(dict.fromkeys(name for name, *_ in self.entries))
+        return list(dict.fromkeys([name for name, *_ in self.entries] + list(self.dense_maps)))
 
     def select(self, layers: list[str]) -> SelfAttention:
         """The subset of `layers` (names), for methods that read one layer (e.g. the first decoder one)."""
-        chosen = [e for e in self.entries if e[0] in set(layers)]
-        if not chosen:
+        wanted = set(layers)
+        chosen = [e for e in self.entries if e[0] in wanted]
+        dense = {n: m for n, m in self.dense_maps.items() if n in wanted}
+        if not chosen and not dense:
             raise KeyError(f"none of {layers} was captured; have {self.layers}")
-        return SelfAttention(chosen)
+        return SelfAttention(chosen, dense)
 
     def propagate(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, C) values -> (B, N, C) = mean over layers and heads of softmax(QK^T * scale) @ x."""
-        out = None
-        count = 0
+        outs = [m @ x.float().to(m.device) for m in self.dense_maps.values()]
         for _, q, k, scale in self.entries:
-            q32, k32 = q.float(), k.float()
             v = x.float().to(q.device).unsqueeze(1).expand(-1, q.shape[1], -1, -1)
-            y = F.scaled_dot_product_attention(q32, k32, v, scale=scale).mean(1)
-            out = y if out is None else out + y
-            count += 1
-        return out / count
+            outs.append(F.scaled_dot_product_attention(q.float(), k.float(), v, scale=scale).mean(1))
+        return sum(outs) / len(outs)
 
     def dense(self, row_chunk: int = 1024) -> torch.Tensor:
         """(B, N, N) head- and layer-mean attention probabilities, built `row_chunk` rows at a time."""
-        _, q0, k0, _ = self.entries[0]
-        b, _, n, _ = q0.shape
-        out = torch.zeros(b, n, n, dtype=torch.float32, device=q0.device)
+        if self.dense_maps:
+            maps = list(self.dense_maps.values())
+            if not self.entries:
+                return sum(maps) / len(maps)
+        out = None
         for _, q, k, scale in self.entries:
-            kt = k.float().transpose(-1, -2)
-            for s in range(0, n, row_chunk):
-                probs = torch.softmax(q[:, :, s : s + row_chunk].float() @ kt * scale, dim=-1)
-                out[:, s : s + row_chunk] += probs.mean(1)
-        return out / len(self.entries)
+            part = head_mean_probs(q, k, scale, row_chunk)
+            out = part if out is None else out + part
+        total = len(self.entries) + len(self.dense_maps)
+        if self.dense_maps:
+            out = out + sum(self.dense_maps.values())
+        return out / total
+
+
+def head_mean_probs(q: torch.Tensor, k: torch.Tensor, scale: float, row_chunk: int = 1024) -> torch.Tensor:
+    """(B, heads, N, d) queries and keys -> (B, N, N) fp32 head-mean softmax(QK^T * scale), in row chunks."""
+    b, _, n, _ = q.shape
+    out = torch.empty(b, n, n, dtype=torch.float32, device=q.device)
+    kt = k.float().transpose(-1, -2)
+    for s in range(0, n, row_chunk):
+        out[:, s : s + row_chunk] = torch.softmax(q[:, :, s : s + row_chunk].float() @ kt * scale, dim=-1).mean(1)
+    return out
 
 
 @dataclass
@@ -157,9 +173,15 @@ def locate_layers(unet, needs: Needs) -> tuple[set[str], set[str], dict[int, str
 class _Recorder:
     """Running sums filled by the processors and hooks of one capture context."""
 
-    def __init__(self, keep: slice, needs: Needs):
+    def __init__(self, keep: slice, needs: Needs, self_mode: str = "qk"):
+        if self_mode not in ("qk", "dense"):
+            raise ValueError(f"self_mode {self_mode!r} is not 'qk' or 'dense'")
         self.keep = keep
         self.needs = needs
+        self.self_mode = self_mode
+        self.self_dense_sum: dict[str, torch.Tensor] = {}
+        self.self_dense_count: dict[str, int] = defaultdict(int)
+        self.self_dense_side: dict[str, int] = {}
         self.cross_sum: dict[int, torch.Tensor] = {}
         self.cross_count: dict[int, int] = defaultdict(int)
         self.cross_layer_sum: dict[str, torch.Tensor] = {}
@@ -188,7 +210,16 @@ class _Recorder:
 
     def add_self(self, name: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
         side = math.isqrt(q.shape[2])
-        self.self_entries[side].append((name, q.detach(), k.detach(), scale))
+        if self.self_mode == "qk":
+            self.self_entries[side].append((name, q.detach(), k.detach(), scale))
+            return
+        probs = head_mean_probs(q.detach(), k.detach(), scale)
+        if name in self.self_dense_sum:
+            self.self_dense_sum[name] += probs
+        else:
+            self.self_dense_sum[name] = probs
+        self.self_dense_count[name] += 1
+        self.self_dense_side[name] = side
 
     def add_feature(self, side: int, x: torch.Tensor) -> None:
         x = x.detach().float()
@@ -266,13 +297,16 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
     """Installs capturing processors (and feature hooks) on `unet` for `needs`; restores on exit.
 
     ``keep``: the batch rows to record (e.g. ``slice(B, 2 * B)`` for the conditional half of a
-    classifier-free-guidance batch). After the forwards, ``cap.maps(image)`` returns CapturedMaps.
+    classifier-free-guidance batch). ``self_mode``: "qk" keeps queries and keys per forward (exact,
+    no N x N map); "dense" keeps running sums of head-mean self-attention maps (memory independent of the
+    number of forwards: for generations of many steps). After the forwards, ``cap.maps(image)``
+    returns CapturedMaps.
     """
 
-    def __init__(self, unet, needs: Needs, keep: slice = slice(None)):
+    def __init__(self, unet, needs: Needs, keep: slice = slice(None), self_mode: str = "qk"):
         self.unet = unet
         self.needs = needs
-        self.recorder = _Recorder(keep, needs)
+        self.recorder = _Recorder(keep, needs, self_mode)
         self._originals = None
         self._hooks = []
         self._first_up: dict[int, str] = {}
@@ -327,6 +361,9 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
             out.cross_layers.setdefault(rec.cross_layer_side[name], []).append(total / rec.cross_layer_count[name])
         for side, entries in rec.self_entries.items():
             out.self_attn[side] = SelfAttention(entries)
+        for name, total in rec.self_dense_sum.items():
+            side = rec.self_dense_side[name]
+            out.self_attn.setdefault(side, SelfAttention([])).dense_maps[name] = total / rec.self_dense_count[name]
         for side, total in rec.feature_sum.items():
             out.features[side] = total / rec.feature_count[side]
         len(self.unet.down_blocks)

@@ -95,3 +95,22 @@ def test_keep_records_only_the_conditional_half(tiny_pipe):
     maps = cap.maps()
     assert maps.cross[8].shape[0] == 2 and maps.features[8].shape[0] == 2
     assert maps.self_attn[16].entries[0][1].shape[0] == 2
+
+
+def test_dense_mode_keeps_running_sums_equal_to_the_mean_of_per_forward_maps(tiny_pipe):
+    x, ctx = _inputs(tiny_pipe)
+    needs = Needs(cross=True, self_attn=frozenset({(1, "first_up")}))
+    per_step = []
+    for t in (50, 150, 400):
+        with capture(tiny_pipe.unet, needs) as cap:
+            tiny_pipe.unet(x, t, encoder_hidden_states=ctx)
+        per_step.append(cap.maps().self_attn[16].dense())
+    with capture(tiny_pipe.unet, needs, self_mode="dense") as cap:
+        for t in (50, 150, 400):
+            tiny_pipe.unet(x, t, encoder_hidden_states=ctx)
+    sa = cap.maps().self_attn[16]
+    assert not sa.entries and len(sa.dense_maps) == 1  # no per-step Q/K kept
+    expected = sum(per_step) / 3
+    assert torch.allclose(sa.dense(), expected, atol=1e-6)
+    values = torch.rand(2, 256, 4)
+    assert torch.allclose(sa.propagate(values), expected @ values, atol=1e-5)
