@@ -189,16 +189,7 @@ class Segmenter:
         self, scores: torch.Tensor, size: tuple[int, int], method: str, names: list[str] | None = None
     ) -> Segmentation:
         """`names`: of channels 1..K when they are not the vocabulary's classes (unsupervised segments)."""
-        h, w = int(size[0]), int(size[1])
-        long_side = max(h, w)
-        f = min(1.0, self.config.max_label_side / long_side)
-        ah, aw = max(1, round(h * f)), max(1, round(w * f))
-        finite = torch.nan_to_num(scores, neginf=-1e9, posinf=1e9)
-        up = F.interpolate(finite[None], size=(ah, aw), mode="bilinear", align_corners=False)[0]
-        labels = up.argmax(0)
-        if (ah, aw) != (h, w):
-            labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
-        label_map = labels.cpu().numpy().astype(self.label_dtype)
+        label_map = scores_to_label_map(scores, size, self.config.max_label_side, self.label_dtype)
         ids = [int(i) for i in np.unique(label_map) if i > 0]
         return Segmentation(
             label_map=label_map,
@@ -207,6 +198,24 @@ class Segmenter:
             method=method,
             class_ids=ids,
         )
+
+
+def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:
+    """(1 + K, h, w) scores -> (H, W) label map of `dtype` at `size` = (H, W).
+
+    The argmax is taken on scores upsampled (bilinear) to at most `max_side` on the long side, then the
+    labels are resized (nearest) to the full size, so memory never scales with K x original pixels.
+    -inf scores (filtered classes) never win.
+    """
+    h, w = int(size[0]), int(size[1])
+    f = min(1.0, max_side / max(h, w))
+    ah, aw = max(1, round(h * f)), max(1, round(w * f))
+    finite = torch.nan_to_num(scores.float(), neginf=-1e9, posinf=1e9)
+    up = F.interpolate(finite[None], size=(ah, aw), mode="bilinear", align_corners=False)[0]
+    labels = up.argmax(0)
+    if (ah, aw) != (h, w):
+        labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+    return labels.cpu().numpy().astype(dtype)
 
 
 def seeded_noise(key: str, seed: int, shape) -> torch.Tensor:

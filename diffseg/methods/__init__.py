@@ -2,21 +2,37 @@
 
 ``get(name)`` returns the function, ``needs(name)`` what it reads from the capture, and
 ``params_class(name)`` its frozen parameter dataclass (``None`` params = the documented defaults).
+``namer(name)`` is None for methods whose channels are the vocabulary's classes; a method whose
+channels are segments (``maskdiffusion-unsupervised``) has a namer
+``(maps, spans, scores, class_names, params) -> per image, the names of channels 1..K``.
 """
 
 from __future__ import annotations
 
 from diffseg.capture import Needs
 from diffseg.methods import diffsegmenter as _diffsegmenter
+from diffseg.methods import maskdiffusion as _maskdiffusion
+from diffseg.methods import seediff as _seediff
+from diffseg.methods import unsupervised as _unsupervised
 
 _REGISTRY = {
     "diffsegmenter": (_diffsegmenter.diffsegmenter, _diffsegmenter.NEEDS, _diffsegmenter.DiffSegmenterParams),
+    "seediff": (_seediff.seediff, _seediff.NEEDS, _seediff.SeeDiffParams),
+    "maskdiffusion": (_maskdiffusion.maskdiffusion, _maskdiffusion.NEEDS, _maskdiffusion.MaskDiffusionParams),
+    "maskdiffusion-unsupervised": (
+        _unsupervised.maskdiffusion_unsupervised,
+        _unsupervised.NEEDS,
+        _unsupervised.UnsupervisedParams,
+    ),
 }
+_NAMERS = {"maskdiffusion-unsupervised": _unsupervised.name_segments}
 
 
-def register(name: str, fn, needs: Needs, params_cls) -> None:
-    """Adds a method under `name` (used by the method modules)."""
+def register(name: str, fn, needs: Needs, params_cls, namer=None) -> None:
+    """Adds a method under `name` (used by the method modules); `namer` names its segment channels."""
     _REGISTRY[name] = (fn, needs, params_cls)
+    if namer is not None:
+        _NAMERS[name] = namer
 
 
 def available() -> list[str]:
@@ -39,3 +55,9 @@ def needs(name: str) -> Needs:
 
 def params_class(name: str):
     return _entry(name)[2]
+
+
+def namer(name: str):
+    """The segment-naming function of a method whose channels are segments, else None."""
+    _entry(name)
+    return _NAMERS.get(name)
