@@ -12,6 +12,7 @@ Reproducible: the initial latent is drawn from a CPU generator seeded by (class,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 
@@ -62,42 +63,54 @@ def prompt_for(class_name: str, template: str) -> Vocabulary:
 
 
 @torch.no_grad()
+def generation_context(pipe: Pipeline, class_name: str, b: int, cfg: GenerationConfig):
+    """Returns (ctx, keep, span): text context for b images ([uncond; cond] with guidance), the batch
+    rows of the conditional branch, and the class's token positions in the prompt."""
+    enc = prompt_for(class_name, cfg.prompt).encode(pipe.tokenizer, "per_class")
+    chunk = enc.input_ids.shape[1]
+    cond = encode_text(pipe.text_encoder, enc.input_ids, chunk, pipe.device, pipe.dtype)
+    if cfg.guidance == 1.0:
+        return cond.expand(b, -1, -1), slice(None), enc.spans[0][0]
+    empty = pipe.tokenizer("", padding="max_length", max_length=chunk, return_tensors="pt").input_ids
+    uncond = encode_text(pipe.text_encoder, empty, chunk, pipe.device, pipe.dtype)
+    return torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]), slice(b, 2 * b), enc.spans[0][0]
+
+
+@torch.no_grad()
+def denoise(pipe: Pipeline, ctx: torch.Tensor, latents: torch.Tensor, steps: int, guidance: float, around_step=None):
+    """DDIM from pure noise `latents` (B, 4, r, r) to clean latents, with classifier-free guidance when
+    `guidance` != 1 (then `ctx` is [uncond; cond], 2B rows). `around_step()`, when given, returns a
+    context manager entered around each U-Net call (tests capture each step on its own with it)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps, device=pipe.device)
+    latents = (latents * scheduler.init_noise_sigma).to(pipe.device, pipe.dtype)
+    guided = guidance != 1.0
+    for t in scheduler.timesteps:
+        model_in = torch.cat([latents, latents]) if guided else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        with around_step() if around_step else contextlib.nullcontext():
+            pred = pipe.unet(model_in, t, encoder_hidden_states=ctx).sample
+        if guided:
+            pred_u, pred_c = pred.chunk(2)
+            pred = pred_u + guidance * (pred_c - pred_u)
+        latents = scheduler.step(pred, t, latents).prev_sample
+    return latents
+
+
+@torch.no_grad()
 def generate_with_masks(
     pipe: Pipeline, class_name: str, seeds: list[int], config: GenerationConfig | None = None, params=None
 ) -> list[Generated]:
     """Generates len(seeds) images of `class_name` (one batch) and their masks."""
-    from diffusers import DDIMScheduler
-
     cfg = config or GenerationConfig()
-    vocab = prompt_for(class_name, cfg.prompt)
-    enc = vocab.encode(pipe.tokenizer, "per_class")
-    span = enc.spans[0][0]
-    chunk = enc.input_ids.shape[1]
-    cond = encode_text(pipe.text_encoder, enc.input_ids, chunk, pipe.device, pipe.dtype)
-    b = len(seeds)
-    guided = cfg.guidance != 1.0
-    if guided:
-        empty = pipe.tokenizer("", padding="max_length", max_length=chunk, return_tensors="pt").input_ids
-        uncond = encode_text(pipe.text_encoder, empty, chunk, pipe.device, pipe.dtype)
-        ctx = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)])
-        keep = slice(b, 2 * b)
-    else:
-        ctx, keep = cond.expand(b, -1, -1), slice(None)
+    ctx, keep, span = generation_context(pipe, class_name, len(seeds), cfg)
     side = cfg.resolution // pipe.vae_scale
     latents = torch.stack([initial_latent(class_name, s, (pipe.unet.config.in_channels, side, side)) for s in seeds])
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(cfg.steps, device=pipe.device)
-    latents = (latents * scheduler.init_noise_sigma).to(pipe.device, pipe.dtype)
     needs = method_registry.needs(cfg.method)
     with capture(pipe.unet, needs, keep=keep, self_mode="dense") as cap:
-        for t in scheduler.timesteps:
-            model_in = torch.cat([latents, latents]) if guided else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            pred = pipe.unet(model_in, t, encoder_hidden_states=ctx).sample
-            if guided:
-                pred_u, pred_c = pred.chunk(2)
-                pred = pred_u + cfg.guidance * (pred_c - pred_u)
-            latents = scheduler.step(pred, t, latents).prev_sample
+        latents = denoise(pipe, ctx, latents, cfg.steps, cfg.guidance)
     images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample.float()
     images01 = ((images + 1) / 2).clamp(0, 1)
     maps = cap.maps(image=images01)
