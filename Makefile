@@ -17,6 +17,8 @@ install: $(BIN)/python
 	# torch first: the local CPU build. A bare `torch` requirement would pull several GB of CUDA wheels.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# headless Chromium (Debian's package) for the report test, which fails without it
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 demo: install
 	$(BIN)/python -m diffseg.demo

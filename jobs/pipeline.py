@@ -1,0 +1,96 @@
+"""Ray wiring: connecting to (or starting) Ray, and the Ray Data pipeline of the job.
+
+    from_arrow(URI blocks, each inside one unit)
+      -> map_batches(decode_batch)             CPU tasks: read + decode + resize (jobs.udf)
+      -> map_batches(SegmentUDF, ActorPool)    actors: model, masks, stats, error rows (jobs.udf)
+      -> iter_batches() in the driver          UnitWriter commits each unit when complete (jobs.writer)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pyarrow as pa
+
+from jobs.config import JobConfig, Resources
+from jobs.udf import SegmentUDF, UdfConfig, decode_batch
+from jobs.units import Unit
+
+log = logging.getLogger("jobs.pipeline")
+
+
+def init_ray(config: JobConfig) -> None:
+    """Connects to the cluster (``--address`` or ``$RAY_ADDRESS``, as ``ray job submit`` sets) or starts
+    a local runtime with ``--num-cpus`` / ``--object-store-mb``. Does nothing when Ray is already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"log_to_driver": True}
+    if address in (None, "local"):
+        if config.num_cpus is not None:
+            kwargs["num_cpus"] = config.num_cpus
+        if config.object_store_mb is not None:
+            kwargs["object_store_memory"] = int(config.object_store_mb) * 1024 * 1024
+        kwargs["include_dashboard"] = False
+        address = "local"  # a fresh runtime: never join a cluster someone else started on this machine
+    ray.init(address=address, **kwargs)
+
+
+def cluster_resources() -> tuple[float, float]:
+    """(CPUs, GPUs) of the connected cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+
+
+def input_blocks(units: list[Unit], block_rows: int) -> list[pa.Table]:
+    """Arrow tables of (uri, unit_id) rows: each unit cut into blocks of at most `block_rows` rows, so
+    decode tasks are small and a block never mixes units."""
+    blocks = []
+    for unit in units:
+        for start in range(0, len(unit.uris), block_rows):
+            uris = list(unit.uris[start : start + block_rows])
+            blocks.append(pa.table({"uri": uris, "unit_id": [unit.unit_id] * len(uris)}))
+    return blocks
+
+
+def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab):
+    """The lazy Ray Data pipeline whose output rows are jobs.tables.RESULT_SCHEMA rows."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True  # Ray Data draws them only when attached to a terminal
+    udf_config = UdfConfig(
+        methods=tuple(config.methods),
+        resolution=config.resolution,
+        dtype=config.dtype,
+        device=resources.device,
+        save_scores=config.save_scores,
+        torch_threads=resources.torch_threads,
+    )
+    ds = ray.data.from_arrow(input_blocks(units, block_rows=max(config.batch_size, 16)))
+    ds = ds.map_batches(
+        decode_batch,
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        fn_kwargs={"resolution": config.resolution, "max_pixels": config.max_pixels},
+        num_cpus=resources.decode_cpus,
+        # Reserving the memory a decode task needs bounds how many run at once on a node; it also keeps
+        # Ray Data from fusing decoding into the actors (it fuses a task stage into an actor stage with
+        # equal resources), so decoding stays on parallel CPU tasks.
+        memory=resources.decode_memory,
+    )
+    return ds.map_batches(
+        SegmentUDF,
+        fn_constructor_args=(config.model, vocab, udf_config),
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=resources.actors),
+        num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.gpus_per_actor,
+    )  # Ray Data restarts a killed actor and retries its in-flight batches (max_restarts=-1 by default)

@@ -1,0 +1,142 @@
+"""OUTPUT as a small key/value store on any fsspec filesystem (local folder, ``s3://``, ``gs://``...).
+
+Writes of small objects are whole-object puts on object stores (atomic there); on a local disk they go
+to a hidden temporary name and are renamed into place, so a killed run never leaves a half-written file
+under a final name. Hidden names (``.tmp-*``) are skipped by pyarrow/DuckDB dataset readers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+from fsspec.core import url_to_fs
+
+from diffseg.model import redact_uri
+
+TMP_PREFIX = ".tmp-"
+WRITE_ATTEMPTS = 4  # tries per object write for transient storage errors (throttling, resets)
+
+
+class OutputError(ValueError):
+    """OUTPUT cannot be written or read."""
+
+
+class OutputStore:
+    """Paths relative to OUTPUT (``"masks/part-x.parquet"``) mapped onto its filesystem."""
+
+    def __init__(self, output: str):
+        self.output = output
+        try:
+            self.fs, root = url_to_fs(output)
+        except (ImportError, ValueError) as exc:
+            raise OutputError(f"OUTPUT {redact_uri(output)!r}: no filesystem for it ({exc})") from exc
+        self.root = root.rstrip("/") or root
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = protocol in ("file", "local")
+        if self.local:
+            self.root = os.path.abspath(self.root)
+
+    def __repr__(self) -> str:
+        return f"OutputStore({redact_uri(self.output)!r})"
+
+    def path(self, rel: str) -> str:
+        """The filesystem path of `rel` under OUTPUT."""
+        return f"{self.root}/{rel}"
+
+    def uri(self, rel: str) -> str:
+        """The full URI (with scheme) of `rel` under OUTPUT, for readers."""
+        return self.fs.unstrip_protocol(self.path(rel)) if not self.local else "file://" + self.path(rel)
+
+    def put(self, rel: str, data: bytes) -> None:
+        """Writes `data` to `rel` (atomic rename on local disks; a single put on object stores).
+
+        Transient errors are retried with backoff; missing buckets and permission errors are not.
+        """
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return self._put(rel, data)
+            except (FileNotFoundError, PermissionError):
+                raise
+            except OSError:
+                if attempt + 1 == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+
+    def _put(self, rel: str, data: bytes) -> None:
+        path = self.path(rel)
+        if not self.local:
+            self.fs.pipe_file(path, data)
+            return
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{os.path.basename(path)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def put_json(self, rel: str, obj) -> None:
+        self.put(rel, (json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n").encode())
+
+    def get(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def get_json(self, rel: str):
+        return json.loads(self.get(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def get_many(self, rels: list[str]) -> dict[str, bytes | Exception]:
+        """Contents of several objects, fetched concurrently on object stores; errors are returned."""
+        if not rels:
+            return {}
+        paths = [self.path(r) for r in rels]
+        got = self.fs.cat_ranges(paths, None, None, on_error="return")
+        return dict(zip(rels, got))
+
+    def list(self, rel_dir: str) -> list[str]:
+        """Relative paths of every file below `rel_dir` (recursive; empty when it does not exist)."""
+        self.invalidate()
+        base = self.path(rel_dir).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return []
+        prefix = self.root + "/"
+        return sorted(p[len(prefix):] for p in found if p.startswith(prefix))
+
+    def remove(self, rels: list[str]) -> None:
+        for rel in rels:
+            try:
+                self.fs.rm_file(self.path(rel))
+            except FileNotFoundError:
+                pass
+
+    def invalidate(self) -> None:
+        """Drops fsspec's cached listings (new files written by other processes become visible)."""
+        try:
+            self.fs.invalidate_cache()
+        except Exception:
+            pass
+
+    def check_writable(self) -> None:
+        """Writes, reads back and removes a probe object; raises OutputError naming OUTPUT otherwise."""
+        rel = f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+            self.put(rel, b"diffseg write probe")
+            if self.get(rel) != b"diffseg write probe":
+                raise OSError("the probe object read back differs from what was written")
+            self.remove([rel])
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(
+                f"OUTPUT {redact_uri(self.output)!r} is not writable: {type(exc).__name__}: {exc}"
+            ) from exc
