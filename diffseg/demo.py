@@ -1,7 +1,11 @@
-"""The README's first command: segment bundled sample photos with the offline tiny pipeline.
+"""The README's first command (`make demo`): the Ray job on a local image lake, offline.
 
-The tiny pipeline has random weights, so its masks are noise; the demo shows the whole path (decode,
-one U-Net pass under capture, DiffSegmenter, label maps, overlays, statistics) without any download.
+It writes scikit-image's bundled photographs (and one file that is not an image, to show an error
+row) into ``demo-out/lake/``, runs ``python -m jobs.segment`` on a local Ray runtime with the offline
+``tiny`` pipeline and two methods from one forward, then renders the HTML report. The tiny pipeline
+has random weights, so its masks are noise: the demo shows the whole path (listing, decoding on CPU
+tasks, the actor pool, one U-Net pass under capture, the methods, Parquet outputs, exactly-once
+commits, the report) without any download. Run it twice: the second run finds nothing to do.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 
 for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
     os.environ.setdefault(key, value)
+
+VOCAB = "person, cat, coffee cup, rocket, sky"
 
 
 def write_sample_photos(folder: Path) -> list[str]:
@@ -30,14 +36,27 @@ def write_sample_photos(folder: Path) -> list[str]:
 
 
 def main() -> int:
-    from diffseg.__main__ import main as cli
+    from jobs.report import main as report
+    from jobs.segment import main as segment
 
-    root = Path(os.environ.get("DIFFSEG_DEMO_DIR", "demo-out"))
-    images = write_sample_photos(root / "images")
-    print("diffseg demo: the offline 'tiny' pipeline has RANDOM weights, so the masks below are noise.")
-    print("It exercises the real code path; use --model with a Stable Diffusion checkpoint for real masks.\n")
-    return cli([*images, "--vocab", "person, cat, coffee cup, rocket, sky", "--model", "tiny",
-                "--resolution", "256", "--out", str(root / "masks")])
+    root = Path(os.environ.get("DIFFSEG_DEMO_DIR", "demo-out")).resolve()
+    lake, output = root / "lake", root / "output"
+    write_sample_photos(lake)
+    (lake / "not-an-image.jpg").write_bytes(b"this file is text, not a JPEG")
+    banner = ("diffseg demo: the offline 'tiny' pipeline has RANDOM weights, so the masks are NOISE.\n"
+              "It runs the real job end to end; pass --model with a Stable Diffusion checkpoint for real masks.")
+    print(banner + "\n", flush=True)
+    code = segment([str(lake), str(output), "--vocab", VOCAB, "--model", "tiny", "--resolution", "256",
+                    "--method", "diffsegmenter", "--method", "seediff", "--batch-size", "2",
+                    "--max-error-fraction", "0.5", "--num-cpus", "2", "--object-store-mb", "256", "-q"])
+    if code != 0:
+        return code
+    report([str(output), "--out", str(root / "report.html")])
+    print(f"\n{banner}\n")
+    print(f"outputs:  {output}/masks, stats, errors (Parquet) and manifest.json")
+    print(f"report:   {root / 'report.html'} (open it in a browser)")
+    print("read it:  python -c \"import pandas as pd; print(pd.read_parquet('%s/stats'))\"" % output)
+    return 0
 
 
 if __name__ == "__main__":
