@@ -43,11 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timesteps", default="100", help="comma-separated timesteps, averaged (default: 100)")
     p.add_argument("--context", choices=("joint", "per_class"), default="joint",
                    help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
-    p.add_argument("--tau", type=float, default=None, help="DiffSegmenter background threshold (default 0.4)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="background threshold for every method used (DiffSegmenter default 0.4, provisional)")
+    p.add_argument("--fitted", default=None,
+                   help="fitted.json from `python -m jobs.evaluate --fit tau`: use its background thresholds")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward (default: 4)")
     return p
+
+
+def method_params(methods: list[str], tau: float | None, fitted_path: str | None) -> dict | None:
+    """Per-method params from --tau (all methods with a background score) or a fitted.json."""
+    from diffseg.methods import BACKGROUND_FIELD, make_params, params_from_fitted
+
+    if tau is not None and fitted_path:
+        raise ValueError("give --tau or --fitted, not both")
+    if tau is not None:
+        return {m: make_params(m, {"tau": tau}) for m in methods if m in BACKGROUND_FIELD}
+    if fitted_path:
+        import fsspec
+
+        with fsspec.open(fitted_path, "r") as f:
+            return params_from_fitted(json.load(f), methods)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     from diffseg import Segmenter, Vocabulary, load_pipeline
     from diffseg.images import ImageDecodeError, load_image
     from diffseg.masks import compute_class_stats, encode_label_png
-    from diffseg.methods.diffsegmenter import DiffSegmenterParams
     from diffseg.model import ModelLoadError
     from diffseg.overlay import render_overlay
 
@@ -64,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         timesteps = tuple(int(t) for t in args.timesteps.split(","))
         pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
         methods = args.method or ["diffsegmenter"]
-        params = {"diffsegmenter": DiffSegmenterParams(tau=args.tau)} if args.tau is not None and "diffsegmenter" in methods else None
+        params = method_params(methods, args.tau, args.fitted)
         seg = Segmenter(pipe, vocab, method=methods, params=params, resolution=args.resolution,
                         timesteps=timesteps, context=args.context)
     except (ValueError, ModelLoadError, TypeError) as exc:

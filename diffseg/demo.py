@@ -55,7 +55,8 @@ def main() -> int:
     print(f"\n{banner}\n")
     print(f"outputs:  {output}/masks, stats, errors (Parquet) and manifest.json")
     print(f"report:   {root / 'report.html'} (open it in a browser)")
-    print("read it:  python -c \"import pandas as pd; print(pd.read_parquet('%s/stats'))\"" % output)
+    stats = f"{output}/stats"
+    print(f"read it:  python -c \"import pandas as pd; print(pd.read_parquet('{stats}'))\"")
     return 0
 
 

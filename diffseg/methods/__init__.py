@@ -61,3 +61,43 @@ def namer(name: str):
     """The segment-naming function of a method whose channels are segments, else None."""
     _entry(name)
     return _NAMERS.get(name)
+
+
+# The parameter holding each method's background score (what jobs.evaluate fits as "tau").
+BACKGROUND_FIELD = {"diffsegmenter": "tau", "seediff": "threshold", "maskdiffusion": "background"}
+
+
+def make_params(name: str, values: dict | None = None):
+    """The method's params dataclass with `values` (field -> value) over its defaults.
+
+    The key "tau" is accepted for every method with a background score and sets that method's own
+    field (tau, threshold or background). Unknown fields raise ValueError naming them.
+    """
+    import dataclasses
+
+    cls = params_class(name)
+    values = dict(values or {})
+    if "tau" in values and name in BACKGROUND_FIELD and BACKGROUND_FIELD[name] != "tau":
+        values[BACKGROUND_FIELD[name]] = values.pop("tau")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def params_from_fitted(fitted: dict, methods: list[str]) -> dict:
+    """method -> params from a jobs.evaluate fitted.json ({method: {"tau": x, ...}}) for `methods`.
+
+    Methods missing from `fitted` keep their defaults; records' other keys (fit figures, stems) are
+    provenance and are ignored.
+    """
+    out = {}
+    for m in methods:
+        record = fitted.get(m)
+        if record is None:
+            continue
+        if m not in BACKGROUND_FIELD:
+            raise ValueError(f"method {m!r} has no background threshold to apply from fitted values")
+        out[m] = make_params(m, {"tau": float(record["tau"])})
+    return out
