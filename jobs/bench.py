@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default="", help="comma list of comparisons to skip: capture, context")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the share-of-peak line")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--scaling", type=int, default=None, metavar="N",
+                   help="instead: the Ray job on N and 10xN images (peak RSS, img/s) and an in-process loop on 10xN")
     return p
 
 
@@ -180,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     vocab = Vocabulary([c.replace("-", " ") for c in CLASSES20[: args.vocab_size]])
+    if args.scaling:
+        from jobs.bench_scaling import run_scaling
+
+        args.vocab_spec = ", ".join(vocab.names)
+        print(f"scaling: {args.model} {args.resolution}px batch={args.batch_size} on {device}, {len(vocab)} classes")
+        figures = run_scaling(args, sample_jpegs(4))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(figures, f, indent=1)
+        return 0
     jpegs = sample_jpegs(args.batch_size * (args.iters + 1))
     skip = set(filter(None, args.skip.split(",")))
     figures = {"model": args.model, "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
