@@ -132,15 +132,9 @@ def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
     import fsspec
     from filelock import FileLock
 
-    if "://" not in uri or uri.startswith("file://"):
-        folder = Path(uri.removeprefix("file://")).expanduser()
-        if not folder.is_dir():
-            raise ModelLoadError(
-                f"model {uri!r}: no such folder. Pass 'tiny', 'sd15-random', 'sd21-random', a local "
-                "folder or an fsspec URL (s3://bucket/prefix/) of a diffusers-format checkpoint"
-            )
-        check_checkpoint_folder(folder, uri)
-        return folder
+    if is_local(uri):
+        check_model_uri(uri)
+        return Path(uri.removeprefix("file://")).expanduser()
 
     cache = Path(cache_dir or os.environ.get("DIFFSEG_CACHE", "~/.cache/diffseg")).expanduser() / "models"
     cache.mkdir(parents=True, exist_ok=True)
@@ -169,6 +163,42 @@ def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def check_model_uri(uri: str) -> None:
+    """Raises ModelLoadError unless `uri` is a builtin model or names a diffusers SD checkpoint.
+
+    Reads only listings (no weights, no download), so a job can check its model before reading images.
+    """
+    import fsspec
+
+    if uri in BUILTIN_MODELS:
+        return
+    if is_local(uri):
+        folder = Path(uri.removeprefix("file://")).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(
+                f"model {uri!r}: no such folder. Pass one of {', '.join(BUILTIN_MODELS)}, a local folder or an "
+                "fsspec URL (s3://bucket/prefix/) of a diffusers-format Stable Diffusion checkpoint"
+            )
+        check_checkpoint_folder(folder, uri)
+        return
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+        root = root.rstrip("/")
+        missing = [c for c in COMPONENTS if not fs.isdir(f"{root}/{c}")]
+        if not fs.exists(f"{root}/model_index.json"):
+            missing.insert(0, "model_index.json")
+    except Exception as exc:
+        raise ModelLoadError(f"model {redact_uri(uri)!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
+    if missing:
+        raise ModelLoadError(
+            f"model {redact_uri(uri)!r} is not a diffusers Stable Diffusion checkpoint: missing {', '.join(missing)}"
+        )
 
 
 def check_checkpoint_folder(folder: Path, uri: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from jobs.config import ConfigError, JobConfig, resolve_resources
 from jobs.inputs import InputError, list_inputs
@@ -35,33 +34,9 @@ class PreflightError(ValueError):
 
 def check_model(uri: str) -> None:
     """Raises ModelLoadError when `uri` is not a builtin model nor a diffusers checkpoint (nothing is loaded)."""
-    import fsspec
+    from diffseg.model import check_model_uri
 
-    from diffseg.model import BUILTIN_MODELS, COMPONENTS, ModelLoadError, check_checkpoint_folder, redact_uri
-
-    if uri in BUILTIN_MODELS:
-        return
-    if "://" not in uri or uri.startswith("file://"):
-        folder = Path(uri.removeprefix("file://")).expanduser()
-        if not folder.is_dir():
-            raise ModelLoadError(
-                f"model {uri!r}: no such folder. Pass one of {', '.join(BUILTIN_MODELS)}, a local folder or an "
-                "fsspec URL (s3://bucket/prefix/) of a diffusers-format Stable Diffusion checkpoint"
-            )
-        check_checkpoint_folder(folder, uri)
-        return
-    try:
-        fs, root = fsspec.core.url_to_fs(uri)
-        root = root.rstrip("/")
-        missing = [c for c in COMPONENTS if not fs.isdir(f"{root}/{c}")]
-        if not fs.exists(f"{root}/model_index.json"):
-            missing.insert(0, "model_index.json")
-    except Exception as exc:
-        raise ModelLoadError(f"model {redact_uri(uri)!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
-    if missing:
-        raise ModelLoadError(
-            f"model {redact_uri(uri)!r} is not a diffusers Stable Diffusion checkpoint: missing {', '.join(missing)}"
-        )
+    check_model_uri(uri)
 
 
 def preflight(config: JobConfig):
