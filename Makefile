@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED=0
 export HF_HUB_OFFLINE=1
 export AWS_EC2_METADATA_DISABLED=true
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-fast lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,3 +29,7 @@ lint: install
 test: install
 	$(BIN)/ruff check diffseg jobs tests
 	$(BIN)/python -m pytest -q
+
+# local iteration: everything but the slow end-to-end tests (CI runs them all through `make test`)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
