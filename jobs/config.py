@@ -78,12 +78,16 @@ class Resources:
 
 def decode_memory_bytes(config: JobConfig) -> int:
     """Peak memory of one decode task: the largest accepted image decoded (RGB) plus a converted copy,
-    and the batch of resized model inputs it returns (default settings: about 400 MB)."""
-    return 2 * 3 * config.max_pixels + 3 * config.batch_size * config.resolution**2 + (64 << 20)
+    and the batch of resized model inputs it returns (default settings: about 400 MB). A config without
+    ``max_pixels`` (a job that decodes no input images) counts only the batch."""
+    return 2 * 3 * getattr(config, "max_pixels", 0) + 3 * config.batch_size * config.resolution**2 + (64 << 20)
 
 
 def resolve_resources(config: JobConfig, cluster_cpus: float, cluster_gpus: float) -> Resources:
     """Sizes the actor pool so that reading always has a CPU left (no deadlock on small machines).
+
+    `config` is a JobConfig or any config with the same sizing fields (``actors``, ``gpus_per_actor``,
+    ``cpus_per_actor``, ``batch_size``, ``resolution``), such as jobs.synth_config.SynthConfig.
 
     GPU cluster (or ``--gpus-per-actor`` > 0): one actor per GPU share, 1 CPU each unless told.
     CPU-only: one actor by default; actors share what is left after reserving a quarter of the CPUs

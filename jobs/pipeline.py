@@ -4,6 +4,12 @@
       -> map_batches(decode_batch)             CPU tasks: read + decode + resize (jobs.udf)
       -> map_batches(SegmentUDF, ActorPool)    actors: model, masks, stats, error rows (jobs.udf)
       -> iter_batches() in the driver          UnitWriter commits each unit when complete (jobs.writer)
+
+and, for ``jobs.synthesize`` (:func:`build_generation_dataset`; nothing to read or decode)::
+
+    from_arrow(work-item blocks, one generation group each)
+      -> map_batches(SynthUDF, ActorPool)      actors: generate + mask + encode (jobs.synth_udf)
+      -> iter_batches() in the driver          the same UnitWriter, with jobs.synth_tables.SYNTH_TABLES
 """
 
 from __future__ import annotations
@@ -94,3 +100,55 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         num_cpus=resources.cpus_per_actor,
         num_gpus=resources.gpus_per_actor,
     )  # Ray Data restarts a killed actor and retries its in-flight batches (max_restarts=-1 by default)
+
+
+def generation_blocks(units: list[Unit], batch_size: int, class_ids: dict[str, int]) -> list[pa.Table]:
+    """Arrow tables of work items (key, unit_id, group, class_name, class_id, seed): one block per
+    generation group (jobs.synth_config.generation_groups), so one actor call generates one group."""
+    from jobs.synth_config import generation_groups, item_key
+
+    blocks = []
+    for unit in units:
+        for g, (class_name, seeds) in enumerate(generation_groups(unit, batch_size)):
+            n = len(seeds)
+            blocks.append(pa.table({
+                "key": [item_key(class_name, s) for s in seeds],
+                "unit_id": [unit.unit_id] * n,
+                "group": [f"{unit.unit_id}/{g}"] * n,
+                "class_name": [class_name] * n,
+                "class_id": pa.array([class_ids[class_name]] * n, pa.int32()),
+                "seed": pa.array(seeds, pa.int64()),
+            }))
+    return blocks
+
+
+def build_generation_dataset(units: list[Unit], config, resources: Resources, class_ids: dict[str, int]):
+    """The lazy Ray Data pipeline of ``jobs.synthesize`` (`config`: a jobs.synth_config.SynthConfig) whose
+    output rows are jobs.synth_tables.SYNTH_RESULT_SCHEMA rows."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from jobs.synth_udf import SynthUDF, SynthUdfConfig
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    udf_config = SynthUdfConfig(
+        steps=config.steps,
+        guidance=config.guidance,
+        resolution=config.resolution,
+        prompt=config.prompt,
+        pamr=config.pamr,
+        dtype=config.dtype,
+        device=resources.device,
+        torch_threads=resources.torch_threads,
+    )
+    ds = ray.data.from_arrow(generation_blocks(units, config.batch_size, class_ids))
+    return ds.map_batches(
+        SynthUDF,
+        fn_constructor_args=(config.model, udf_config),
+        batch_size=None,  # whole blocks: one generation group per call (the actor also groups by "group")
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=resources.actors),
+        num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.gpus_per_actor,
+    )

@@ -9,9 +9,16 @@ Under OUTPUT, three Parquet datasets:
 The actor returns one :data:`RESULT_SCHEMA` row per input image (its mask and statistics rows nested in
 list columns), so an image's rows always travel together and a unit is complete when every one of its
 URIs has arrived; the driver flattens them into the three tables with :func:`split_results`.
+
+:class:`TableSet` bundles what the shared exactly-once machinery (jobs.units, jobs.writer) needs to know
+about a job's tables; :data:`SEGMENT_TABLES` is this job's, ``jobs.synth_tables.SYNTH_TABLES`` the
+generation job's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -127,3 +134,24 @@ def split_results(results: pa.Table, run_id: str, model: str, vocab_hash: str) -
         "stats": pa.Table.from_pylist(stats, schema=STATS_SCHEMA),
         "errors": pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA),
     }
+
+
+@dataclass(frozen=True)
+class TableSet:
+    """A job's output tables, as the unit writer and the commit markers see them.
+
+    ``schemas``: table name -> exact Arrow schema (one Parquet file per unit and table); it must hold an
+    ``errors`` table with a ``stage`` column. ``split(results, run_id, model, run_hash)`` flattens the
+    actors' result rows of one unit into those tables. ``key_column``: the result column naming the
+    work item (what commit markers list). ``row_counters``: table -> the ``UnitWriter.counts`` key that
+    counts its rows. ``item_name``: what a work item is called in progress logs.
+    """
+
+    schemas: Mapping[str, pa.Schema]
+    split: Callable[[pa.Table, str, str, str], dict[str, pa.Table]]
+    key_column: str = "uri"
+    row_counters: Mapping[str, str] = field(default_factory=dict)
+    item_name: str = "images"
+
+
+SEGMENT_TABLES = TableSet(SCHEMAS, split_results, "uri", {"masks": "mask_rows", "stats": "stats_rows"}, "images")

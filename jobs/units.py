@@ -14,6 +14,11 @@ images always form the same units. A unit exists for readers only once its marke
 lists its URIs and files. The done set of a run is the union of its markers' URIs; files that no marker
 lists are debris of a killed run and are removed when the next run starts. Names starting with ``_`` or
 ``.`` are skipped by pyarrow/DuckDB dataset readers, so markers never get in the way of a plain read.
+
+The machinery is shared by every job that writes units: the functions that touch table files take the
+job's ``schemas`` (table name -> Arrow schema; the segment job's :data:`jobs.tables.SCHEMAS` by default),
+and a unit's ``uris`` are its work-item keys (image URIs here, ``"class\tseed"`` keys for
+``jobs.synthesize``; the markers keep the field name ``uris`` for both).
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.store import TMP_PREFIX, OutputStore
-from jobs.tables import SCHEMAS, TABLES
+from jobs.tables import SCHEMAS
 
 log = logging.getLogger("jobs.units")
 
@@ -41,7 +47,7 @@ _PART = re.compile(r"^part-.*\.parquet$")
 
 @dataclass(frozen=True)
 class Unit:
-    """A deterministic batch of work: sorted URIs and the id derived from them."""
+    """A deterministic batch of work: sorted URIs (work-item keys) and the id derived from them."""
 
     unit_id: str
     uris: tuple[str, ...]
@@ -74,9 +80,9 @@ def make_units(uris: list[str], unit_size: int) -> list[Unit]:
     return units
 
 
-def unit_files(run_id: str, unit_id: str) -> dict[str, str]:
-    """Relative paths of a unit's three Parquet files."""
-    return {t: f"{t}/part-{run_id}-{unit_id}.parquet" for t in TABLES}
+def unit_files(run_id: str, unit_id: str, schemas: Mapping[str, pa.Schema] = SCHEMAS) -> dict[str, str]:
+    """Relative paths of a unit's Parquet files, one per table of `schemas`."""
+    return {t: f"{t}/part-{run_id}-{unit_id}.parquet" for t in schemas}
 
 
 def marker_path(run_id: str, unit_id: str) -> str:
@@ -110,12 +116,14 @@ def done_set(markers: list[dict]) -> set[str]:
     return {u for m in markers for u in m["uris"]}
 
 
-def find_debris(store: OutputStore, markers: list[dict]) -> list[str]:
-    """Files a killed run left behind: part files no valid marker lists, temporaries, broken markers."""
+def find_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[str]:
+    """Files a killed run left behind: part files no valid marker lists, temporaries, broken markers.
+
+    Only the table folders named by `schemas` are searched (another job's tables are left alone)."""
     keep = {rel for m in markers for rel in m["files"].values()}
     keep |= {marker_path(m["run_id"], m["unit_id"]) for m in markers}
     debris = []
-    for table in TABLES:
+    for table in schemas:
         for rel in store.list(table):
             name = rel.rsplit("/", 1)[-1]
             if rel not in keep and (_PART.match(name) or name.startswith(TMP_PREFIX)):
@@ -126,9 +134,9 @@ def find_debris(store: OutputStore, markers: list[dict]) -> list[str]:
     return debris
 
 
-def remove_debris(store: OutputStore, markers: list[dict]) -> list[str]:
+def remove_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[str]:
     """Removes (and returns) the debris of killed runs. Run it only when no other job writes OUTPUT."""
-    debris = find_debris(store, markers)
+    debris = find_debris(store, markers, schemas)
     if debris:
         log.info("removing %d file(s) a killed run left half-written: %s%s", len(debris),
                  ", ".join(debris[:5]), " ..." if len(debris) > 5 else "")
@@ -136,14 +144,16 @@ def remove_debris(store: OutputStore, markers: list[dict]) -> list[str]:
     return debris
 
 
-def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa.Table]) -> dict:
-    """Writes a unit's masks, stats and errors files, then its commit marker (last). Returns the marker."""
-    files = unit_files(run_id, unit.unit_id)
+def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa.Table],
+               schemas: Mapping[str, pa.Schema] = SCHEMAS) -> dict:
+    """Writes a unit's files (masks, stats and errors; or the tables of `schemas`), then its commit
+    marker (last). Returns the marker."""
+    files = unit_files(run_id, unit.unit_id, schemas)
     rows = {}
-    for table in TABLES:
+    for table, schema in schemas.items():
         data = tables[table]
-        if data.schema != SCHEMAS[table]:
-            data = data.cast(SCHEMAS[table])
+        if data.schema != schema:
+            data = data.cast(schema)
         buf = io.BytesIO()
         pq.write_table(data, buf, compression="zstd")
         store.put(files[table], buf.getvalue())
@@ -161,33 +171,36 @@ def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa
     return marker
 
 
-def committed_files(output: str, table: str = "masks", run_id: str | None = None) -> list[str]:
+def committed_files(output: str, table: str = "masks", run_id: str | None = None,
+                    schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[str]:
     """URIs of the committed files of `table` ("masks", "stats" or "errors"), of one run or all runs.
 
     Reading exactly these files gives every committed row exactly once, even while a job is writing
-    OUTPUT or after a job was killed (before the next run removes its debris).
+    OUTPUT or after a job was killed (before the next run removes its debris). Another job's tables:
+    pass its `schemas` (``jobs.synth_tables.SYNTH_SCHEMAS`` for ``samples``).
     """
-    if table not in TABLES:
-        raise ValueError(f"table {table!r} is not one of {', '.join(TABLES)}")
+    if table not in schemas:
+        raise ValueError(f"table {table!r} is not one of {', '.join(schemas)}")
     store = OutputStore(output)
-    return [store.uri(m["files"][table]) for m in load_commits(store, run_id)]
+    return [store.uri(m["files"][table]) for m in load_commits(store, run_id) if table in m["files"]]
 
 
 def read_committed(output: str, table: str = "masks", run_id: str | None = None,
-                   columns: list[str] | None = None) -> pa.Table:
+                   columns: list[str] | None = None, schemas: Mapping[str, pa.Schema] = SCHEMAS) -> pa.Table:
     """The committed rows of `table` under OUTPUT as one pyarrow Table (see :func:`committed_files`).
 
     Example: ``read_committed("s3://lake/seg/", "stats", columns=["uri", "class_name", "fraction"])``.
     Use it when a job may be running; after a run finished a plain ``pyarrow.dataset``/DuckDB/pandas
-    read of ``OUTPUT/masks/`` gives the same rows.
+    read of ``OUTPUT/masks/`` gives the same rows. Another job's tables: pass its `schemas`, e.g.
+    ``read_committed(out, "samples", schemas=jobs.synth_tables.SYNTH_SCHEMAS)``.
     """
     store = OutputStore(output)
     markers = load_commits(store, run_id)
-    schema = SCHEMAS[table] if table in SCHEMAS else None
+    schema = schemas[table] if table in schemas else None
     if schema is None:
-        raise ValueError(f"table {table!r} is not one of {', '.join(TABLES)}")
+        raise ValueError(f"table {table!r} is not one of {', '.join(schemas)}")
     parts = []
-    for marker in markers:
+    for marker in (m for m in markers if table in m["files"]):
         with store.fs.open(store.path(marker["files"][table]), "rb") as f:
             parts.append(pq.read_table(f, columns=columns, schema=schema))
     if not parts:

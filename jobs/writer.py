@@ -4,6 +4,9 @@ Rows reach the driver in Ray Data's streaming order, which is not the input orde
 the rows of every unit still in flight (small: encoded PNGs and statistics, never images) keyed by URI.
 When a unit's last URI arrives, its three Parquet files are written and then its commit marker
 (jobs.units.write_unit). Keying by URI also makes a row delivered twice (a retried task) harmless.
+
+The writer serves any job that writes units: its ``tables`` (a jobs.tables.TableSet; the segment job's
+by default) say which result column keys a row, how rows become tables and what to count.
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ from collections import Counter
 import pyarrow as pa
 
 from jobs.store import OutputStore
-from jobs.tables import split_results
+from jobs.tables import SEGMENT_TABLES, TableSet
 from jobs.units import Unit, write_unit
 
 log = logging.getLogger("jobs.writer")
 
 
 class UnitWriter:
-    """Consumes RESULT_SCHEMA batches; commits units as they complete; counts what it wrote."""
+    """Consumes result batches (RESULT_SCHEMA for the segment job); commits units as they complete;
+    counts what it wrote. ``counts["images"]`` counts work items whatever they are."""
 
     def __init__(self, store: OutputStore, run_id: str, units: list[Unit], model: str, vocab_hash: str,
-                 progress_every_s: float = 10.0):
+                 progress_every_s: float = 10.0, tables: TableSet = SEGMENT_TABLES):
         self.store, self.run_id, self.model, self.vocab_hash = store, run_id, model, vocab_hash
+        self.tables = tables
         self.units = {u.unit_id: u for u in units}
         self.pending: dict[str, dict[str, pa.Table]] = {}  # unit_id -> uri -> its one-row result table
         self.committed: list[str] = []
@@ -40,7 +45,7 @@ class UnitWriter:
     def add(self, batch: pa.Table) -> None:
         """Takes one batch of result rows; writes every unit it completes."""
         units = batch.column("unit_id").to_pylist()
-        uris = batch.column("uri").to_pylist()
+        uris = batch.column(self.tables.key_column).to_pylist()
         touched = set()
         for i, (unit_id, uri) in enumerate(zip(units, uris)):
             if unit_id not in self.units or unit_id in self.committed_ids:
@@ -57,16 +62,16 @@ class UnitWriter:
         unit = self.units[unit_id]
         rows = self.pending.pop(unit_id)
         results = pa.concat_tables([rows[u] for u in unit.uris], promote_options="default")
-        tables = split_results(results, self.run_id, self.model, self.vocab_hash)
-        write_unit(self.store, self.run_id, unit, tables)
+        tables = self.tables.split(results, self.run_id, self.model, self.vocab_hash)
+        write_unit(self.store, self.run_id, unit, tables, self.tables.schemas)
         self.committed.append(unit_id)
         self.committed_ids.add(unit_id)
         errors = tables["errors"]
         self.counts["images"] += len(unit.uris)
         self.counts["errors"] += errors.num_rows
         self.counts["segmented"] += len(unit.uris) - errors.num_rows
-        self.counts["mask_rows"] += tables["masks"].num_rows
-        self.counts["stats_rows"] += tables["stats"].num_rows
+        for table, counter in self.tables.row_counters.items():
+            self.counts[counter] += tables[table].num_rows
         for stage in errors.column("stage").to_pylist():
             self.counts[f"errors_{stage}"] += 1
         self._progress(force=len(self.committed) in (1, len(self.units)))
@@ -78,9 +83,9 @@ class UnitWriter:
         self._last_progress = now
         elapsed = max(now - self.started, 1e-9)
         log.info(
-            "committed %d/%d units: %d/%d images (%d errors), %.2f images/s",
-            len(self.committed), len(self.units), self.counts["images"], self.total_images,
-            self.counts["errors"], self.counts["images"] / elapsed,
+            "committed %d/%d units: %d/%d %s (%d errors), %.2f %s/s",
+            len(self.committed), len(self.units), self.counts["images"], self.total_images, self.tables.item_name,
+            self.counts["errors"], self.counts["images"] / elapsed, self.tables.item_name,
         )
 
     @property
