@@ -31,6 +31,7 @@ class JobConfig:
     max_error_fraction: float = 0.05  # exit non-zero when more of this invocation's images fail
     limit: int | None = None  # process at most this many of the not-yet-done images (smoke tests)
     save_scores: bool = False  # also store per-class scores (uint8) in masks.scores_png
+    method_params: str = ""  # JSON {method: {field: value}} over the methods' defaults (e.g. a fitted tau)
     unit_size: int = 256  # URIs per work unit (one Parquet file per table and unit)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images become decode errors (checked from the header)
     address: str | None = None  # Ray address; None: $RAY_ADDRESS (as `ray job submit` sets) or a local runtime

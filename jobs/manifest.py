@@ -41,10 +41,14 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def run_identity(model: str, vocab_hash: str, methods: list[str] | tuple[str, ...], resolution: int) -> dict:
+def run_identity(model: str, vocab_hash: str, methods: list[str] | tuple[str, ...], resolution: int,
+                 method_params: str = "") -> dict:
     """The settings that make masks comparable; two jobs with equal identities may share a run id."""
-    return {"model": redact_uri(model), "vocab_hash": vocab_hash, "methods": sorted(methods),
-            "resolution": int(resolution)}
+    identity = {"model": redact_uri(model), "vocab_hash": vocab_hash, "methods": sorted(methods),
+                "resolution": int(resolution)}
+    if method_params:  # only when set, so runs recorded before the option existed still match
+        identity["method_params"] = method_params
+    return identity
 
 
 def check_run_identity(store: OutputStore, run_id: str, identity: dict, vocab_names: list[str]) -> bool:

@@ -78,6 +78,7 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         device=resources.device,
         save_scores=config.save_scores,
         torch_threads=resources.torch_threads,
+        method_params=config.method_params,
     )
     ds = ray.data.from_arrow(input_blocks(units, block_rows=max(config.batch_size, 16)))
     ds = ds.map_batches(

@@ -71,7 +71,7 @@ def run(config: JobConfig) -> int:
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         vocab, vocab_hash, store, uris = preflight(config)
-        identity = run_identity(config.model, vocab_hash, config.methods, config.resolution)
+        identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params)
         check_run_identity(store, config.run_id, identity, vocab.names)
     except (PreflightError, RunConflictError) as exc:
         log.error("%s", exc)

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store per-class scores (uint8, model resolution) in masks.scores_png (for jobs.evaluate)")
     m.add_argument("--max-pixels", type=int, default=None,
                    help="images with more pixels become 'decode' error rows (default 64,000,000)")
+    m.add_argument("--fitted", metavar="PATH",
+                   help="fitted.json written by `python -m jobs.evaluate --fit tau`: segment with its background "
+                        "thresholds (local path or URL)")
+    m.add_argument("--tau", type=float, default=None,
+                   help="background threshold for every method used (DiffSegmenter's default 0.4 is provisional)")
     r = p.add_argument_group("runs")
     r.add_argument("--run-id", default="default",
                    help="name of the run inside OUTPUT (default 'default'). Reruns with the same id skip committed "
@@ -84,6 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def method_params_json(args: argparse.Namespace) -> str:
+    """Canonical JSON {method: {"tau": x}} from --tau or --fitted ("" when neither is given)."""
+    import json
+
+    from diffseg.methods import BACKGROUND_FIELD
+
+    methods = list(args.methods or ("diffsegmenter",))
+    if args.tau is not None and args.fitted:
+        raise ConfigError("give --tau or --fitted, not both")
+    if args.tau is not None:
+        values = {m: {"tau": args.tau} for m in methods if m in BACKGROUND_FIELD}
+    elif args.fitted:
+        import fsspec
+
+        try:
+            with fsspec.open(args.fitted, "r") as f:
+                fitted = json.load(f)
+            values = {m: {"tau": float(fitted[m]["tau"])} for m in methods if m in fitted}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--fitted {args.fitted!r}: not a readable fitted.json from jobs.evaluate --fit ({exc})") from exc
+        if not values:
+            raise ConfigError(f"--fitted {args.fitted!r} has no fitted threshold for {', '.join(methods)}")
+    else:
+        return ""
+    return json.dumps(values, sort_keys=True)
+
+
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """The JobConfig for parsed arguments (raises ConfigError for bad values)."""
     from diffseg.images import DEFAULT_MAX_PIXELS
@@ -94,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, resolution=args.resolution,
         dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
         save_scores=args.save_scores, unit_size=args.unit_size,
+        method_params=method_params_json(args),
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
         address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
     )

@@ -34,6 +34,22 @@ class UdfConfig:
     device: str = "cpu"  # "cuda" when the actor holds a GPU
     save_scores: bool = False  # also encode per-class scores (uint8 tall PNG) into masks.scores_png
     torch_threads: int = 1  # intra-op threads of this actor (its CPU share)
+    method_params: str = ""  # JSON {method: {field: value}} over the methods' defaults
+
+
+def parse_method_params(text: str, methods) -> dict | None:
+    """{method: params dataclass} from the JSON of JobConfig.method_params (ValueError names bad fields)."""
+    import json
+
+    from diffseg.methods import make_params
+
+    if not text:
+        return None
+    values = json.loads(text)
+    unknown = sorted(set(values) - set(methods))
+    if unknown:
+        raise ValueError(f"parameters given for methods not in --method: {', '.join(unknown)}")
+    return {m: make_params(m, v) for m, v in values.items()}
 
 
 def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int) -> dict[str, np.ndarray]:
@@ -89,7 +105,8 @@ class SegmentUDF:
         self.config = config
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
         self.pipe = load_pipeline(model_uri, dtype=config.dtype, device=config.device)
-        self.segmenter = Segmenter(self.pipe, self.vocab, method=list(config.methods), resolution=config.resolution)
+        self.segmenter = Segmenter(self.pipe, self.vocab, method=list(config.methods), resolution=config.resolution,
+                                   params=parse_method_params(config.method_params, config.methods))
         log.info("actor ready: model %s on %s (%s), %d classes, methods %s", self.pipe.name, self.pipe.device,
                  self.pipe.dtype, len(self.vocab), ", ".join(config.methods))
 

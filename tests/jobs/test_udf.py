@@ -111,3 +111,24 @@ def test_encode_failure_of_one_image_is_an_encode_error_row(udf, sample_photos, 
     assert tables["masks"]["uri"].to_pylist() == ["s3://lake/coffee.jpg"]
     assert tables["errors"].select(["uri", "stage", "message"]).to_pylist() == [
         {"uri": "s3://lake/rocket.jpg", "stage": "encode", "message": "ValueError: cannot encode this one"}]
+
+
+def test_fitted_threshold_reaches_the_actor(sample_photos, tmp_path):
+    """`--fitted fitted.json` (from jobs.evaluate --fit) sets the background threshold the actor uses."""
+    import json
+
+    from diffseg.masks import decode_label_png
+    from jobs.segment import build_parser, config_from_args
+
+    fitted = tmp_path / "fitted.json"
+    fitted.write_text(json.dumps({"diffsegmenter": {"tau": 1.01, "fit_miou": 0.4, "fit_stems": ["a"]}}))
+    args = build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", "--fitted", str(fitted)])
+    config = config_from_args(args)
+    assert json.loads(config.method_params) == {"diffsegmenter": {"tau": 1.01}}
+    actor = SegmentUDF("tiny", "cat, person", UdfConfig(resolution=RESOLUTION, method_params=config.method_params))
+    tables = split_results(actor(segment_rows(actor, sample_photos, ["coffee"])), "r1", "tiny", "hash")
+    (mask,) = tables["masks"].to_pylist()
+    assert decode_label_png(mask["label_map_png"]).max() == 0  # above every score: all background
+    bad = build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", "--fitted", str(tmp_path / "no.json")])
+    with pytest.raises(ValueError, match="fitted"):
+        config_from_args(bad)
