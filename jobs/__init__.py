@@ -2,7 +2,8 @@
 
 - ``python -m jobs.segment``: segment an image lake into Parquet masks, statistics and errors.
   :mod:`jobs.segment` parses arguments; :mod:`jobs.runner` runs one invocation (checks, done set,
-  units, summary); :mod:`jobs.pipeline` wires Ray Data; :mod:`jobs.udf` holds the decode tasks and the
+  units, summary; its Ray part, :mod:`jobs.run_ray`, serves both jobs, as :mod:`jobs.cli` serves both
+  entry points); :mod:`jobs.pipeline` wires Ray Data; :mod:`jobs.udf` holds the decode tasks and the
   model actor; :mod:`jobs.writer` commits units; :mod:`jobs.units`, :mod:`jobs.store`,
   :mod:`jobs.tables`, :mod:`jobs.manifest`, :mod:`jobs.inputs`, :mod:`jobs.config` are the pieces.
 - ``python -m jobs.synthesize``: SeeDiff (image, mask) pairs from class names (docs/synthesize.md);

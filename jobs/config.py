@@ -12,6 +12,25 @@ class ConfigError(ValueError):
     """An option value the job cannot run with (the message names the option and the value)."""
 
 
+def check_options(checks) -> None:
+    """Raises ConfigError for the first ``(ok, option, value, rule)`` whose ``ok`` is false."""
+    for ok, option, value, rule in checks:
+        if not ok:
+            raise ConfigError(f"{option} {value!r}: must be {rule}")
+
+
+def sizing_checks(config) -> list[tuple]:
+    """The checks of the actor-pool options that every job has (see resolve_resources)."""
+    return [
+        (config.batch_size >= 1, "--batch-size", config.batch_size, "at least 1"),
+        (config.actors is None or config.actors >= 1, "--actors", config.actors, "at least 1"),
+        (config.gpus_per_actor is None or config.gpus_per_actor >= 0, "--gpus-per-actor", config.gpus_per_actor,
+         ">= 0"),
+        (config.cpus_per_actor is None or config.cpus_per_actor > 0, "--cpus-per-actor", config.cpus_per_actor,
+         "> 0"),
+    ]
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything `python -m jobs.segment` was asked to do (written, resolved, into manifest.json)."""
@@ -39,11 +58,8 @@ class JobConfig:
     object_store_mb: int | None = None  # object store of a local Ray runtime started by the job
 
     def __post_init__(self):
-        checks = [
-            (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
-            (self.actors is None or self.actors >= 1, "--actors", self.actors, "at least 1"),
-            (self.gpus_per_actor is None or self.gpus_per_actor >= 0, "--gpus-per-actor", self.gpus_per_actor, ">= 0"),
-            (self.cpus_per_actor is None or self.cpus_per_actor > 0, "--cpus-per-actor", self.cpus_per_actor, "> 0"),
+        check_options([
+            *sizing_checks(self),
             (self.resolution >= 8, "--resolution", self.resolution, "at least 8"),
             (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
             (self.limit is None or self.limit >= 1, "--limit", self.limit, "at least 1"),
@@ -51,10 +67,7 @@ class JobConfig:
             (self.max_pixels >= 1, "--max-pixels", self.max_pixels, "at least 1"),
             (bool(self.methods), "--method", self.methods, "at least one method"),
             (self.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", self.dtype, "one of auto, fp32, fp16, bf16"),
-        ]
-        for ok, option, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"{option} {value!r}: must be {rule}")
+        ])
 
     def to_dict(self) -> dict:
         d = asdict(self)

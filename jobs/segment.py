@@ -7,9 +7,9 @@ jobs.pipeline, the actor jobs.udf; docs/job.md explains operating it.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from jobs.cli import add_common_options, run_main
 from jobs.config import ConfigError, JobConfig
 
 EXAMPLES = """\
@@ -80,12 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "images; another model/vocabulary/method needs a new id. A new id also retries error rows")
     r.add_argument("--max-error-fraction", type=float, default=0.05,
                    help="exit 3 when a larger fraction of this invocation's images fail (default 0.05)")
-    c = p.add_argument_group("ray")
-    c.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job submit`, else "
-                   "a new local runtime; 'local' forces one)")
-    c.add_argument("--num-cpus", type=int, help="CPUs of a local Ray runtime started by the job")
-    c.add_argument("--object-store-mb", type=int, help="object store size (MB) of a local Ray runtime")
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only (the summary line is always printed)")
+    add_common_options(p)
     return p
 
 
@@ -133,17 +128,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    from jobs.runner import run
-
-    return run(config)
+    return run_main(build_parser(), config_from_args, "jobs.runner", argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from jobs.config import ConfigError
+from jobs.config import check_options, sizing_checks
 from jobs.units import Unit, unit_id_of
 
 
@@ -50,24 +50,18 @@ class SynthConfig:
     object_store_mb: int | None = None  # object store of a local Ray runtime started by the job
 
     def __post_init__(self):
-        checks = [
+        check_options([
             (self.per_class >= 1, "--per-class", self.per_class, "at least 1"),
             ("{}" in self.prompt, "--prompt", self.prompt, "a template with '{}' where the class name goes"),
             (self.steps >= 1, "--steps", self.steps, "at least 1"),
             (self.guidance >= 1.0, "--guidance", self.guidance, ">= 1 (1 = no classifier-free guidance)"),
             (self.resolution >= 64 and self.resolution % 64 == 0, "--resolution", self.resolution,
              "a multiple of 64 (the VAE downsamples by 8 and the U-Net by 8 more)"),
-            (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
-            (self.actors is None or self.actors >= 1, "--actors", self.actors, "at least 1"),
-            (self.gpus_per_actor is None or self.gpus_per_actor >= 0, "--gpus-per-actor", self.gpus_per_actor, ">= 0"),
-            (self.cpus_per_actor is None or self.cpus_per_actor > 0, "--cpus-per-actor", self.cpus_per_actor, "> 0"),
+            *sizing_checks(self),
             (self.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", self.dtype, "one of auto, fp32, fp16, bf16"),
             (self.unit_size >= 1, "--unit-size", self.unit_size, "at least 1"),
             (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
-        ]
-        for ok, option, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"{option} {value!r}: must be {rule}")
+        ])
 
     @property
     def seeds(self) -> range:

@@ -1,6 +1,7 @@
 """One invocation of ``python -m jobs.synthesize``, from checks to summary.
 
-The flow mirrors jobs.runner and reuses its exactly-once machinery (jobs.units, jobs.writer):
+The flow mirrors jobs.runner and reuses its exactly-once machinery (jobs.units, jobs.writer) and its
+Ray part (jobs.run_ray.process, steps 3 and 4):
 
 1. Checks before any model work: options, classes, model URI, OUTPUT writable, run identity (model,
    classes, prompt, steps, guidance, resolution, PAMR, dtype). A failure exits 2 naming the option.
@@ -20,16 +21,16 @@ import json
 import logging
 import time
 
-from jobs.config import ConfigError, resolve_resources
-from jobs.manifest import RunConflictError, build_manifest, check_run_identity, run_identity, write_manifest
+from jobs.config import ConfigError
+from jobs.manifest import RunConflictError, build_manifest, check_run_identity, run_identity
+from jobs.run_ray import EXIT_USAGE, RayJob, process, progress_fields
 from jobs.store import OutputError, OutputStore
 from jobs.synth_config import SynthConfig, make_synth_units
 from jobs.synth_tables import SYNTH_TABLES
 from jobs.units import check_run_id, done_set, load_commits, remove_debris
 
 log = logging.getLogger("jobs.synthesize")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
+SYNTH_JOB = RayJob(log, SYNTH_TABLES, "generated", "checks_and_planning_s")
 JOB = "synthesize"
 
 
@@ -100,19 +101,12 @@ def run(config: SynthConfig) -> int:
     t_plan = time.monotonic()
 
     def manifest(status, resources=None, writer=None, error=None, timings=None):
-        committed = sorted({m["unit_id"] for m in run_markers} | set(writer.committed if writer else []))
-        c = dict(counts)
-        if writer is not None:
-            c.update(processed=writer.counts["images"], generated=writer.counts["segmented"],
-                     errors=writer.counts["errors"], errors_by_stage=writer.errors_by_stage(),
-                     sample_rows=writer.counts["sample_rows"], units_committed=len(writer.committed),
-                     units_incomplete=len(writer.incomplete))
-        c["run_items_done"] = len(done) + (writer.counts["images"] if writer else 0)
-        res = None if resources is None else {k: getattr(resources, k) for k in resources.__dataclass_fields__}
+        c = {**counts, **SYNTH_JOB.writer_counts(writer),
+             "run_items_done": len(done) + (writer.counts["images"] if writer else 0)}
         m = build_manifest(status=status, run_id=config.run_id, output=config.output, config=config.to_dict(),
-                           resources=res, model=config.model, vocab=vocab, vocab_spec=config.classes,
-                           vocab_hash=names_hash, counts=c, timings=timings or {}, committed_units=committed,
-                           started_at=started_at, error=error)
+                           model=config.model, vocab=vocab, vocab_spec=config.classes, vocab_hash=names_hash,
+                           counts=c, timings=timings or {}, started_at=started_at, error=error,
+                           **progress_fields(run_markers, resources, writer))
         m["job"] = JOB
         m["vocabulary"]["template"] = config.prompt  # the generation prompt, not the segment job's template
         m["vocabulary"]["class_ids"] = {n: i + 1 for i, n in enumerate(vocab.names)}
@@ -121,77 +115,11 @@ def run(config: SynthConfig) -> int:
                            config.seed + config.per_class - 1], "per_class": config.per_class}
         return m
 
-    if not units:
-        write_manifest(store, manifest("nothing to do", timings={"total_s": round(time.monotonic() - t0, 3)}))
-        print(f"diffseg: nothing to do: all {requested} (class, seed) samples are already committed in run "
-              f"{config.run_id!r} of {redact_uri(config.output)} (no model work)")
-        return EXIT_OK
-    write_manifest(store, manifest("running"))
-    return _process(config, store, units, vocab, names_hash, model, manifest, t0, t_plan)
+    def dataset(resources):
+        from jobs.pipeline import build_generation_dataset
 
-
-def _process(config, store, units, vocab, names_hash, model, manifest, t0, t_plan) -> int:
-    """Ray part of run(): resources, pipeline, unit writer, final manifest and summary."""
-    import ray
-
-    from diffseg.model import redact_uri
-    from jobs.pipeline import build_generation_dataset, cluster_resources, init_ray
-    from jobs.writer import UnitWriter
-
-    started_ray = not ray.is_initialized()
-    writer = resources = None
-    t_run = time.monotonic()
-    try:
-        init_ray(config)
-        cpus, gpus = cluster_resources()
-        try:
-            resources = resolve_resources(config, cpus, gpus)
-        except ConfigError as exc:
-            log.error("%s", exc)
-            write_manifest(store, manifest("failed", error=str(exc), timings=_timings(t0, t_plan, t_run, None)))
-            print(f"diffseg: error: {exc}")
-            return EXIT_USAGE
-        log.info("cluster: %g CPUs, %g GPUs -> %d actor(s) x (%g CPU, %g GPU) on %s, batch %d",
-                 cpus, gpus, resources.actors, resources.cpus_per_actor, resources.gpus_per_actor,
-                 resources.device, config.batch_size)
-        t_run = time.monotonic()
-        writer = UnitWriter(store, config.run_id, units, model, names_hash, tables=SYNTH_TABLES)
         class_ids = {n: i + 1 for i, n in enumerate(vocab.names)}
-        dataset = build_generation_dataset(units, config, resources, class_ids)
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(batch)
-        if writer.incomplete:
-            raise RuntimeError(f"{len(writer.incomplete)} unit(s) did not receive all their rows")
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        write_manifest(store, manifest("failed", resources, writer, error=message[:2000],
-                                       timings=_timings(t0, t_plan, t_run, writer)))
-        log.exception("run failed")
-        print(f"diffseg: FAILED after {writer.counts['images'] if writer else 0} samples were committed "
-              f"({len(writer.committed) if writer else 0} units; rerun the same command to finish the rest): "
-              f"{message[:500]}")
-        return EXIT_FAILED
-    finally:
-        if started_ray and ray.is_initialized():
-            ray.shutdown()
-    timings = _timings(t0, t_plan, t_run, writer)
-    items, errors = writer.counts["images"], writer.counts["errors"]
-    fraction = errors / items if items else 0.0
-    too_many = fraction > config.max_error_fraction
-    write_manifest(store, manifest("too many errors" if too_many else "succeeded", resources, writer, timings=timings))
-    print(
-        f"diffseg: {items} samples ({writer.counts['segmented']} generated, {errors} errors = {fraction:.1%}) in "
-        f"{timings['process_s']:.1f} s, {timings['samples_per_s']:.2f} samples/s; {len(writer.committed)} units "
-        f"committed to run {config.run_id!r} of {redact_uri(config.output)}"
-        + (f"; error fraction above --max-error-fraction {config.max_error_fraction:g}" if too_many else "")
-    )
-    return EXIT_TOO_MANY_ERRORS if too_many else EXIT_OK
+        return build_generation_dataset(units, config, resources, class_ids)
 
-
-def _timings(t0, t_plan, t_run, writer) -> dict:
-    now = time.monotonic()
-    items = writer.counts["images"] if writer else 0
-    process = now - t_run
-    return {"checks_and_planning_s": round(t_plan - t0, 3), "ray_start_s": round(t_run - t_plan, 3),
-            "process_s": round(process, 3), "total_s": round(now - t0, 3),
-            "samples_per_s": round(items / process, 3) if process > 0 else 0.0}
+    return process(SYNTH_JOB, config, store, units, dataset, manifest, model=model, run_hash=names_hash,
+                   all_done=f"{requested} (class, seed) samples", t0=t0, t_planned=t_plan, t_ray=t_plan)
