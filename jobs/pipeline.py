@@ -45,6 +45,14 @@ def init_ray(config: JobConfig) -> None:
     ray.init(address=address, **kwargs)
 
 
+def configure_progress() -> None:
+    """Progress bars on a terminal; otherwise Ray Data logs progress every few seconds, which `-q`
+    (root logger at WARNING) turns off."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = logging.getLogger().isEnabledFor(logging.INFO)
+
+
 def cluster_resources() -> tuple[float, float]:
     """(CPUs, GPUs) of the connected cluster."""
     import ray
@@ -69,8 +77,7 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     import ray
     from ray.data import ActorPoolStrategy
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True  # Ray Data draws them only when attached to a terminal
+    configure_progress()
     udf_config = UdfConfig(
         methods=tuple(config.methods),
         resolution=config.resolution,
@@ -131,8 +138,7 @@ def build_generation_dataset(units: list[Unit], config, resources: Resources, cl
 
     from jobs.synth_udf import SynthUDF, SynthUdfConfig
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    configure_progress()
     udf_config = SynthUdfConfig(
         steps=config.steps,
         guidance=config.guidance,

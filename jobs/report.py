@@ -43,6 +43,7 @@ from PIL import Image
 from diffseg.images import load_image
 from diffseg.masks import decode_label_png
 from diffseg.metrics import resize_nearest
+from diffseg.model import BUILTIN_MODELS
 from diffseg.overlay import blend_labels, palette
 from jobs import report_html as H
 from jobs.report_io import OutputError, iter_committed, read_table, resolve_run
@@ -254,14 +255,17 @@ def build_report(args) -> str:
     for scheme, reason in given_up.items():
         note += f" Originals on {H.esc(scheme)}:// could not be read here ({H.esc(reason)}): colour label maps only."
     note += "</p>"
+    model_name = model_uri(manifest)
+    if model_name in BUILTIN_MODELS:
+        note = (f'<p class="note"><b>Model {H.esc(model_name)} has random weights: these masks are '
+                f"meaningless</b> (it exists for tests and demos).</p>") + note
     cards = gallery_cards(masks, vocab, colours, originals, args)
-    model = manifest.get("model")
     facts = " · ".join(
         f"{H.esc(k)} <b>{H.esc(v)}</b>"
         for k, v in (
             ("run", run_id or "all runs"),
             ("status", manifest.get("status", "?")),
-            ("model", model.get("uri", "?") if isinstance(model, dict) else model),
+            ("model", model_name),
             ("methods", ", ".join(methods) or "none"),
             ("images with masks", f"{len(all_uris):,}"),
             ("error rows", f"{errors.num_rows:,}"),
@@ -276,6 +280,11 @@ def build_report(args) -> str:
         ("manifest", "Run manifest", H.manifest_block(manifest)),
     ]
     return H.page(f"diffseg report: {args.output}", facts, sections, masks.num_rows)
+
+
+def model_uri(manifest: dict) -> str:
+    model = manifest.get("model")
+    return model.get("uri", "?") if isinstance(model, dict) else str(model)
 
 
 def build_parser() -> argparse.ArgumentParser:

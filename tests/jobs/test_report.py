@@ -152,6 +152,7 @@ def test_report_renders_in_chromium_with_all_images_loaded(tmp_path, small_outpu
         assert name in dom
     assert 'id="classes"' in dom and dom.count('<svg class="hist"') == len(VOCAB) * len(METHODS)
     assert '"status": "finished"' in dom  # the manifest
+    assert "random weights: these masks are meaningless" in dom  # the tiny model says so plainly
 
 
 def test_screenshot_is_not_blank(tmp_path, small_output):
