@@ -92,7 +92,7 @@ def load_pipeline(
         parts = build_random_components(uri)
         is_random = True
     else:
-        folder = fetch_checkpoint(uri, cache_dir=cache_dir)
+        folder = fetch_checkpoint(uri, cache_dir=cache_dir, allow_pickle=allow_pickle)
         with quiet_diffusers():
             parts = load_components(folder, uri, allow_pickle=allow_pickle)
         is_random = False
@@ -127,8 +127,12 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
-    """Returns a local folder holding the checkpoint named by `uri`, downloading remote ones once."""
+def fetch_checkpoint(uri: str, cache_dir: str | None = None, allow_pickle: bool = False) -> Path:
+    """Returns a local folder holding the checkpoint named by `uri`, downloading remote ones once.
+
+    Only what loading reads is downloaded (see select_checkpoint_files): checkpoints published with
+    extra weights (.ckpt files, fp16 variants, a safety checker) cost no extra transfer or disk.
+    """
     import fsspec
     from filelock import FileLock
 
@@ -138,7 +142,7 @@ def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
 
     cache = Path(cache_dir or os.environ.get("DIFFSEG_CACHE", "~/.cache/diffseg")).expanduser() / "models"
     cache.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    key = hashlib.sha256((uri.rstrip("/") + ("#pickle" if allow_pickle else "")).encode()).hexdigest()[:16]
     final = cache / key
     with FileLock(str(cache / f"{key}.lock")):
         if (final / ".complete").exists():
@@ -153,7 +157,10 @@ def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
                 )
             tmp = cache / f"{key}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
-            fs.get(f"{root}/", str(tmp), recursive=True)
+            wanted = select_checkpoint_files([p.removeprefix(root + "/") for p in fs.find(root)], allow_pickle)
+            for rel in wanted:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                fs.get(f"{root}/{rel}", str(tmp / rel))
         except ModelLoadError:
             raise
         except Exception as exc:  # network, permissions, missing bucket
@@ -163,6 +170,30 @@ def fetch_checkpoint(uri: str, cache_dir: str | None = None) -> Path:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     return final
+
+
+def select_checkpoint_files(paths: list[str], allow_pickle: bool = False) -> list[str]:
+    """The files of a diffusers checkpoint (paths relative to its root) that load_components reads.
+
+    model_index.json and the five component folders only; weight variants (``name.fp16.safetensors``)
+    are skipped when the plain file exists; pickle weights (.bin/.pt/.ckpt) only with `allow_pickle`.
+    """
+    chosen = []
+    present = set(paths)
+    for rel in sorted(paths):
+        top = rel.split("/", 1)[0]
+        if rel != "model_index.json" and (top not in COMPONENTS or "/" not in rel):
+            continue
+        name = rel.rsplit("/", 1)[-1]
+        if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) and not allow_pickle:
+            continue
+        parts = name.split(".")
+        if len(parts) >= 3 and parts[-1] in ("safetensors", "bin"):  # name.variant.ext
+            plain = rel.rsplit("/", 1)[0] + "/" + ".".join(parts[:-2] + parts[-1:])
+            if plain in present:
+                continue
+        chosen.append(rel)
+    return chosen
 
 
 def is_local(uri: str) -> bool:

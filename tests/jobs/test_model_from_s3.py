@@ -11,6 +11,12 @@ def test_checkpoint_from_s3_is_downloaded_once_and_shared_by_concurrent_loaders(
     import s3fs
 
     folder = save_pipeline(tiny_pipe, tmp_path / "ckpt")
+    # what published checkpoints also carry, which loading never reads: none of it is downloaded
+    (folder / "v1-5-pruned.ckpt").write_bytes(b"x" * 1000)
+    (folder / "safety_checker").mkdir()
+    (folder / "safety_checker" / "model.safetensors").write_bytes(b"x" * 1000)
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
+    (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"x" * 1000)
     fs = s3fs.S3FileSystem()
     fs.put(str(folder) + "/", f"{bucket}/models/tiny/", recursive=True)
     uri = f"s3://{bucket}/models/tiny/"
@@ -36,6 +42,10 @@ def test_checkpoint_from_s3_is_downloaded_once_and_shared_by_concurrent_loaders(
             assert torch.equal(a, b)
     entries = [p for p in (cache / "models").iterdir() if p.is_dir()]
     assert len(entries) == 1 and (entries[0] / ".complete").exists()  # one download, no partial left
+    fetched = {p.relative_to(entries[0]).as_posix() for p in entries[0].rglob("*") if p.is_file()}
+    assert "unet/diffusion_pytorch_model.safetensors" in fetched and "tokenizer/tokenizer.json" in fetched
+    assert not {"v1-5-pruned.ckpt", "safety_checker/model.safetensors", "unet/diffusion_pytorch_model.bin",
+                "unet/diffusion_pytorch_model.fp16.safetensors"} & fetched
 
     fs.rm(f"{bucket}/models/tiny/", recursive=True)  # the cache alone serves later loads on this node
     again = load_pipeline(uri, dtype="fp32", device="cpu", cache_dir=str(cache))
