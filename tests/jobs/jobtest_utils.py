@@ -245,3 +245,40 @@ def check_masks_and_stats(tables: dict, expected_sizes: dict[str, tuple[int, int
             decoded = mask_utils.decode({"size": stat["rle_size"], "counts": stat["rle_counts"]})
             assert decoded.shape == labels.shape
             assert int(decoded.sum()) == stat["pixel_count"] == int((labels == stat["class_id"]).sum())
+
+
+def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int = 2, timeout: float = 240) -> int:
+    """Runs a job command (`argv` after the interpreter and -m) in its own session with its own Ray
+    runtime, SIGKILLs it once `min_commits` units of run 'default' are committed, stops the Ray
+    processes it left, and returns how many units were committed. Fails if the job ends first."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_tmp = f"/tmp/rk{os.getpid()}{int(time.time() * 1000) % 100000}"  # short: Ray's socket paths have a length limit
+    os.makedirs(ray_tmp)
+    marker = os.path.basename(ray_tmp)
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_ADDRESS="",
+               DIFFSEG_TEST_PROCESS_TREE=marker)  # inherited by the job's Ray processes: how we stop them
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    commits = Path(output) / "_commits" / "default"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if commits.is_dir() and len(list(commits.glob("*.json"))) >= min_commits:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)  # the killed job's Ray runtime
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        log.close()
+    return len(list(commits.glob("*.json")))

@@ -123,45 +123,17 @@ def test_actor_killed_mid_run_loses_nothing(ray_local, tmp_path, lake_files, cap
 def test_killed_job_resumes_without_duplicates_and_removes_debris(ray_local, tmp_path, lake_files, capsys):
     """Kill a running `python -m jobs.segment` (the driver, its Ray runtime and actors) after some units
     were committed, then submit it again: it finishes the rest, and every image is there exactly once."""
-    import shutil
-    import subprocess
-    import sys
 
-    from jobtest_utils import stop_process_tree
+    from jobtest_utils import kill_job_after_commits
 
     files, _, _ = lake_files
     names = ["astronaut.jpg", "coffee.png", "chelsea.JPG", "sub/rocket.jpeg", "odd/gray.png", "odd/one_pixel.png"]
     uris = put_files(str(tmp_path / "in"), {f"{i}/{n}": files[n] for i in range(3) for n in names})
     output = tmp_path / "out"
-    ray_tmp = f"/tmp/rk{os.getpid()}{int(time.time()) % 10000}"  # short: Ray's socket paths have a length limit
-    os.makedirs(ray_tmp)
-    marker = os.path.basename(ray_tmp)
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_ADDRESS="",
-               DIFFSEG_TEST_PROCESS_TREE=marker)  # inherited by the job's Ray processes: how we stop them
-    argv = [sys.executable, "-m", "jobs.segment", str(tmp_path / "in"), str(output), "--vocab", VOCAB,
+    argv = ["jobs.segment", str(tmp_path / "in"), str(output), "--vocab", VOCAB,
             "--model", "tiny", "--resolution", str(RESOLUTION), "--unit-size", "2", "--batch-size", "2",
             "--address", "local", "--num-cpus", "2", "--object-store-mb", "150"]
-    log = open(tmp_path / "job.log", "wb")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    commits = output / "_commits" / "default"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and len(list(commits.glob("*.json"))) >= 2:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)  # the killed job's Ray runtime
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-        log.close()
-    committed = len(list(commits.glob("*.json")))
+    committed = kill_job_after_commits(argv, output, tmp_path / "job.log")
     assert 2 <= committed < 9
     # what a kill can leave: a unit's files without its marker (here made explicit and unreadable)
     (output / "masks" / "part-default-00000000deadbeef.parquet").write_bytes(b"half-written")

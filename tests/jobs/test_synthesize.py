@@ -5,9 +5,6 @@ resubmission, refused settings, more seeds later, reproducibility across outputs
 from __future__ import annotations
 
 import io
-import os
-import signal
-import time
 from collections import Counter
 
 import numpy as np
@@ -301,45 +298,17 @@ def test_killed_job_resumes_and_produces_each_item_once(ray_local, first_run, tm
     """Kill a running `python -m jobs.synthesize` (driver, its Ray runtime, actors) after some units were
     committed, then submit it again: it generates the rest, removes the debris, each (class, seed) once,
     with the same bytes as the uninterrupted first run where the two share a generation group."""
-    import shutil
-    import subprocess
-    import sys
 
-    from jobtest_utils import stop_process_tree
+    from jobtest_utils import kill_job_after_commits
 
     from jobs.synth_runner import run
 
     classes, per_class = "cat, dog, potted plant, rocket", 10
     output = tmp_path / "out"
-    ray_tmp = f"/tmp/rs{os.getpid()}{int(time.time()) % 10000}"  # short: Ray's socket paths have a length limit
-    os.makedirs(ray_tmp)
-    marker = os.path.basename(ray_tmp)
-    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_ADDRESS="",
-               DIFFSEG_TEST_PROCESS_TREE=marker)  # inherited by the job's Ray processes: how we stop them
-    argv = [sys.executable, "-m", "jobs.synthesize", str(output), "--classes", classes, "--per-class", str(per_class),
+    argv = ["jobs.synthesize", str(output), "--classes", classes, "--per-class", str(per_class),
             "--model", "tiny", "--steps", "2", "--resolution", str(SIDE), "--unit-size", "2", "--batch-size", "2",
             "--address", "local", "--num-cpus", "2", "--object-store-mb", "150"]
-    log = open(tmp_path / "job.log", "wb")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    commits = output / "_commits" / "default"
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and len(list(commits.glob("*.json"))) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)  # the killed job's Ray runtime
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-        log.close()
-    committed = len(list(commits.glob("*.json")))
+    committed = kill_job_after_commits(argv, output, tmp_path / "job.log")
     assert 2 <= committed < 20
     # what a kill can leave: a unit's file without its marker (made explicit here)
     (output / "samples" / "part-default-00000000deadbeef.parquet").write_bytes(b"half-written")
