@@ -21,7 +21,7 @@ install: $(BIN)/python
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
 demo: install
-	$(BIN)/python -m diffseg.demo
+	$(BIN)/python -m jobs.demo
 
 lint: install
 	$(BIN)/ruff check diffseg jobs tests

@@ -72,10 +72,10 @@ def method_params(methods: list[str], tau: float | None, fitted_path: str | None
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from diffseg import Segmenter, Vocabulary, load_pipeline
-    from diffseg.images import ImageDecodeError, load_image
-    from diffseg.masks import compute_class_stats, encode_label_png
+    from diffseg.codecs.images import ImageDecodeError, load_image
+    from diffseg.codecs.masks import compute_class_stats, encode_label_png
+    from diffseg.codecs.overlay import render_overlay
     from diffseg.model import ModelLoadError
-    from diffseg.overlay import render_overlay
 
     try:
         vocab = Vocabulary.from_spec(args.vocab)

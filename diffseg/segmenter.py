@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from diffseg import methods as method_registry
 from diffseg.capture import CapturedMaps, Needs, SelfAttention, capture
-from diffseg.images import resize_square, to_rgb_array
+from diffseg.codecs.images import resize_square, to_rgb_array
 from diffseg.model import Pipeline
 from diffseg.vocabulary import Vocabulary, encode_text
 

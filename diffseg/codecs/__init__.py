@@ -1,0 +1,1 @@
+"""Image and mask codecs: decoding inputs, label-map/score encodings, RLE, statistics, overlays."""

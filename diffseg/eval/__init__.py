@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the fit/eval protocol, class maps and fitted thresholds."""

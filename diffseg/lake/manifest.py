@@ -1,0 +1,127 @@
+"""The run manifest (``OUTPUT/manifest.json``) and the run identity check (``OUTPUT/_runs/<run_id>.json``).
+
+The manifest describes the latest invocation (earlier ones are kept under ``_history/<run_id>/``): status, resolved configuration, package versions, model,
+vocabulary and its hash, counts, timings and the run's committed units. It is written when the run
+starts (``status: running``) and rewritten when it ends. URLs are written without any ``user:password@``
+part and no environment variable is ever recorded, so it never holds credentials.
+
+A run's identity is what changes its masks: model, vocabulary hash, methods and resolution. It is
+recorded the first time a run id is used; a later job under the same OUTPUT and run id with another
+identity is refused (:class:`RunConflictError`) unless it names a new ``--run-id``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+
+from diffseg.lake.store import OutputStore
+from diffseg.model import redact_uri
+
+MANIFEST = "manifest.json"
+RUNS = "_runs"
+HISTORY = "_history"  # _history/<run_id>/<started_at>.json: every finished invocation's manifest
+PACKAGES = ("diffseg", "torch", "diffusers", "transformers", "ray", "pyarrow", "numpy", "Pillow", "fsspec",
+            "s3fs", "pycocotools")
+
+
+class RunConflictError(ValueError):
+    """OUTPUT already holds the run id with another model, vocabulary, method set or resolution."""
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that decide the outputs (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_identity(model: str, vocab_hash: str, methods: list[str] | tuple[str, ...], resolution: int,
+                 method_params: str = "") -> dict:
+    """The settings that make masks comparable; two jobs with equal identities may share a run id."""
+    identity = {"model": redact_uri(model), "vocab_hash": vocab_hash, "methods": sorted(methods),
+                "resolution": int(resolution)}
+    if method_params:  # only when set, so runs recorded before the option existed still match
+        identity["method_params"] = method_params
+    return identity
+
+
+def check_run_identity(store: OutputStore, run_id: str, identity: dict, vocab_names: list[str]) -> bool:
+    """Records the run's identity, or checks it against the recorded one. Returns True for a new run.
+
+    Raises RunConflictError naming every difference when the run id already exists with another one.
+    """
+    rel = f"{RUNS}/{run_id}.json"
+    if store.exists(rel):
+        recorded = store.get_json(rel)
+        old = recorded.get("identity", {})
+        diffs = [f"{key}: {old.get(key)!r} there, {identity[key]!r} now" for key in identity if old.get(key) != identity[key]]
+        if diffs:
+            classes = recorded.get("classes")
+            hint = f" (its classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})" if classes else ""
+            raise RunConflictError(
+                f"OUTPUT {redact_uri(store.output)!r} already holds run {run_id!r} made with other settings"
+                f"{hint}: {'; '.join(diffs)}. Masks of different settings must not mix in one run: pass "
+                f"--run-id NEW_ID to start a new run in this OUTPUT (rows carry their run_id), or use "
+                f"another OUTPUT."
+            )
+        return False
+    store.put_json(rel, {"run_id": run_id, "identity": identity, "classes": list(vocab_names),
+                         "created_at": now()})
+    return True
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def redact_config(config: dict) -> dict:
+    """The config with every URL-valued option stripped of credentials."""
+    out = {}
+    for key, value in config.items():
+        out[key] = redact_uri(value) if isinstance(value, str) and "://" in value else value
+    return out
+
+
+def build_manifest(*, status: str, run_id: str, output: str, config: dict, resources: dict | None,
+                   model: str, vocab, vocab_spec: str, vocab_hash: str, counts: dict, timings: dict,
+                   committed_units: list[str], started_at: str, error: str | None = None) -> dict:
+    """The manifest.json object (see the module docstring)."""
+    manifest = {
+        "format": 1,
+        "status": status,
+        "run_id": run_id,
+        "output": redact_uri(output),
+        "started_at": started_at,
+        "finished_at": None if status == "running" else now(),
+        "config": redact_config(config),
+        "resources": resources,
+        "versions": package_versions(),
+        "model": {"uri": redact_uri(model), "random_weights": model in ("tiny", "sd15-random", "sd21-random")},
+        "vocabulary": {
+            "spec": redact_uri(vocab_spec) if "://" in vocab_spec else vocab_spec,
+            "classes": list(vocab.names),
+            "aliases": {k: list(v) for k, v in vocab.aliases.items() if v},
+            "template": vocab.template,
+            "hash": vocab_hash,
+        },
+        "counts": counts,
+        "timings": timings,
+        "units": {"committed": len(committed_units), "ids": committed_units},
+    }
+    if error:
+        manifest["error"] = error
+    return manifest
+
+
+def write_manifest(store: OutputStore, manifest: dict) -> None:
+    """Writes manifest.json; a finished invocation's manifest is also kept under _history/<run_id>/."""
+    store.put_json(MANIFEST, manifest)
+    if manifest["status"] != "running":
+        stamp = manifest["started_at"].replace(":", "").replace("-", "")
+        store.put_json(f"{HISTORY}/{manifest['run_id']}/{stamp}.json", manifest)

@@ -1,0 +1,133 @@
+"""Reading a segment job's OUTPUT for ``jobs.evaluate`` and ``jobs.report``: manifest, tables, stems.
+
+OUTPUT is a local path or any fsspec URL (``s3://``, ``gs://``, ``file://``). Tables are read from the
+committed unit files only (:func:`diffseg.lake.units.committed_files`), so rows of a run still in flight (or
+debris of a killed one) are never counted twice or half.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from diffseg.codecs.images import IMAGE_EXTENSIONS
+
+
+class OutputError(ValueError):
+    """OUTPUT is missing, incomplete or not a segment job's output."""
+
+
+def read_manifest(output: str) -> dict:
+    """The run manifest (``OUTPUT/manifest.json``) as a dict; OutputError when absent or unreadable."""
+    fs, root = url_to_fs(output)
+    path = posixpath.join(root, "manifest.json")
+    if not fs.exists(path):
+        hint = "" if fs.exists(root) else " (the folder does not exist)"
+        raise OutputError(
+            f"{output!r} has no manifest.json{hint}: is it the OUTPUT of `python -m jobs.segment`?"
+        )
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot read {output}/manifest.json: {exc}") from exc
+
+
+def vocabulary_of(manifest: dict) -> list[str]:
+    """The run's class names in label order (label k = names[k-1]); OutputError when the manifest has none."""
+    vocab = manifest.get("vocabulary", manifest.get("classes"))  # manifest.json, or _runs/<run_id>.json
+    if isinstance(vocab, dict):  # {"classes": [...], "aliases": ..., "hash": ...}
+        vocab = vocab.get("classes")
+    if not isinstance(vocab, list) or not vocab:
+        raise OutputError("the manifest names no vocabulary (expected a 'vocabulary' list of class names)")
+    return [v if isinstance(v, str) else str(v.get("name")) for v in vocab]
+
+
+def resolve_run(output: str, run_id: str | None = None) -> tuple[str | None, list[str], dict]:
+    """(run_id, vocabulary, manifest) of the run to read from OUTPUT.
+
+    Several runs may share an OUTPUT (each run has one vocabulary). Default: the run of the latest
+    invocation (``manifest.json``'s ``run_id``). Another run's vocabulary comes from ``_runs/<run_id>.json``.
+    """
+    manifest = read_manifest(output)
+    latest = manifest.get("run_id")
+    chosen = run_id or latest
+    if chosen is None or chosen == latest:
+        return chosen, vocabulary_of(manifest), manifest
+    fs, root = url_to_fs(output)
+    path = posixpath.join(root, "_runs", f"{chosen}.json")
+    if not fs.exists(path):
+        raise OutputError(
+            f"OUTPUT {output!r} has no run {chosen!r} (no _runs/{chosen}.json); latest run: {latest!r}"
+        )
+    with fs.open(path, "rb") as handle:
+        info = json.load(handle)
+    try:
+        return chosen, vocabulary_of(info), manifest
+    except OutputError as exc:
+        raise OutputError(f"run {chosen!r}: {exc}") from exc
+
+
+def iter_committed(output: str, name: str, columns: list[str] | None = None, run_id: str | None = None):
+    """The committed rows of table ``name`` ("masks", "stats" or "errors"), one pyarrow Table per unit file.
+
+    Memory stays at one unit's rows (a few hundred images). Rows of units still being written, or left
+    half-written by a killed run, are never included (:func:`diffseg.lake.units.committed_files`).
+    """
+    import fsspec
+
+    from diffseg.lake.schemas import SCHEMAS
+    from diffseg.lake.units import committed_files
+
+    schema = SCHEMAS[name]
+    for uri in committed_files(output, name, run_id):
+        with fsspec.open(uri, "rb") as handle:
+            yield pq.read_table(handle, columns=columns, schema=schema)
+
+
+def read_table(
+    output: str,
+    name: str,
+    columns: list[str] | None = None,
+    run_id: str | None = None,
+    methods: list[str] | None = None,
+    uris: set[str] | None = None,
+) -> pa.Table:
+    """The committed rows of table ``name`` of OUTPUT (one run, or all runs when ``run_id`` is None).
+
+    ``columns`` selects columns; ``methods`` and ``uris`` keep only those rows (filtered file by file,
+    so reading a sample of a large table holds only the sample).
+    """
+    from diffseg.lake.schemas import SCHEMAS
+
+    wanted = list(columns or SCHEMAS[name].names)
+    extra = [c for c, f in (("method", methods), ("uri", uris)) if f is not None and c not in wanted]
+    parts = []
+    for part in iter_committed(output, name, wanted + extra, run_id):
+        if methods is not None:
+            part = part.filter(pc.is_in(part["method"], value_set=pa.array(methods, pa.string())))
+        if uris is not None:
+            part = part.filter(pc.is_in(part["uri"], value_set=pa.array(sorted(uris), pa.string())))
+        parts.append(part.select(wanted))
+    if not parts:
+        return pa.schema([SCHEMAS[name].field(c) for c in wanted]).empty_table()
+    return pa.concat_tables(parts)
+
+
+def stem_of(name: str) -> str:
+    """File stem of a URI, path or bare name: ``s3://b/x/2007_000032.jpg`` -> ``2007_000032``.
+
+    A URI or path loses its last suffix, whatever it is; a bare name (a line of a split file) only a known
+    image suffix, so a stem with dots (``img.v2``) is kept whole.
+    """
+    path = name.rstrip("/").replace("\\", "/")
+    base = posixpath.basename(path)
+    root, ext = posixpath.splitext(base)
+    if "/" in path or ext.lower() in IMAGE_EXTENSIONS:
+        return root
+    return base

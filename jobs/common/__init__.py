@@ -1,0 +1,1 @@
+"""What the job entry points share: options, Ray init and sizing, the runner."""

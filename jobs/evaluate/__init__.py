@@ -1,0 +1,1 @@
+"""`python -m jobs.evaluate`: mIoU with fitted thresholds (docs/evaluation.md)."""

@@ -1,0 +1,1 @@
+"""`python -m jobs.report`: a static HTML report of an OUTPUT."""

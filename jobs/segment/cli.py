@@ -1,0 +1,135 @@
+"""``python -m jobs.segment INPUT OUTPUT --vocab VOCAB --model MODEL``: segment an image lake with Ray.
+
+Thin entry point: argument parsing and configuration. The flow is jobs.segment.run, the Ray Data pipeline
+jobs.segment.dataset, the actor jobs.segment.actor; docs/job.md explains operating it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.common.cli import add_common_options, run_main
+from jobs.common.config import ConfigError, JobConfig
+
+EXAMPLES = """\
+examples:
+  # local demo: a folder of photos, the offline tiny model (random weights: meaningless masks)
+  python -m jobs.segment ./photos/ ./out/ --vocab "person, dog, grass" --model tiny --resolution 256
+
+  # a lake on S3 (or any S3-compatible store: set AWS_ENDPOINT_URL), SD 1.5 on 4 GPUs, via Ray Jobs
+  ray job submit --working-dir . -- python -m jobs.segment s3://lake/images/ s3://lake/seg/ \\
+      --vocab s3://lake/classes.txt --model s3://models/stable-diffusion-v1-5/ --actors 4 --batch-size 16
+
+exit codes: 0 done (or nothing to do), 1 run failed (rerun to finish), 2 bad option or failed check
+before any image was read, 3 finished but more errors than --max-error-fraction.
+Rerunning the same command is safe: committed images are skipped, a killed run's leftovers removed.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.segment",
+        description="Training-free open-vocabulary semantic segmentation of an image lake with a frozen Stable "
+        "Diffusion U-Net, as a Ray Data batch job. Writes Parquet masks/, stats/ and errors/ tables and a "
+        "manifest.json under OUTPUT; exactly once per image, resumable, incremental.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT",
+                   help="images: a folder or prefix (recursive; .jpg .jpeg .png .gif .bmp .tif .tiff .webp, any case), "
+                   "a glob ('s3://lake/2024-*/*.jpg'), or a manifest file (.txt: one URI per line; .parquet: a 'uri' "
+                   "column). Local paths, file://, s3://, gs:// (anything fsspec reads)")
+    p.add_argument("output", metavar="OUTPUT", help="prefix or folder for masks/, stats/, errors/ and manifest.json")
+    p.add_argument("--vocab", required=True,
+                   help="classes: a file (path or URL) with one class per line, 'name: alias, alias', or a "
+                   "comma-separated list such as 'person, car, road'")
+    p.add_argument("--model", required=True,
+                   help="'tiny' (offline random test model), 'sd15-random'/'sd21-random' (random weights, "
+                   "benchmarks), or a folder or URL (s3://...) of a diffusers-format Stable Diffusion checkpoint")
+    p.add_argument("--method", dest="methods", action="append", metavar="NAME",
+                   help="segmentation method; repeat for several (one U-Net pass serves all). Default: diffsegmenter")
+    g = p.add_argument_group("sizing")
+    g.add_argument("--batch-size", type=int, default=8, help="images per model call per actor (default 8; "
+                   "GPU at 512 px: 8-32 depending on memory; CPU: 1-4)")
+    g.add_argument("--actors", type=int, help="model actors (default: one per GPU share; 1 on a CPU-only cluster)")
+    g.add_argument("--gpus-per-actor", type=float,
+                   help="GPUs per actor (default: 1 when the cluster has GPUs, else 0 = CPU); 0.5 puts two on a GPU")
+    g.add_argument("--cpus-per-actor", type=float,
+                   help="CPUs reserved per actor (default: 1 with GPUs; on CPU-only clusters a share that leaves a "
+                   "quarter of the CPUs, at least 1, to the read/decode tasks). Fractions are fine")
+    g.add_argument("--unit-size", type=int, default=256,
+                   help="images per work unit = per output file and commit (default 256)")
+    g.add_argument("--limit", type=int, help="process at most N of the images not yet done (smoke tests)")
+    m = p.add_argument_group("model and outputs")
+    m.add_argument("--resolution", type=int, default=512, help="square model input side in pixels (default 512)")
+    m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="model precision (default auto: fp16 on GPU, fp32 on CPU)")
+    m.add_argument("--save-scores", action="store_true",
+                   help="also store per-class scores (uint8, model resolution) in masks.scores_png (for jobs.evaluate)")
+    m.add_argument("--max-pixels", type=int, default=None,
+                   help="images with more pixels become 'decode' error rows (default 64,000,000)")
+    m.add_argument("--fitted", metavar="PATH",
+                   help="fitted.json written by `python -m jobs.evaluate --fit tau`: segment with its background "
+                        "thresholds (local path or URL)")
+    m.add_argument("--tau", type=float, default=None,
+                   help="background threshold for every method used (DiffSegmenter's default 0.4 is provisional)")
+    r = p.add_argument_group("runs")
+    r.add_argument("--run-id", default="default",
+                   help="name of the run inside OUTPUT (default 'default'). Reruns with the same id skip committed "
+                   "images; another model/vocabulary/method needs a new id. A new id also retries error rows")
+    r.add_argument("--max-error-fraction", type=float, default=0.05,
+                   help="exit 3 when a larger fraction of this invocation's images fail (default 0.05)")
+    add_common_options(p)
+    return p
+
+
+def method_params_json(args: argparse.Namespace) -> str:
+    """Canonical JSON {method: {"tau": x}} from --tau or --fitted ("" when neither is given)."""
+    import json
+
+    from diffseg.methods import BACKGROUND_FIELD
+
+    methods = list(args.methods or ("diffsegmenter",))
+    if args.tau is not None and args.fitted:
+        raise ConfigError("give --tau or --fitted, not both")
+    if args.tau is not None:
+        values = {m: {"tau": args.tau} for m in methods if m in BACKGROUND_FIELD}
+    elif args.fitted:
+        import fsspec
+
+        try:
+            with fsspec.open(args.fitted, "r") as f:
+                fitted = json.load(f)
+            values = {m: {"tau": float(fitted[m]["tau"])} for m in methods if m in fitted}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--fitted {args.fitted!r}: not a readable fitted.json from jobs.evaluate --fit ({exc})") from exc
+        if not values:
+            raise ConfigError(f"--fitted {args.fitted!r} has no fitted threshold for {', '.join(methods)}")
+    else:
+        return ""
+    return json.dumps(values, sort_keys=True)
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    """The JobConfig for parsed arguments (raises ConfigError for bad values)."""
+    from diffseg.codecs.images import DEFAULT_MAX_PIXELS
+
+    return JobConfig(
+        input=args.input, output=args.output, vocab=args.vocab, model=args.model,
+        methods=tuple(args.methods or ("diffsegmenter",)), batch_size=args.batch_size, actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, resolution=args.resolution,
+        dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
+        save_scores=args.save_scores, unit_size=args.unit_size,
+        method_params=method_params_json(args),
+        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+        address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), config_from_args, "jobs.segment.run", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`python -m jobs.synthesize`: SeeDiff (image, mask) pairs from class names (docs/synthesize.md)."""

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from diffseg.__main__ import main
+from diffseg.codecs.masks import decode_label_png
+
+
+def test_cli_writes_label_map_overlay_and_stats_per_image(tmp_path, sample_photos, capsys):
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(sample_photos["chelsea"]).save(photo)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    code = main([str(photo), str(broken), "--vocab", "cat, potted plant", "--model", "tiny",
+                 "--resolution", "128", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 3  # partial failure is not success
+    assert "meaningless" in captured.err  # the random model says so plainly
+    assert "broken.jpg" in captured.err
+    labels = decode_label_png((out / "cat.diffsegmenter.labels.png").read_bytes())
+    assert labels.shape == (300, 451)
+    overlay = Image.open(out / "cat.diffsegmenter.overlay.png")
+    assert overlay.width >= 451 and overlay.height >= 300
+    meta = json.loads((out / "cat.diffsegmenter.json").read_text())
+    assert meta["width"] == 451 and meta["height"] == 300
+    total = sum(c["pixel_count"] for c in meta["classes"]) + int((labels == 0).sum())
+    assert total == 300 * 451
+    assert {c["class_name"] for c in meta["classes"]} == {["cat", "potted plant"][i - 1] for i in np.unique(labels) if i}
+
+
+def test_cli_bad_vocabulary_and_model_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["x.jpg", "--vocab", " , ", "--model", "tiny"]) == 2
+    assert "vocabulary is empty" in capsys.readouterr().err
+    assert main(["x.jpg", "--vocab", "cat", "--model", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_fitted_thresholds_from_evaluate_change_the_background(tmp_path, sample_photos):
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(sample_photos["coffee"]).save(photo)
+    fitted = tmp_path / "fitted.json"
+    fitted.write_text(json.dumps({"diffsegmenter": {"tau": 1.01, "fit_miou": 0.5}}))  # above every score
+    assert main([str(photo), "--vocab", "cup, table", "--resolution", "64", "--out", str(tmp_path / "a"),
+                 "--fitted", str(fitted)]) == 0
+    labels = decode_label_png((tmp_path / "a" / "coffee.diffsegmenter.labels.png").read_bytes())
+    assert labels.max() == 0  # all background: the fitted threshold was applied
+    assert main([str(photo), "--vocab", "cup, table", "--resolution", "64", "--out", str(tmp_path / "b"),
+                 "--tau", "-1"]) == 0
+    labels = decode_label_png((tmp_path / "b" / "coffee.diffsegmenter.labels.png").read_bytes())
+    assert (labels > 0).all()  # nothing is background below every score
+
+
+def test_make_params_maps_tau_to_each_methods_background_field():
+    import pytest
+
+    from diffseg.methods import make_params
+
+    assert make_params("seediff", {"tau": 0.6}).threshold == 0.6
+    assert make_params("maskdiffusion", {"tau": 0.3}).background == 0.3
+    with pytest.raises(ValueError, match="no parameter"):
+        make_params("diffsegmenter", {"bogus": 1})

@@ -1,0 +1,35 @@
+import json
+
+from jobs.bench.cli import main
+
+
+def test_bench_prints_stage_times_and_side_by_side_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--model", "tiny", "--resolution", "64", "--iters", "1", "--vocab-size", "3",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "naive/diffseg U-Net+capture time" in text
+    assert "per_class/joint time per image" in text
+    figures = json.loads(out.read_text())
+    assert [(r["capture"], r["context"]) for r in figures["runs"]] == [
+        ("diffseg", "joint"), ("naive", "joint"), ("diffseg", "per_class")]
+    stages = figures["runs"][0]["seconds_per_image"]
+    assert set(stages) >= {"decode", "vae_encode", "unet_capture", "method", "labels", "encode_masks"}
+    assert figures["flops_per_image"] > 0
+
+
+def test_naive_capture_computes_the_same_maps_as_diffseg_capture(tiny_pipe, sample_photos):
+    """The side-by-side compares two ways to compute the same thing, not two different results."""
+    import torch
+
+    from diffseg import Segmenter
+    from jobs.bench.cli import patched_capture
+
+    seg = Segmenter(tiny_pipe, ["cat", "potted plant"], resolution=128)
+    ours, _ = seg.capture_maps([sample_photos["chelsea"]], ["k"])
+    with patched_capture(naive=True):
+        naive, _ = seg.capture_maps([sample_photos["chelsea"]], ["k"])
+    values = torch.rand(1, 16 * 16, 3)
+    assert set(ours.self_attn) == set(naive.self_attn) == {16}
+    assert torch.allclose(ours.self_attn[16].propagate(values), naive.self_attn[16].propagate(values), atol=1e-5)
+    assert torch.allclose(ours.cross[16], naive.cross[16], atol=1e-6)

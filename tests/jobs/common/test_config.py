@@ -1,0 +1,99 @@
+"""Options, actor sizing (no deadlock on small machines), run identity and manifest redaction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffseg import Vocabulary
+from diffseg.lake.manifest import RunConflictError, build_manifest, check_run_identity, run_identity
+from diffseg.lake.store import OutputStore
+from jobs.common.config import ConfigError, JobConfig, resolve_resources
+from jobs.segment.cli import build_parser, config_from_args, main
+
+BASE = dict(input="in/", output="out/", vocab="cat", model="tiny")
+
+
+def test_cpu_only_actors_leave_a_cpu_for_reading():
+    one = resolve_resources(JobConfig(**BASE), cluster_cpus=2, cluster_gpus=0)
+    assert (one.actors, one.cpus_per_actor, one.gpus_per_actor, one.device, one.torch_threads) == (1, 1.0, 0, "cpu", 1)
+    two = resolve_resources(JobConfig(**BASE, actors=2), cluster_cpus=2, cluster_gpus=0)
+    assert two.cpus_per_actor == 0.5 and two.actors * two.cpus_per_actor + two.decode_cpus <= 2
+    big = resolve_resources(JobConfig(**BASE), cluster_cpus=16, cluster_gpus=0)
+    assert big.cpus_per_actor == 12 and big.torch_threads == 12
+    with pytest.raises(ConfigError, match="read tasks would never run"):
+        resolve_resources(JobConfig(**BASE, actors=2, cpus_per_actor=1), cluster_cpus=2, cluster_gpus=0)
+
+
+def test_gpu_cluster_gets_one_actor_per_gpu():
+    res = resolve_resources(JobConfig(**BASE), cluster_cpus=32, cluster_gpus=4)
+    assert (res.actors, res.gpus_per_actor, res.cpus_per_actor, res.device) == (4, 1.0, 1.0, "cuda")
+    half = resolve_resources(JobConfig(**BASE, gpus_per_actor=0.5), cluster_cpus=32, cluster_gpus=4)
+    assert half.actors == 8
+    # GPU workers that an autoscaler has not started yet: the explicit request is kept
+    cold = resolve_resources(JobConfig(**BASE, gpus_per_actor=1, actors=3), cluster_cpus=2, cluster_gpus=0)
+    assert (cold.actors, cold.device) == (3, "cuda")
+    cpu = resolve_resources(JobConfig(**BASE, gpus_per_actor=0), cluster_cpus=32, cluster_gpus=4)
+    assert cpu.device == "cpu"
+
+
+def test_parser_defaults_and_bad_values(capsys):
+    args = build_parser().parse_args(["s3://lake/in/", "s3://lake/out/", "--vocab", "cat, dog", "--model", "tiny",
+                                      "--method", "diffsegmenter", "--save-scores", "--gpus-per-actor", "0.5"])
+    config = config_from_args(args)
+    assert config.methods == ("diffsegmenter",) and config.save_scores and config.gpus_per_actor == 0.5
+    assert config.run_id == "default" and config.unit_size == 256 and config.max_pixels == 64_000_000
+    for bad, word in ((["--batch-size", "0"], "--batch-size"), (["--max-error-fraction", "2"], "--max-error-fraction"),
+                      (["--unit-size", "0"], "--unit-size")):
+        with pytest.raises(SystemExit) as exc:
+            main(["in", "out", "--vocab", "cat", "--model", "tiny", *bad])
+        assert exc.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_preflight_errors_exit_2_before_any_image_is_read(tmp_path, capsys, s3_endpoint):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"never read")
+    ok = ["--vocab", "cat", "--model", "tiny"]
+    cases = [
+        ([str(tmp_path / "in"), str(tmp_path / "out"), "--vocab", "cat", "--model", str(tmp_path / "nomodel")], "no such folder"),
+        ([str(tmp_path / "in"), str(tmp_path / "out"), "--vocab", "cat", "--model", "s3://no-such-bucket-x/sd15/"],
+         "missing model_index.json"),
+        ([str(tmp_path / "in"), str(tmp_path / "out"), "--vocab", " , ", "--model", "tiny"], "vocabulary is empty"),
+        ([str(tmp_path / "nothing"), str(tmp_path / "out"), *ok], "does not exist"),
+        ([str(tmp_path / "in"), "s3://no-such-bucket-for-diffseg/out", *ok], "not writable"),
+        ([str(tmp_path / "in"), str(tmp_path / "out"), *ok, "--method", "nope"], "unknown"),
+        ([str(tmp_path / "in"), str(tmp_path / "out"), *ok, "--run-id", "a/b"], "run id"),
+    ]
+    for argv, word in cases:
+        assert main(argv) == 2, argv
+        assert word in capsys.readouterr().out, argv
+
+
+def test_another_vocabulary_under_the_same_run_is_refused(tmp_path):
+    store = OutputStore(str(tmp_path))
+    vocab = Vocabulary.from_spec("cat, dog")
+    identity = run_identity("tiny", vocab.hash("tiny"), ["diffsegmenter"], 512)
+    assert check_run_identity(store, "default", identity, vocab.names) is True
+    assert check_run_identity(store, "default", identity, vocab.names) is False
+    other = Vocabulary.from_spec("cat, dog, bird")
+    with pytest.raises(RunConflictError, match="--run-id") as exc:
+        check_run_identity(store, "default", run_identity("tiny", other.hash("tiny"), ["diffsegmenter"], 512),
+                           other.names)
+    assert "vocab_hash" in str(exc.value) and "cat, dog" in str(exc.value)
+    with pytest.raises(RunConflictError, match="resolution"):
+        check_run_identity(store, "default", run_identity("tiny", vocab.hash("tiny"), ["diffsegmenter"], 256), [])
+    assert check_run_identity(store, "v2", identity, vocab.names) is True
+
+
+def test_manifest_never_holds_credentials():
+    config = JobConfig(input="s3://AKIAKEY:SECRETVALUE@lake/in/", output="s3://user:pw@lake/out/",
+                       vocab="https://u:tok@host/classes.txt", model="s3://k:s@models/sd15/")
+    vocab = Vocabulary.from_spec("cat")
+    text = json.dumps(build_manifest(
+        status="running", run_id="default", output=config.output, config=config.to_dict(), resources=None,
+        model=config.model, vocab=vocab, vocab_spec=config.vocab, vocab_hash=vocab.hash(), counts={}, timings={},
+        committed_units=[], started_at="now"))
+    for secret in ("SECRETVALUE", "AKIAKEY", ":pw@", "tok@", "k:s@"):
+        assert secret not in text
+    assert "s3://lake/in/" in text and "s3://models/sd15/" in text
