@@ -1,0 +1,1 @@
+"""python -m jobs.export: see jobs.export.cli."""
