@@ -10,10 +10,13 @@ import pytest
 from PIL import Image
 
 from diffseg.codecs.masks import encode_label_png, encode_scores_png
+from diffseg.eval.errors import EvaluationError
+from diffseg.eval.evaluate import evaluate_output
+from diffseg.eval.protocol import DEFAULT_GRID, Split, in_holdout, parse_grid
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import Unit, unit_id_of, write_unit
-from jobs.evaluate.cli import in_holdout, main
+from jobs.evaluate.cli import main
 
 VOCAB = ["cat", "dog"]
 METHOD = "diffsegmenter"
@@ -209,6 +212,27 @@ def test_fit_uses_only_the_fit_split_and_reports_only_the_eval_split(tmp_path, c
     assert again["tau"] == pytest.approx(0.5) and again["tau_source"] == "fitted"
     assert again["images"] == 2 and again["protocol"]["excluded_fitted"] == 3
     assert again["miou"] == pytest.approx(e["miou"])
+
+
+
+def test_the_library_call_with_values_gives_the_commands_metrics(tmp_path, capsys, class_map):
+    """jobs.evaluate only parses options: evaluate_output with the same values returns its metrics.json."""
+    out = make_scored(tmp_path, ["f1", "f2", "f3"], ["e1", "e2"])
+    split = Split(fit=frozenset({"f1", "f2", "f3"}), eval=frozenset({"e1", "e2"}))
+    result = evaluate_output(
+        out, str(tmp_path / "gt"), str(class_map), split=split, fit_grid=parse_grid(DEFAULT_GRID)
+    )
+    assert result["methods"][METHOD]["tau"] == pytest.approx(0.5)
+    assert result["methods"][METHOD]["fit"]["fit_stems"] == ["f1", "f2", "f3"]
+    (tmp_path / "fit.txt").write_text("f1\nf2\nf3\n")
+    (tmp_path / "eval.txt").write_text("e1\ne2\n")
+    code, _, err = run_cli(capsys, out, "--gt", tmp_path / "gt", "--class-map", class_map, "--fit", "tau",
+                           "--fit-split", tmp_path / "fit.txt", "--eval-split", tmp_path / "eval.txt",
+                           "--out", tmp_path / "ev")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    with pytest.raises(EvaluationError, match="at most one of fit_grid, tau and fitted_uri"):
+        evaluate_output(out, str(tmp_path / "gt"), str(class_map), tau=0.4, fit_grid=np.array([0.5]))
 
 
 def test_tau_outside_the_plateau_is_worse(tmp_path, capsys, class_map):
