@@ -53,20 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def method_params(methods: list[str], tau: float | None, fitted_path: str | None) -> dict | None:
-    """Per-method params from --tau (all methods with a background score) or a fitted.json."""
-    from diffseg.methods import BACKGROUND_FIELD, make_params, params_from_fitted
+def method_params(methods: list[str], tau: float | None, fitted_uri: str | None) -> dict:
+    """Per-method params from --tau (every method with a background score) or a fitted.json.
 
-    if tau is not None and fitted_path:
-        raise ValueError("give --tau or --fitted, not both")
-    if tau is not None:
-        return {m: make_params(m, {"tau": tau}) for m in methods if m in BACKGROUND_FIELD}
-    if fitted_path:
-        import fsspec
+    Reads through :func:`diffseg.eval.fitted.background_values`, the one reader the job uses too.
+    """
+    from diffseg.eval.fitted import background_values
+    from diffseg.methods import make_params
 
-        with fsspec.open(fitted_path, "r") as f:
-            return params_from_fitted(json.load(f), methods)
-    return None
+    return {m: make_params(m, v) for m, v in background_values(methods, tau, fitted_uri).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,9 +118,10 @@ def head_mean_probs(q: torch.Tensor, k: torch.Tensor, scale: float, row_chunk: i
 class CapturedMaps:
     """Maps of one capture context (conditional branch only), averaged over its forwards.
 
-    cross[r]: (B, r*r, T) float32; cross_layers[r]: list of (B, r*r, T); self_attn[r]: SelfAttention;
-    features[r]: (B, C_r, r, r) float32; image: (B, 3, H, W) in [0, 1] or None; layer_names[r]: the
-    self-attention layers captured at r, in U-Net order (down, mid, up).
+    cross[r]: (B, r*r, T) float32; cross_layers[r]: list of (B, r*r, T), one per layer; self_attn[r]:
+    SelfAttention; features[r]: (B, C_r, r, r) float32; image: (B, 3, H, W) in [0, 1] or None;
+    first_up[r]: the name of the first decoder self-attention layer at r (captured or not: check
+    ``self_attn[r].layers``; SeeDiff reads it).
     """
 
     cross: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -326,10 +327,8 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
                 procs[key] = original
         self.unet.set_attn_processor(procs)
         if self.needs.features:
-            n = len(self.unet.down_blocks)
-            for i, block in enumerate(self.unet.up_blocks):
-                level = n - 1 - i
-                self._hooks.append(block.resnets[-1].register_forward_pre_hook(self._feature_hook(level)))
+            for block in self.unet.up_blocks:
+                self._hooks.append(block.resnets[-1].register_forward_pre_hook(self._feature_hook))
         setattr(self.unet, _ACTIVE_ATTR, True)
         return self
 
@@ -337,12 +336,10 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         """The processor installed on a captured layer (benchmarks override it with a naive one)."""
         return CaptureProcessor(name, self.recorder, is_cross=is_cross)
 
-    def _feature_hook(self, level: int):
-        def hook(module, args):
-            x = args[0]
-            self.recorder.add_feature(x.shape[-1], x[self.recorder.keep])
-
-        return hook
+    def _feature_hook(self, module, args) -> None:
+        """Forward pre-hook of a decoder block's last resnet: records its input, keyed by its side."""
+        x = args[0]
+        self.recorder.add_feature(x.shape[-1], x[self.recorder.keep])
 
     def __exit__(self, *exc) -> None:
         self.unet.set_attn_processor(dict(self._originals))
@@ -366,7 +363,6 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
             out.self_attn.setdefault(side, SelfAttention([])).dense_maps[name] = total / rec.self_dense_count[name]
         for side, total in rec.feature_sum.items():
             out.features[side] = total / rec.feature_count[side]
-        len(self.unet.down_blocks)
         sides = sorted(out.cross or out.self_attn, reverse=True)
         if sides:
             finest = sides[0]

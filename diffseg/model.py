@@ -311,12 +311,8 @@ def build_random_components(name: str, seed: int = 0) -> dict:
     from diffseg.tokenizer import build_tiny_tokenizer
 
     a = _ARCH[name]
-    if name == "tiny":
-        tokenizer = build_tiny_tokenizer()
-        vocab_size = len(tokenizer)
-    else:
-        tokenizer = build_tiny_tokenizer()  # same BPE code path; a real checkpoint brings its own
-        vocab_size = a["vocab_size"]
+    tokenizer = build_tiny_tokenizer()  # the same BPE code path for all; a real checkpoint brings its own
+    vocab_size = a["vocab_size"] or len(tokenizer)  # full-size models keep CLIP's embedding table size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(

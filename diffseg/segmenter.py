@@ -73,8 +73,7 @@ class Segmenter:
         self.config = replace(config, **overrides)
         self.pipe = pipe
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary(list(vocab))
-        self.single = isinstance(method, str)
-        self.methods = [method] if self.single else list(method)
+        self.methods = [method] if isinstance(method, str) else list(method)
         if not self.methods:
             raise ValueError("method list is empty; available: " + ", ".join(method_registry.available()))
         self.fns = {m: method_registry.get(m) for m in self.methods}
@@ -125,24 +124,49 @@ class Segmenter:
         return ctx
 
     @torch.no_grad()
-    def segment(self, images: Sequence, keys: Sequence[str] | None = None, sizes: Sequence[tuple[int, int]] | None = None):
-        """Segments `images` (PIL images or HxWx3 uint8 arrays, any sizes).
+    def segment(
+        self, images: Sequence, keys: Sequence[str] | None = None, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> dict[str, list[Segmentation]]:
+        """Segments `images` (PIL images or HxWx3 uint8 arrays, any sizes) with every method in use.
 
         keys: per image, the identity that seeds its noise (e.g. its URI); default: a hash of its pixels.
         sizes: per image, the (H, W) of the label map; default: the image's own size (pass the original
         size when the images were already resized to the model resolution).
-        Returns list[Segmentation] for a single method, else dict method -> list[Segmentation].
+        Returns method -> list[Segmentation] (one per image, in order), whatever the number of methods:
+        one U-Net forward per image (per timestep) serves them all.
         """
+        return self._segment(images, keys, sizes, self.methods)
+
+    def segment_method(
+        self,
+        images: Sequence,
+        keys: Sequence[str] | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        method: str | None = None,
+    ) -> list[Segmentation]:
+        """The single-method convenience: `segment` for one method, as a list (one per image).
+
+        method: one of the methods in use; default: the only one (ValueError when there are several).
+        """
+        if method is None:
+            if len(self.methods) > 1:
+                raise ValueError(f"this Segmenter runs {', '.join(self.methods)}: pass method= one of them")
+            method = self.methods[0]
+        if method not in self.fns:
+            raise ValueError(f"method {method!r} is not in use here; in use: {', '.join(self.methods)}")
+        return self._segment(images, keys, sizes, [method])[method]
+
+    def _segment(self, images, keys, sizes, methods: list[str]) -> dict[str, list[Segmentation]]:
         arrays = [to_rgb_array(im) for im in images]
         if not arrays:
-            return [] if self.single else {m: [] for m in self.methods}
+            return {m: [] for m in methods}
         sizes = list(sizes) if sizes is not None else [a.shape[:2] for a in arrays]
         keys = list(keys) if keys is not None else [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
         if len(keys) != len(arrays) or len(sizes) != len(arrays):
             raise ValueError(f"got {len(arrays)} images, {len(keys)} keys and {len(sizes)} sizes; they must match")
         maps, spans = self.capture_maps(arrays, keys)
         out = {}
-        for m in self.methods:
+        for m in methods:
             t0 = time.perf_counter()
             scores = self.fns[m](maps, spans, self.params[m]).float()
             namer = method_registry.namer(m)  # segment methods name their channels from the maps
@@ -153,7 +177,7 @@ class Segmenter:
                 for i in range(len(arrays))
             ]
             self._tick("labels", t0)
-        return out[self.methods[0]] if self.single else out
+        return out
 
     def capture_maps(self, arrays: list[np.ndarray], keys: list[str]) -> tuple[CapturedMaps, list[list[int]]]:
         """Runs the VAE and one U-Net forward per timestep under capture; returns (maps, class spans)."""

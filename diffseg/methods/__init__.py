@@ -9,6 +9,8 @@ channels are segments (``maskdiffusion-unsupervised``) has a namer
 
 from __future__ import annotations
 
+import dataclasses
+
 from diffseg.capture import Needs
 from diffseg.methods import diffsegmenter as _diffsegmenter
 from diffseg.methods import maskdiffusion as _maskdiffusion
@@ -29,7 +31,8 @@ _NAMERS = {"maskdiffusion-unsupervised": _unsupervised.name_segments}
 
 
 def register(name: str, fn, needs: Needs, params_cls, namer=None) -> None:
-    """Adds a method under `name` (used by the method modules); `namer` names its segment channels."""
+    """Adds a user-defined method under `name` (the built-in ones are in the table above), so that
+    ``Segmenter(..., method=name)`` runs it; `namer` names its channels when they are segments."""
     _REGISTRY[name] = (fn, needs, params_cls)
     if namer is not None:
         _NAMERS[name] = namer
@@ -73,8 +76,6 @@ def make_params(name: str, values: dict | None = None):
     The key "tau" is accepted for every method with a background score and sets that method's own
     field (tau, threshold or background). Unknown fields raise ValueError naming them.
     """
-    import dataclasses
-
     cls = params_class(name)
     values = dict(values or {})
     if "tau" in values and name in BACKGROUND_FIELD and BACKGROUND_FIELD[name] != "tau":
@@ -84,20 +85,3 @@ def make_params(name: str, values: dict | None = None):
     if unknown:
         raise ValueError(f"method {name!r} has no parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     return cls(**values)
-
-
-def params_from_fitted(fitted: dict, methods: list[str]) -> dict:
-    """method -> params from a jobs.evaluate fitted.json ({method: {"tau": x, ...}}) for `methods`.
-
-    Methods missing from `fitted` keep their defaults; records' other keys (fit figures, stems) are
-    provenance and are ignored.
-    """
-    out = {}
-    for m in methods:
-        record = fitted.get(m)
-        if record is None:
-            continue
-        if m not in BACKGROUND_FIELD:
-            raise ValueError(f"method {m!r} has no background threshold to apply from fitted values")
-        out[m] = make_params(m, {"tau": float(record["tau"])})
-    return out

@@ -109,7 +109,7 @@ def run_config(pipe, vocab, args, jpegs, context="joint", naive=False) -> dict:
             t0 = time.perf_counter()
             images = [decode_image(b) for b in batch]
             t1 = time.perf_counter()
-            results = seg.segment(images, keys=[f"img{it}-{j}" for j in range(len(images))])
+            results = seg.segment_method(images, keys=[f"img{it}-{j}" for j in range(len(images))])
             t2 = time.perf_counter()
             for r in results:
                 encode_label_png(r.label_map)

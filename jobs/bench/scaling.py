@@ -3,7 +3,7 @@ images, and the job against a plain in-process Segmenter loop on the same images
 
 Each job run is a subprocess (``python -m jobs.segment`` on a local lake, a local Ray runtime it starts
 itself); its peak memory is the peak, sampled every 0.2 s, of the summed RSS of its whole process tree
-(driver, Ray's services and workers), read from /proc (Linux). Streaming must keep that flat from N to
+(driver, Ray's services and workers), read with psutil. Streaming must keep that flat from N to
 10 x N. The in-process loop decodes, segments in batches and encodes masks and statistics exactly as
 the actor does, with no Ray: the ratio of their throughputs is the job's overhead.
 """
@@ -93,7 +93,7 @@ def run_loop(lake: Path, args) -> dict:
         batch = files[i : i + args.batch_size]
         images = [decode_image(p.read_bytes(), str(p)) for p in batch]
         small = [resize_square(im, args.resolution) for im in images]
-        results = seg.segment(small, keys=[str(p) for p in batch], sizes=[im.shape[:2] for im in images])
+        results = seg.segment_method(small, keys=[str(p) for p in batch], sizes=[im.shape[:2] for im in images])
         for r in results:
             encode_label_png(r.label_map)
             compute_class_stats(r.label_map, vocab.names, r.scores)

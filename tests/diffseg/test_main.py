@@ -52,6 +52,19 @@ def test_fitted_thresholds_from_evaluate_change_the_background(tmp_path, sample_
     assert (labels > 0).all()  # nothing is background below every score
 
 
+def test_fitted_values_are_read_as_the_job_reads_them(tmp_path, capsys):
+    """One reader (diffseg.eval.fitted) for the command and the job: same checks, same messages."""
+    other = tmp_path / "fitted.json"
+    other.write_text(json.dumps({"seediff": {"tau": 0.5}}))
+    assert main(["x.jpg", "--vocab", "cup", "--fitted", str(other)]) == 2
+    assert "has no fitted threshold for diffsegmenter (it holds seediff)" in capsys.readouterr().err
+    other.write_text("{not json")
+    assert main(["x.jpg", "--vocab", "cup", "--fitted", str(other)]) == 2
+    assert "cannot read fitted values" in capsys.readouterr().err
+    assert main(["x.jpg", "--vocab", "cup", "--fitted", str(other), "--tau", "0.3"]) == 2
+    assert "give --tau or --fitted, not both" in capsys.readouterr().err
+
+
 def test_make_params_maps_tau_to_each_methods_background_field():
     import pytest
 

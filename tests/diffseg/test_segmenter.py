@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffseg import Segmenter, Vocabulary
@@ -14,7 +15,7 @@ def segmenter(tiny_pipe):
 
 def test_label_maps_match_input_sizes_of_real_photos(segmenter, sample_photos):
     photos = list(sample_photos.values())
-    results = segmenter.segment(photos)
+    results = segmenter.segment_method(photos)
     assert len(results) == len(photos)
     for photo, res in zip(photos, results):
         assert res.label_map.shape == photo.shape[:2]
@@ -31,19 +32,19 @@ def test_same_image_gives_the_same_mask_whatever_the_batch(segmenter, sample_pho
     rounding: CPU kernels sum in a different order for other batch shapes (~1e-8 in the attention),
     which can only flip pixels whose classes tie to that precision."""
     cat, coffee = sample_photos["chelsea"], sample_photos["coffee"]
-    alone = segmenter.segment([cat])[0]
-    batched = segmenter.segment([coffee, cat, cat])
+    alone = segmenter.segment_method([cat])[0]
+    batched = segmenter.segment_method([coffee, cat, cat])
     assert np.allclose(alone.scores, batched[1].scores, atol=1e-4)
     assert (alone.label_map != batched[1].label_map).mean() < 1e-3
     assert (batched[1].label_map != batched[2].label_map).mean() < 1e-3
-    again = segmenter.segment([cat])[0]
+    again = segmenter.segment_method([cat])[0]
     assert np.array_equal(alone.label_map, again.label_map)  # same call, same bits
 
 
 def test_pil_images_and_keys(segmenter, sample_photos):
     photo = sample_photos["rocket"]
-    a = segmenter.segment([Image.fromarray(photo)], keys=["s3://lake/rocket.jpg"])[0]
-    b = segmenter.segment([photo], keys=["s3://lake/rocket.jpg"])[0]
+    a = segmenter.segment_method([Image.fromarray(photo)], keys=["s3://lake/rocket.jpg"])[0]
+    b = segmenter.segment_method([photo], keys=["s3://lake/rocket.jpg"])[0]
     assert np.array_equal(a.label_map, b.label_map)
 
 
@@ -52,8 +53,8 @@ def test_presized_inputs_with_original_sizes(segmenter, sample_photos):
 
     photo = sample_photos["coffee"]
     small = resize_square(photo, 128)
-    direct = segmenter.segment([photo], keys=["k"])[0]
-    presized = segmenter.segment([small], keys=["k"], sizes=[photo.shape[:2]])[0]
+    direct = segmenter.segment_method([photo], keys=["k"])[0]
+    presized = segmenter.segment_method([small], keys=["k"], sizes=[photo.shape[:2]])[0]
     assert presized.label_map.shape == photo.shape[:2]
     assert np.array_equal(direct.label_map, presized.label_map)
 
@@ -61,24 +62,66 @@ def test_presized_inputs_with_original_sizes(segmenter, sample_photos):
 def test_large_images_are_labelled_at_their_full_size(tiny_pipe):
     seg = Segmenter(tiny_pipe, VOCAB, resolution=64, max_label_side=256)
     big = np.random.default_rng(0).integers(0, 255, (300, 2000, 3), dtype=np.uint8)
-    res = seg.segment([big])[0]
+    res = seg.segment_method([big])[0]
     assert res.label_map.shape == (300, 2000)
 
 
-def test_several_methods_share_one_forward_and_per_class_context(tiny_pipe, sample_photos):
+def count_forwards(monkeypatch, unet) -> list:
+    """Wraps unet.forward with a counter; returns the list of batch sizes of the calls made."""
+    calls, forward = [], unet.forward
+
+    def counted(sample, *args, **kwargs):
+        calls.append(sample.shape[0])
+        return forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", counted)
+    return calls
+
+
+def test_segment_returns_one_type_whatever_the_methods(tiny_pipe, sample_photos):
     photo = sample_photos["chelsea"]
-    single = Segmenter(tiny_pipe, VOCAB, method="diffsegmenter", resolution=128).segment([photo])[0]
-    multi = Segmenter(tiny_pipe, VOCAB, method=["diffsegmenter"], resolution=128).segment([photo])
-    assert np.array_equal(multi["diffsegmenter"][0].label_map, single.label_map)
-    per_class = Segmenter(tiny_pipe, VOCAB, context="per_class", resolution=128).segment([photo])[0]
-    assert per_class.label_map.shape == photo.shape[:2]
-    assert per_class.scores.shape == single.scores.shape
+    one = Segmenter(tiny_pipe, VOCAB, method="diffsegmenter", resolution=128)
+    listed = Segmenter(tiny_pipe, VOCAB, method=["diffsegmenter"], resolution=128)
+    by_method = one.segment([photo])
+    assert list(by_method) == ["diffsegmenter"] and list(listed.segment([photo])) == ["diffsegmenter"]
+    assert np.array_equal(by_method["diffsegmenter"][0].label_map, one.segment_method([photo])[0].label_map)
+    assert one.segment([]) == {"diffsegmenter": []} and one.segment_method([]) == []
+    several = Segmenter(tiny_pipe, VOCAB, method=["diffsegmenter", "seediff"], resolution=128)
+    with pytest.raises(ValueError, match="runs diffsegmenter, seediff: pass method="):
+        several.segment_method([photo])
+    with pytest.raises(ValueError, match="'maskdiffusion' is not in use"):
+        several.segment_method([photo], method="maskdiffusion")
+    assert several.segment_method([photo], method="seediff")[0].method == "seediff"
 
 
-def test_several_timesteps_are_averaged_into_one_result(tiny_pipe, sample_photos):
-    seg = Segmenter(tiny_pipe, VOCAB, resolution=128, timesteps=(20, 100, 200))
-    res = seg.segment([sample_photos["coffee"]])[0]
-    assert res.label_map.shape == (400, 600)
+def test_all_methods_share_one_unet_forward_per_timestep(tiny_pipe, sample_photos, monkeypatch):
+    photos = [sample_photos["chelsea"], sample_photos["coffee"]]
+    methods = ["diffsegmenter", "seediff", "maskdiffusion", "maskdiffusion-unsupervised"]
+    calls = count_forwards(monkeypatch, tiny_pipe.unet)
+    out = Segmenter(tiny_pipe, VOCAB, method=methods, resolution=128).segment(photos)
+    assert calls == [2]  # one forward for both images and all four methods
+    assert {m: len(r) for m, r in out.items()} == {m: 2 for m in methods}
+    calls.clear()
+    Segmenter(tiny_pipe, VOCAB, method=methods, resolution=128, timesteps=(50, 150)).segment(photos)
+    assert calls == [2, 2]  # one per timestep
+    calls.clear()
+    per_class = Segmenter(tiny_pipe, VOCAB, context="per_class", resolution=128).segment_method(photos)
+    assert calls == [2 * len(VOCAB)]  # the paper's protocol: one batch row per (image, class)
+    assert per_class[0].label_map.shape == photos[0].shape[:2]
+
+
+def test_several_timesteps_average_the_maps_of_each_timestep(tiny_pipe, sample_photos):
+    """Maps captured at timesteps (a, b) are the mean of the maps captured at a and at b."""
+    photo, a, b = [sample_photos["coffee"]], 50, 300
+    both, spans = Segmenter(tiny_pipe, VOCAB, resolution=128, timesteps=(a, b)).capture_maps(photo, ["k"])
+    at_a, _ = Segmenter(tiny_pipe, VOCAB, resolution=128, timesteps=(a,)).capture_maps(photo, ["k"])
+    at_b, _ = Segmenter(tiny_pipe, VOCAB, resolution=128, timesteps=(b,)).capture_maps(photo, ["k"])
+    assert not torch.allclose(at_a.cross[16], at_b.cross[16], atol=1e-4)  # the timesteps do differ
+    for r in both.cross:
+        assert torch.allclose(both.cross[r], (at_a.cross[r] + at_b.cross[r]) / 2, atol=1e-6), r
+    values = torch.rand(1, 16 * 16, len(spans))
+    mean = (at_a.self_attn[16].propagate(values) + at_b.self_attn[16].propagate(values)) / 2
+    assert torch.allclose(both.self_attn[16].propagate(values), mean, atol=1e-5)
 
 
 @pytest.mark.parametrize(

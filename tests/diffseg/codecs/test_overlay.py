@@ -110,9 +110,16 @@ def test_one_by_one_image_works_and_title_is_drawn():
     assert untitled.size[1] < canvas.size[1]
 
 
-def test_no_class_present_still_renders():
-    canvas = render_overlay(photo(10, 10), np.zeros((10, 10), np.uint8), NAMES)
-    assert canvas.size[0] >= 10 and canvas.size[1] >= 10
+def test_no_class_present_keeps_every_pixel_and_the_legend_says_so_in_text_only():
+    image = photo(40, 40)
+    canvas = np.asarray(render_overlay(image, np.zeros((40, 40), np.uint8), NAMES))
+    np.testing.assert_array_equal(canvas[:40, :40], image)  # nothing is painted over the image
+    assert canvas.shape[0] == 40 and canvas.shape[1] > 40  # square image: the legend on the right
+    legend = canvas[:, 40:].astype(int)
+    assert np.all(legend.max(-1) == legend.min(-1))  # only white and grey text: no class swatch
+    assert (legend[..., 0] < 128).sum() > 20  # but it has text ("no class present")
+    one_class = np.asarray(render_overlay(image, np.ones((40, 40), np.uint8), NAMES))
+    assert has_colour(one_class, palette(2)[1], (slice(None), slice(40, None)))  # a swatch when present
 
 
 def test_bad_inputs_are_named():

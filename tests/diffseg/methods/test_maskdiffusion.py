@@ -98,13 +98,17 @@ def test_unsupervised_finds_the_number_of_regions_and_the_regions():
             assert best >= 0.9, (b, region)
 
 
-def test_unsupervised_with_a_given_k_is_deterministic():
-    maps, _ = planted_maps()
+def test_unsupervised_with_a_given_k_returns_exactly_the_planted_segments_every_time():
+    maps, _ = planted_maps(variants=(2,))  # background 112 px, two regions of 64 px, one block of 16 px
     p = UnsupervisedParams(k=4)
     a = get("maskdiffusion-unsupervised")(maps, None, p)
-    b = get("maskdiffusion-unsupervised")(maps, None, p)
-    assert a.shape == (1, 5, 16, 16) and torch.equal(a, b)
-    assert torch.isfinite(a[0, 1:]).all()
+    assert a.shape == (1, 5, 16, 16) and torch.isinf(a[0, 0]).all()  # K = 4 segment channels
+    labels, truth = a[0].argmax(0), planted_regions(16, 2)
+    segment = {region: set(labels[truth == region].tolist()) for region in range(4)}
+    assert all(len(ids) == 1 for ids in segment.values())  # each planted region is one whole segment
+    assert segment[0] == {1} and segment[3] == {4}  # numbered by decreasing size: 112 px first, 16 px last
+    assert segment[1] | segment[2] == {2, 3}  # the two 64 px regions take 2 and 3
+    assert torch.equal(get("maskdiffusion-unsupervised")(maps, None, p), a)  # same call, same bits
 
 
 def test_segments_are_named_by_cross_attention_overlap():

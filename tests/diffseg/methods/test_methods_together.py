@@ -29,7 +29,7 @@ def together(tiny_pipe, sample_photos):
 def test_one_capture_gives_each_method_the_masks_it_gives_alone(tiny_pipe, together):
     photos, results = together
     for method in COMPARED:
-        alone = Segmenter(tiny_pipe, VOCAB, method=method, resolution=128).segment(photos)
+        alone = Segmenter(tiny_pipe, VOCAB, method=method, resolution=128).segment_method(photos)
         for a, b in zip(alone, results[method]):
             assert np.allclose(a.scores, b.scores, atol=1e-5), method
             assert np.array_equal(a.label_map, b.label_map), method

@@ -33,3 +33,26 @@ def test_naive_capture_computes_the_same_maps_as_diffseg_capture(tiny_pipe, samp
     assert set(ours.self_attn) == set(naive.self_attn) == {16}
     assert torch.allclose(ours.self_attn[16].propagate(values), naive.self_attn[16].propagate(values), atol=1e-5)
     assert torch.allclose(ours.cross[16], naive.cross[16], atol=1e-6)
+
+
+def test_tree_rss_counts_the_memory_of_child_processes(tmp_path):
+    """The scaling mode's peak memory is the whole process tree's (driver, Ray services, workers)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from jobs.bench.scaling import tree_rss_mb
+
+    ready = tmp_path / "ready"
+    child = f"b = bytearray(300 * 2**20); open({str(ready)!r}, 'w').close(); import time; time.sleep(30)"
+    parent = subprocess.Popen(["bash", "-c", f"{sys.executable} -c \"{child}\"; true"], start_new_session=True)
+    try:
+        while not ready.exists():
+            time.sleep(0.05)
+        assert tree_rss_mb(parent.pid) >= 300  # bash itself holds a few MB; its child 300 MB
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)  # bash and its child: the group this test started
+        parent.wait()
+    assert tree_rss_mb(parent.pid) == 0.0  # a process that has gone counts as nothing
