@@ -3,6 +3,8 @@ the error reasons, and samples and paginates large outputs deterministically."""
 
 from __future__ import annotations
 
+import base64
+import io
 import re
 import shutil
 import subprocess
@@ -65,12 +67,15 @@ def label_map(h: int, w: int, seed: int) -> np.ndarray:
     return np.kron(cells, np.ones((h // 4 + 1, w // 4 + 1), np.int64))[:h, :w].astype(np.uint8)
 
 
-def write_output(root, images: dict[str, tuple[int, int]], errors: list[dict] = ()) -> str:
-    """A committed OUTPUT: one mask row per (image, method), its stats rows, the error rows, a manifest."""
+def write_output(
+    root, images: dict[str, tuple[int, int]], errors: list[dict] = (), labels: dict[str, np.ndarray] | None = None
+) -> str:
+    """A committed OUTPUT: one mask row per (image, method), its stats rows, the error rows, a manifest.
+    An image's label map is `labels[uri]` when given (for every method), else random blocks."""
     masks, stats = [], []
     for i, (uri, (h, w)) in enumerate(sorted(images.items())):
         for j, method in enumerate(METHODS):
-            label = label_map(h, w, seed=10 * i + j)
+            label = labels[uri] if uri in (labels or {}) else label_map(h, w, seed=10 * i + j)
             rows = compute_class_stats(label, VOCAB)
             masks.append(
                 {
@@ -217,6 +222,39 @@ def test_large_output_is_sampled_deterministically_and_paginated(tmp_path):
     # an image's place in the sample does not depend on the others: growing the set keeps the earlier picks
     grown = sample_uris(list(images) + [f"s3://lake/new{i}.jpg" for i in range(40)], 10, 0)
     assert set(grown) - set(shown) <= {u for u in grown if "new" in u}
+
+
+def test_an_image_with_no_class_is_drawn_as_background_and_the_legend_keeps_every_class(tmp_path, sample_photos):
+    photo = sample_photos["coffee"]  # 400 x 600
+    path = tmp_path / "lake" / "coffee.jpg"
+    path.parent.mkdir()
+    Image.fromarray(photo).save(path, quality=95)
+    images = {path.as_uri(): photo.shape[:2], "s3://nowhere/empty.jpg": (40, 60)}
+    output = write_output(tmp_path / "out", images, labels={u: np.zeros(s, np.uint8) for u, s in images.items()})
+    out = tmp_path / "report.html"
+    assert main([output, "--out", str(out), "--thumb", "60"]) == 0
+    html = out.read_text()
+
+    # the legend: background in black first, then every vocabulary class in label order in its colour
+    legend = re.search(r'<div class="legend">(.*?)</div>', html).group(1)
+    chips = re.findall(r'background:(#[0-9a-f]{6})"></span>([^<]*)</span>', legend)
+    assert chips == [("#000000", "background"), ("#800000", "1 cat"), ("#008000", "2 dog"),
+                     ("#808000", "3 potted plant")]
+    # every figure says it found no class, and the class table counts 0 images for every class
+    assert html.count('<span class="note">no class</span>') == len(images) * len(METHODS)
+    assert "(0 images)" not in html and html.count(f"({len(images)} images)") == len(METHODS)
+    # the pixels: no label is drawn, so the overlay is the photo itself, or black where it is unreadable
+    figures = re.findall(r'<img src="data:(image/\w+);base64,([^"]+)" width="(\d+)" height="(\d+)" alt="([^"]*)"', html)
+    assert len(figures) == len(images) * len(METHODS)
+    for mime, data, width, height, alt in figures:
+        pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")).astype(int)
+        assert pixels.shape == (int(height), int(width), 3) == (40, 60, 3)  # --thumb 60 on the long side
+        if "empty.jpg" in alt:
+            assert mime == "image/png" and (pixels == 0).all()
+        else:
+            small = np.asarray(Image.fromarray(photo).resize((60, 40), Image.Resampling.BILINEAR)).astype(int)
+            # JPEG's loss only (about 6 levels); a blended class colour would move pixels by ~alpha x 100
+            assert mime == "image/jpeg" and np.abs(pixels - small).mean() < 10
 
 
 def test_missing_output_is_a_clear_error(tmp_path, capsys):
