@@ -12,8 +12,10 @@ identity is refused (:class:`RunConflictError`) unless it names a new ``--run-id
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+from collections.abc import Mapping
 from importlib import metadata
 
 from diffseg.lake.store import OutputStore
@@ -42,12 +44,15 @@ def package_versions() -> dict[str, str | None]:
 
 
 def run_identity(model: str, vocab_hash: str, methods: list[str] | tuple[str, ...], resolution: int,
-                 method_params: str = "") -> dict:
-    """The settings that make masks comparable; two jobs with equal identities may share a run id."""
+                 method_params: Mapping[str, Mapping] | None = None) -> dict:
+    """The settings that make masks comparable; two jobs with equal identities may share a run id.
+
+    `method_params` ({method: {field: value}}) is stored as canonical JSON (sorted keys), the form runs
+    recorded before it became a dict already hold."""
     identity = {"model": redact_uri(model), "vocab_hash": vocab_hash, "methods": sorted(methods),
                 "resolution": int(resolution)}
     if method_params:  # only when set, so runs recorded before the option existed still match
-        identity["method_params"] = method_params
+        identity["method_params"] = json.dumps(method_params, sort_keys=True)
     return identity
 
 

@@ -1,18 +1,24 @@
-"""Arrow schemas of the job's output tables (DESIGN.md "Output tables") and of the actor's result rows.
+"""Arrow schemas of both jobs' output tables (DESIGN.md "Output tables") and of their actors' result rows.
 
-Under OUTPUT, three Parquet datasets:
+``jobs.segment`` writes three Parquet datasets under OUTPUT:
 
 - ``masks/``: one row per (image, method);
 - ``stats/``: one row per (image, method, class present);
 - ``errors/``: one row per input that could not be processed.
 
-The actor returns one :data:`RESULT_SCHEMA` row per input image (its mask and statistics rows nested in
-list columns), so an image's rows always travel together and a unit is complete when every one of its
-URIs has arrived; the driver flattens them into the three tables with :func:`split_results`.
+``jobs.synthesize`` writes two (docs/synthesize.md shows how to load them as a training set):
 
-:class:`TableSet` bundles what the shared exactly-once machinery (diffseg.lake.units, diffseg.lake.writer) needs to know
-about a job's tables; :data:`SEGMENT_TABLES` is this job's, ``diffseg.lake.sample_schemas.SYNTH_TABLES`` the
-generation job's.
+- ``samples/``: one row per generated (class, seed): the image and its mask as PNG bytes, what produced
+  them, and the mask's statistics (those of ``diffseg.codecs.masks.compute_class_stats``, flattened);
+- ``errors/``: one row per (class, seed) that could not be generated or encoded.
+
+An actor returns one result row per work item (:data:`RESULT_SCHEMA`: an image's mask and statistics
+rows nested in list columns; :data:`SYNTH_RESULT_SCHEMA`: a sample's columns, null on an error row), so
+an item's rows always travel together and a unit is complete when every one of its items has arrived;
+the driver splits a unit's result rows into the job's tables (:func:`split_results`, :func:`split_samples`).
+
+:class:`TableSet` bundles what the shared exactly-once machinery (diffseg.lake.units, diffseg.lake.writer)
+needs to know about a job's tables: :data:`SEGMENT_TABLES` and :data:`SYNTH_TABLES`.
 """
 
 from __future__ import annotations
@@ -104,9 +110,9 @@ def error_result(uri: str, unit_id: str, stage: str, exc: BaseException | str, e
     }
 
 
-def results_to_table(rows: list[dict]) -> pa.Table:
-    """RESULT_SCHEMA rows (dicts) -> a pyarrow Table with exactly RESULT_SCHEMA."""
-    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+def results_to_table(rows: list[dict], schema: pa.Schema = RESULT_SCHEMA) -> pa.Table:
+    """Result rows (dicts; missing columns are null) -> a pyarrow Table with exactly `schema`."""
+    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def split_results(results: pa.Table, run_id: str, model: str, vocab_hash: str) -> dict[str, pa.Table]:
@@ -136,22 +142,116 @@ def split_results(results: pa.Table, run_id: str, model: str, vocab_hash: str) -
     }
 
 
+# jobs.synthesize
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("image_png", pa.binary()),  # (height, width, 3) uint8 RGB image, PNG
+        ("mask_png", pa.binary()),  # (height, width) uint8 label map PNG: 1 = the class, 0 = background
+        ("class_name", pa.string()),
+        ("class_id", pa.int32()),  # 1-based position of the class in --classes (0 stays background)
+        ("prompt", pa.string()),  # the text the image was generated from
+        ("seed", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("pixel_count", pa.int64()),  # mask pixels of the class (0: an empty mask)
+        ("fraction", pa.float32()),  # pixel_count / (width * height)
+        ("bbox_xywh", pa.list_(pa.int32())),  # COCO order, as pycocotools toBbox; [0, 0, 0, 0] when empty
+        ("components", pa.int32()),  # 8-connected components of the mask
+        ("rle_counts", pa.string()),  # COCO compressed RLE of the mask
+        ("rle_size", pa.list_(pa.int32())),  # [height, width]
+        ("model", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+SYNTH_ERRORS_SCHEMA = pa.schema(
+    [
+        ("class_name", pa.string()),
+        ("class_id", pa.int32()),
+        ("seed", pa.int64()),
+        ("stage", pa.string()),  # one of SYNTH_STAGES
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+SYNTH_SCHEMAS = {"samples": SAMPLES_SCHEMA, "errors": SYNTH_ERRORS_SCHEMA}
+SYNTH_STAGES = ("model", "encode")
+
+# Sample columns the actor fills (the driver adds model and run_id).
+_ITEM_FIELDS = [f for f in SAMPLES_SCHEMA if f.name not in ("model", "run_id")]
+
+SYNTH_RESULT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),  # "class\tseed": the work item
+        ("unit_id", pa.string()),
+        ("stage", pa.string()),  # null when the sample was generated
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        *_ITEM_FIELDS,
+    ]
+)
+
+
+def synth_error(key: str, unit_id: str, class_name: str, class_id: int, seed: int, stage: str,
+                exc: BaseException | str) -> dict:
+    """A SYNTH_RESULT_SCHEMA row for a work item that failed at `stage` ("model" or "encode")."""
+    if stage not in SYNTH_STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {', '.join(SYNTH_STAGES)}")
+    text = str(exc) if str(exc) else repr(exc)
+    message = f"{type(exc).__name__}: {text}" if isinstance(exc, BaseException) else text
+    return {
+        "key": key,
+        "unit_id": unit_id,
+        "stage": stage,
+        "error_type": type(exc).__name__ if isinstance(exc, BaseException) else "Error",
+        "message": message[:4000],
+        "class_name": class_name,
+        "class_id": class_id,
+        "seed": seed,
+    }
+
+
+def split_samples(results: pa.Table, run_id: str, model: str, run_hash: str = "") -> dict[str, pa.Table]:
+    """A unit's SYNTH_RESULT_SCHEMA rows -> {"samples": ..., "errors": ...} with exact schemas."""
+    samples, errors = [], []
+    for row in results.to_pylist():
+        if row["stage"] is not None:
+            errors.append({k: row[k] for k in SYNTH_ERRORS_SCHEMA.names if k != "run_id"} | {"run_id": run_id})
+        else:
+            samples.append({f.name: row[f.name] for f in _ITEM_FIELDS} | {"model": model, "run_id": run_id})
+    return {
+        "samples": pa.Table.from_pylist(samples, schema=SAMPLES_SCHEMA),
+        "errors": pa.Table.from_pylist(errors, schema=SYNTH_ERRORS_SCHEMA),
+    }
+
+
 @dataclass(frozen=True)
 class TableSet:
     """A job's output tables, as the unit writer and the commit markers see them.
 
     ``schemas``: table name -> exact Arrow schema (one Parquet file per unit and table); it must hold an
-    ``errors`` table with a ``stage`` column. ``split(results, run_id, model, run_hash)`` flattens the
-    actors' result rows of one unit into those tables. ``key_column``: the result column naming the
-    work item (what commit markers list). ``row_counters``: table -> the ``UnitWriter.counts`` key that
-    counts its rows. ``item_name``: what a work item is called in progress logs.
+    ``errors`` table with a ``stage`` column. ``result_schema``: the actors' result rows.
+    ``split(results, run_id, model, run_hash)`` flattens the result rows of one unit into the tables.
+    ``key_column``: the result column naming the work item (what commit markers list).
+    ``row_counters``: table -> the ``UnitWriter.counts`` key that counts its rows. ``item_name``: what a
+    work item is called in progress logs ("images", "samples").
     """
 
     schemas: Mapping[str, pa.Schema]
+    result_schema: pa.Schema
     split: Callable[[pa.Table, str, str, str], dict[str, pa.Table]]
     key_column: str = "uri"
     row_counters: Mapping[str, str] = field(default_factory=dict)
-    item_name: str = "images"
+    item_name: str = "items"
+
+    def to_table(self, rows: list[dict]) -> pa.Table:
+        """Result rows (dicts; missing columns are null) -> a pyarrow Table with exactly ``result_schema``."""
+        return pa.Table.from_pylist(rows, schema=self.result_schema)
 
 
-SEGMENT_TABLES = TableSet(SCHEMAS, split_results, "uri", {"masks": "mask_rows", "stats": "stats_rows"}, "images")
+SEGMENT_TABLES = TableSet(SCHEMAS, RESULT_SCHEMA, split_results, "uri", {"masks": "mask_rows", "stats": "stats_rows"},
+                          "images")
+SYNTH_TABLES = TableSet(SYNTH_SCHEMAS, SYNTH_RESULT_SCHEMA, split_samples, "key", {"samples": "sample_rows"}, "samples")

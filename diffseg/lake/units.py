@@ -177,7 +177,7 @@ def committed_files(output: str, table: str = "masks", run_id: str | None = None
 
     Reading exactly these files gives every committed row exactly once, even while a job is writing
     OUTPUT or after a job was killed (before the next run removes its debris). Another job's tables:
-    pass its `schemas` (``diffseg.lake.sample_schemas.SYNTH_SCHEMAS`` for ``samples``).
+    pass its `schemas` (``diffseg.lake.schemas.SYNTH_SCHEMAS`` for ``samples``).
     """
     if table not in schemas:
         raise ValueError(f"table {table!r} is not one of {', '.join(schemas)}")
@@ -192,7 +192,7 @@ def read_committed(output: str, table: str = "masks", run_id: str | None = None,
     Example: ``read_committed("s3://lake/seg/", "stats", columns=["uri", "class_name", "fraction"])``.
     Use it when a job may be running; after a run finished a plain ``pyarrow.dataset``/DuckDB/pandas
     read of ``OUTPUT/masks/`` gives the same rows. Another job's tables: pass its `schemas`, e.g.
-    ``read_committed(out, "samples", schemas=diffseg.lake.sample_schemas.SYNTH_SCHEMAS)``.
+    ``read_committed(out, "samples", schemas=diffseg.lake.schemas.SYNTH_SCHEMAS)``.
     """
     store = OutputStore(output)
     markers = load_commits(store, run_id)

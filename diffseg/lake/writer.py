@@ -6,7 +6,8 @@ When a unit's last URI arrives, its three Parquet files are written and then its
 (diffseg.lake.units.write_unit). Keying by URI also makes a row delivered twice (a retried task) harmless.
 
 The writer serves any job that writes units: its ``tables`` (a diffseg.lake.schemas.TableSet; the segment job's
-by default) say which result column keys a row, how rows become tables and what to count.
+by default) say which result column keys a row, how rows become tables and what to count. (Issue 15 moves
+the writes to the workers; the driver will then only commit.)
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ log = logging.getLogger("diffseg.lake.writer")
 
 
 class UnitWriter:
-    """Consumes result batches (RESULT_SCHEMA for the segment job); commits units as they complete;
-    counts what it wrote. ``counts["images"]`` counts work items whatever they are."""
+    """Consumes result batches (``tables.result_schema`` rows); commits units as they complete; counts
+    what it wrote: ``items`` (work items committed), ``done`` (those without an error row), ``errors``,
+    ``errors_<stage>`` and the tables' row counters (``tables.row_counters``)."""
 
     def __init__(self, store: OutputStore, run_id: str, units: list[Unit], model: str, vocab_hash: str,
                  progress_every_s: float = 10.0, tables: TableSet = SEGMENT_TABLES):
@@ -36,8 +38,8 @@ class UnitWriter:
         self.pending: dict[str, dict[str, pa.Table]] = {}  # unit_id -> uri -> its one-row result table
         self.committed: list[str] = []
         self.committed_ids: set[str] = set()
-        self.counts = Counter()  # images, segmented, errors, mask_rows, stats_rows, errors_<stage>
-        self.total_images = sum(len(u.uris) for u in units)
+        self.counts = Counter()  # items, done, errors, <table>_rows, errors_<stage>
+        self.total_items = sum(len(u.uris) for u in units)
         self.started = time.monotonic()
         self.progress_every_s = progress_every_s
         self._last_progress = 0.0
@@ -67,9 +69,9 @@ class UnitWriter:
         self.committed.append(unit_id)
         self.committed_ids.add(unit_id)
         errors = tables["errors"]
-        self.counts["images"] += len(unit.uris)
+        self.counts["items"] += len(unit.uris)
         self.counts["errors"] += errors.num_rows
-        self.counts["segmented"] += len(unit.uris) - errors.num_rows
+        self.counts["done"] += len(unit.uris) - errors.num_rows
         for table, counter in self.tables.row_counters.items():
             self.counts[counter] += tables[table].num_rows
         for stage in errors.column("stage").to_pylist():
@@ -84,8 +86,8 @@ class UnitWriter:
         elapsed = max(now - self.started, 1e-9)
         log.info(
             "committed %d/%d units: %d/%d %s (%d errors), %.2f %s/s",
-            len(self.committed), len(self.units), self.counts["images"], self.total_images, self.tables.item_name,
-            self.counts["errors"], self.counts["images"] / elapsed, self.tables.item_name,
+            len(self.committed), len(self.units), self.counts["items"], self.total_items, self.tables.item_name,
+            self.counts["errors"], self.counts["items"] / elapsed, self.tables.item_name,
         )
 
     @property

@@ -11,6 +11,16 @@ from collections.abc import Callable
 from jobs.common.config import ConfigError
 
 
+def add_actor_options(g) -> None:
+    """Adds --actors, --gpus-per-actor and --cpus-per-actor (the actor pool; see config.resolve_resources)."""
+    g.add_argument("--actors", type=int, help="model actors (default: one per GPU share; 1 on a CPU-only cluster)")
+    g.add_argument("--gpus-per-actor", type=float,
+                   help="GPUs per actor (default: 1 when the cluster has GPUs, else 0 = CPU); 0.5 puts two on a GPU")
+    g.add_argument("--cpus-per-actor", type=float,
+                   help="CPUs reserved per actor (default: 1 with GPUs; on CPU-only clusters a share that leaves a "
+                   "quarter of the CPUs, at least 1, to the other tasks). Fractions are fine")
+
+
 def add_common_options(p: argparse.ArgumentParser) -> None:
     """Adds the "ray" option group and ``-q`` (after the job's own options, as ``--help`` lists them)."""
     c = p.add_argument_group("ray")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
 
@@ -19,8 +20,9 @@ def check_options(checks) -> None:
             raise ConfigError(f"{option} {value!r}: must be {rule}")
 
 
-def sizing_checks(config) -> list[tuple]:
-    """The checks of the actor-pool options that every job has (see resolve_resources)."""
+def run_checks(config) -> list[tuple]:
+    """The checks of the options every job has: the actor pool (see resolve_resources), precision,
+    units and the error budget."""
     return [
         (config.batch_size >= 1, "--batch-size", config.batch_size, "at least 1"),
         (config.actors is None or config.actors >= 1, "--actors", config.actors, "at least 1"),
@@ -28,6 +30,9 @@ def sizing_checks(config) -> list[tuple]:
          ">= 0"),
         (config.cpus_per_actor is None or config.cpus_per_actor > 0, "--cpus-per-actor", config.cpus_per_actor,
          "> 0"),
+        (config.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", config.dtype, "one of auto, fp32, fp16, bf16"),
+        (config.unit_size >= 1, "--unit-size", config.unit_size, "at least 1"),
+        (0.0 <= config.max_error_fraction <= 1.0, "--max-error-fraction", config.max_error_fraction, "in [0, 1]"),
     ]
 
 
@@ -50,7 +55,8 @@ class JobConfig:
     max_error_fraction: float = 0.05  # exit non-zero when more of this invocation's images fail
     limit: int | None = None  # process at most this many of the not-yet-done images (smoke tests)
     save_scores: bool = False  # also store per-class scores (uint8) in masks.scores_png
-    method_params: str = ""  # JSON {method: {field: value}} over the methods' defaults (e.g. a fitted tau)
+    method_params: Mapping[str, Mapping] = field(default_factory=dict)  # {method: {field: value}} over the
+    # methods' defaults (e.g. a fitted tau: diffseg.eval.fitted.background_values)
     unit_size: int = 256  # URIs per work unit (one Parquet file per table and unit)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images become decode errors (checked from the header)
     address: str | None = None  # Ray address; None: $RAY_ADDRESS (as `ray job submit` sets) or a local runtime
@@ -59,19 +65,17 @@ class JobConfig:
 
     def __post_init__(self):
         check_options([
-            *sizing_checks(self),
             (self.resolution >= 8, "--resolution", self.resolution, "at least 8"),
-            (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
             (self.limit is None or self.limit >= 1, "--limit", self.limit, "at least 1"),
-            (self.unit_size >= 1, "--unit-size", self.unit_size, "at least 1"),
             (self.max_pixels >= 1, "--max-pixels", self.max_pixels, "at least 1"),
             (bool(self.methods), "--method", self.methods, "at least one method"),
-            (self.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", self.dtype, "one of auto, fp32, fp16, bf16"),
+            *run_checks(self),
         ])
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
+        d["method_params"] = {m: dict(v) for m, v in self.method_params.items()}
         return d
 
 

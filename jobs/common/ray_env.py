@@ -1,4 +1,5 @@
-"""Ray wiring both jobs share: connecting to (or starting) Ray, progress output, cluster resources."""
+"""Ray wiring both jobs share: connecting to (or starting) Ray, progress output, cluster resources and
+the model actor stage of their pipelines."""
 
 from __future__ import annotations
 
@@ -43,3 +44,21 @@ def cluster_resources() -> tuple[float, float]:
 
     res = ray.cluster_resources()
     return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+
+
+def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: int | None):
+    """`ds` -> ``map_batches(actor_class)`` on a pool of ``resources.actors`` actors, each holding
+    ``resources.cpus_per_actor`` CPUs and ``resources.gpus_per_actor`` GPUs (a jobs.common.config.Resources).
+
+    Ray Data restarts a killed actor and retries its in-flight batches (max_restarts=-1 by default)."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(
+        actor_class,
+        fn_constructor_args=constructor_args,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=resources.actors),
+        num_cpus=resources.cpus_per_actor,
+        num_gpus=resources.gpus_per_actor,
+    )

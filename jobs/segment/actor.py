@@ -1,10 +1,11 @@
 """The job's two Ray Data stages: ``decode_batch`` (CPU tasks) and ``SegmentUDF`` (the actor class).
 
 ``decode_batch`` reads and decodes images and resizes them to the model's square input, so only
-``resolution x resolution x 3`` uint8 arrays travel to the actors. ``SegmentUDF`` holds one Segmenter
-(model loaded once per actor, inside ``__init__``) and returns one :data:`diffseg.lake.schemas.RESULT_SCHEMA` row
-per image: encoded label maps, optional quantised scores and per-class statistics, or an error row. No
-decoded image or dense float map ever goes back through the object store.
+``resolution x resolution x 3`` uint8 arrays travel to the actors. ``SegmentUDF`` (a
+jobs.common.actor.ModelActor: model loaded once per actor, inside ``__init__``) holds one Segmenter and
+returns one :data:`diffseg.lake.schemas.RESULT_SCHEMA` row per image: encoded label maps, optional
+quantised scores and per-class statistics, or an error row. No decoded image or dense float map ever
+goes back through the object store.
 
 Faults are per image: a read or decode failure becomes an error row in ``decode_batch``; if the model
 fails on a batch, the images are retried one by one and those that still fail become ``model`` error
@@ -15,41 +16,37 @@ batch. (Errors the job cannot attribute to an image, such as a model that does n
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from diffseg.lake.schemas import error_result, results_to_table
+from diffseg.lake.schemas import SEGMENT_TABLES, error_result
+from jobs.common.actor import ActorConfig, ModelActor, describe
 
 log = logging.getLogger("jobs.segment.actor")
 
 
 @dataclass(frozen=True)
-class UdfConfig:
-    """What an actor needs besides the model URI and the vocabulary."""
+class UdfConfig(ActorConfig):
+    """What a segment actor needs besides the model URI and the vocabulary."""
 
     methods: tuple[str, ...] = ("diffsegmenter",)  # one forward serves all of them
     resolution: int = 512  # model input side (square)
-    dtype: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
-    device: str = "cpu"  # "cuda" when the actor holds a GPU
     save_scores: bool = False  # also encode per-class scores (uint8 tall PNG) into masks.scores_png
-    torch_threads: int = 1  # intra-op threads of this actor (its CPU share)
-    method_params: str = ""  # JSON {method: {field: value}} over the methods' defaults
+    method_params: Mapping[str, Mapping] = field(default_factory=dict)  # {method: {field: value}} over defaults
 
 
-def parse_method_params(text: str, methods) -> dict | None:
-    """{method: params dataclass} from the JSON of JobConfig.method_params (ValueError names bad fields)."""
-    import json
-
+def make_method_params(values: Mapping[str, Mapping], methods) -> dict | None:
+    """{method: params dataclass} from {method: {field: value}} (ValueError names bad methods or fields)."""
     from diffseg.methods import make_params
 
-    if not text:
+    if not values:
         return None
-    values = json.loads(text)
     unknown = sorted(set(values) - set(methods))
     if unknown:
         raise ValueError(f"parameters given for methods not in --method: {', '.join(unknown)}")
-    return {m: make_params(m, v) for m, v in values.items()}
+    return {m: make_params(m, dict(v)) for m, v in values.items()}
 
 
 def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int) -> dict[str, np.ndarray]:
@@ -93,97 +90,63 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int)
     }
 
 
-class SegmentUDF:
-    """Ray Data callable class: one Segmenter per actor; batches of decoded images in, result rows out."""
+class SegmentUDF(ModelActor):
+    """Ray Data callable class: one Segmenter per actor; batches of decoded images in, RESULT_SCHEMA rows out."""
+
+    tables = SEGMENT_TABLES
 
     def __init__(self, model_uri: str, vocab, config: UdfConfig):
-        import torch  # heavy imports stay in the actor, the driver never loads the model
+        super().__init__(model_uri, config)
+        from diffseg import Segmenter, Vocabulary
 
-        from diffseg import Segmenter, Vocabulary, load_pipeline
-
-        torch.set_num_threads(max(1, int(config.torch_threads)))
-        self.config = config
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
-        self.pipe = load_pipeline(model_uri, dtype=config.dtype, device=config.device)
         self.segmenter = Segmenter(self.pipe, self.vocab, method=list(config.methods), resolution=config.resolution,
-                                   params=parse_method_params(config.method_params, config.methods))
+                                   params=make_method_params(config.method_params, config.methods))
         log.info("actor ready: model %s on %s (%s), %d classes, methods %s", self.pipe.name, self.pipe.device,
                  self.pipe.dtype, len(self.vocab), ", ".join(config.methods))
 
-    def __call__(self, batch: dict[str, np.ndarray]):
-        """Decoded batch (see decode_batch) -> pyarrow Table of RESULT_SCHEMA rows, one per image."""
-        n = len(batch["uri"])
-        rows: list[dict | None] = [None] * n
-        ok = []
-        for i in range(n):
-            uri, unit = str(batch["uri"][i]), str(batch["unit_id"][i])
-            if batch["stage"][i]:
-                rows[i] = error_result(uri, unit, str(batch["stage"][i]), str(batch["message"][i]),
-                                       error_type=str(batch["error_type"][i]))
-            else:
-                ok.append(i)
-        for i, result in zip(ok, self._segment([batch["image"][i] for i in ok],
-                                               [str(batch["uri"][i]) for i in ok],
-                                               [(int(batch["height"][i]), int(batch["width"][i])) for i in ok])):
-            uri, unit = str(batch["uri"][i]), str(batch["unit_id"][i])
-            if isinstance(result, Exception):
-                rows[i] = error_result(uri, unit, "model", _describe(result), error_type=type(result).__name__)
-            else:
-                rows[i] = self._encode(uri, unit, result)
-        return results_to_table(rows)
+    def items(self, batch: dict[str, np.ndarray]) -> list[dict]:
+        """Decoded batch (see decode_batch) -> one item per image; a read/decode failure is an item error."""
+        return [
+            {"uri": str(batch["uri"][i]), "unit_id": str(batch["unit_id"][i]), "image": batch["image"][i],
+             "size": (int(batch["height"][i]), int(batch["width"][i])),
+             "error": (str(batch["stage"][i]), str(batch["error_type"][i]), str(batch["message"][i]))
+             if batch["stage"][i] else None}
+            for i in range(len(batch["uri"]))
+        ]
 
-    def _segment(self, images: list[np.ndarray], keys: list[str], sizes: list[tuple[int, int]]) -> list:
-        """Per image: {method: Segmentation}, or the exception of that image (batch first, then one by one)."""
-        if not images:
-            return []
-        try:
-            out = self.segmenter.segment(images, keys=keys, sizes=sizes)
-            return [{m: out[m][j] for m in self.segmenter.methods} for j in range(len(images))]
-        except Exception as exc:
-            log.warning("model failed on a batch of %d (%s); retrying its images one by one", len(images),
-                        _describe(exc))
-            self._free_memory()
-        results = []
-        for image, key, size in zip(images, keys, sizes):
-            try:
-                out = self.segmenter.segment([image], keys=[key], sizes=[size])
-                results.append({m: out[m][0] for m in self.segmenter.methods})
-            except Exception as exc:
-                self._free_memory()
-                results.append(exc)
-        return results
+    def compute(self, items: list[dict]) -> list[dict]:
+        """One forward for all `items`: per image {method: Segmentation}."""
+        out = self.segmenter.segment([it["image"] for it in items], keys=[it["uri"] for it in items],
+                                     sizes=[it["size"] for it in items])
+        return [{m: out[m][j] for m in self.segmenter.methods} for j in range(len(items))]
 
-    def _encode(self, uri: str, unit: str, per_method: dict) -> dict:
-        """Masks and stats items of one image for every method, or an ``encode`` error row."""
+    def error_row(self, item: dict, stage: str, exc: BaseException | str, error_type: str | None = None) -> dict:
+        message = exc if isinstance(exc, str) else describe(exc)
+        return error_result(item["uri"], item["unit_id"], stage, message, error_type=error_type or type(exc).__name__)
+
+    def encode(self, item: dict, per_method: dict) -> dict:
+        """Masks and stats items of one image for every method."""
         from diffseg.codecs.masks import compute_class_stats, encode_label_png, encode_scores_png
 
-        try:
-            masks, stats = [], []
-            for method, seg in per_method.items():
-                height, width = seg.label_map.shape
-                masks.append(
-                    {
-                        "width": int(width),
-                        "height": int(height),
-                        "method": method,
-                        "label_map_png": encode_label_png(seg.label_map),
-                        "classes": list(seg.classes),
-                        "scores_png": encode_scores_png(seg.scores) if self.config.save_scores else None,
-                    }
-                )
-                names = _class_names(self.vocab.names, seg)
-                for item in compute_class_stats(seg.label_map, names, scores=seg.scores):
-                    stats.append({"method": method, **item})
-            return {"uri": uri, "unit_id": unit, "stage": None, "error_type": None, "message": None,
-                    "masks": masks, "stats": stats}
-        except Exception as exc:
-            return error_result(uri, unit, "encode", _describe(exc), error_type=type(exc).__name__)
-
-    def _free_memory(self) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        masks, stats = [], []
+        for method, seg in per_method.items():
+            height, width = seg.label_map.shape
+            masks.append(
+                {
+                    "width": int(width),
+                    "height": int(height),
+                    "method": method,
+                    "label_map_png": encode_label_png(seg.label_map),
+                    "classes": list(seg.classes),
+                    "scores_png": encode_scores_png(seg.scores) if self.config.save_scores else None,
+                }
+            )
+            names = _class_names(self.vocab.names, seg)
+            for row in compute_class_stats(seg.label_map, names, scores=seg.scores):
+                stats.append({"method": method, **row})
+        return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,
+                "masks": masks, "stats": stats}
 
 
 def _class_names(vocab_names: list[str], seg) -> list[str]:
@@ -196,6 +159,3 @@ def _class_names(vocab_names: list[str], seg) -> list[str]:
         names[cid - 1] = name
     return names
 
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common.cli import add_common_options, run_main
+from jobs.common.cli import add_actor_options, add_common_options, run_main
 from jobs.common.config import ConfigError, JobConfig
 
 EXAMPLES = """\
@@ -52,12 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sizing")
     g.add_argument("--batch-size", type=int, default=8, help="images per model call per actor (default 8; "
                    "GPU at 512 px: 8-32 depending on memory; CPU: 1-4)")
-    g.add_argument("--actors", type=int, help="model actors (default: one per GPU share; 1 on a CPU-only cluster)")
-    g.add_argument("--gpus-per-actor", type=float,
-                   help="GPUs per actor (default: 1 when the cluster has GPUs, else 0 = CPU); 0.5 puts two on a GPU")
-    g.add_argument("--cpus-per-actor", type=float,
-                   help="CPUs reserved per actor (default: 1 with GPUs; on CPU-only clusters a share that leaves a "
-                   "quarter of the CPUs, at least 1, to the read/decode tasks). Fractions are fine")
+    add_actor_options(g)
     g.add_argument("--unit-size", type=int, default=256,
                    help="images per work unit = per output file and commit (default 256)")
     g.add_argument("--limit", type=int, help="process at most N of the images not yet done (smoke tests)")
@@ -84,31 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def method_params_json(args: argparse.Namespace) -> str:
-    """Canonical JSON {method: {"tau": x}} from --tau or --fitted ("" when neither is given)."""
-    import json
+def method_params(args: argparse.Namespace) -> dict[str, dict]:
+    """{method: {"tau": x}} from --tau or --fitted ({} when neither is given; ConfigError when unusable)."""
+    from diffseg.eval.fitted import background_values
 
-    from diffseg.methods import BACKGROUND_FIELD
-
-    methods = list(args.methods or ("diffsegmenter",))
-    if args.tau is not None and args.fitted:
-        raise ConfigError("give --tau or --fitted, not both")
-    if args.tau is not None:
-        values = {m: {"tau": args.tau} for m in methods if m in BACKGROUND_FIELD}
-    elif args.fitted:
-        import fsspec
-
-        try:
-            with fsspec.open(args.fitted, "r") as f:
-                fitted = json.load(f)
-            values = {m: {"tau": float(fitted[m]["tau"])} for m in methods if m in fitted}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"--fitted {args.fitted!r}: not a readable fitted.json from jobs.evaluate --fit ({exc})") from exc
-        if not values:
-            raise ConfigError(f"--fitted {args.fitted!r} has no fitted threshold for {', '.join(methods)}")
-    else:
-        return ""
-    return json.dumps(values, sort_keys=True)
+    try:
+        return background_values(args.methods or ("diffsegmenter",), args.tau, args.fitted)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -121,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, resolution=args.resolution,
         dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
         save_scores=args.save_scores, unit_size=args.unit_size,
-        method_params=method_params_json(args),
+        method_params=method_params(args),
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
         address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
     )

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
-from jobs.common.ray_env import configure_progress
+from jobs.common.ray_env import configure_progress, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 
@@ -30,7 +30,6 @@ def input_blocks(units: list[Unit], block_rows: int) -> list[pa.Table]:
 def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab):
     """The lazy Ray Data pipeline whose output rows are diffseg.lake.schemas.RESULT_SCHEMA rows."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     configure_progress()
     udf_config = UdfConfig(
@@ -54,12 +53,4 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         # equal resources), so decoding stays on parallel CPU tasks.
         memory=resources.decode_memory,
     )
-    return ds.map_batches(
-        SegmentUDF,
-        fn_constructor_args=(config.model, vocab, udf_config),
-        batch_size=config.batch_size,
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=resources.actors),
-        num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.gpus_per_actor,
-    )  # Ray Data restarts a killed actor and retries its in-flight batches (max_restarts=-1 by default)
+    return map_actors(ds, SegmentUDF, (config.model, vocab, udf_config), resources, config.batch_size)

@@ -4,7 +4,7 @@ SeeDiff's original use, as a Ray batch job: for every class and seed, generate a
 "a photograph of a {class}" with the frozen Stable Diffusion pipeline, read its mask from the attention
 averaged over the denoising steps (diffseg.generate), and write (image, mask) pairs as a Parquet
 training set. Thin entry point: argument parsing; the flow is jobs.synthesize.run, the work items and
-units jobs.synthesize.config, the actor jobs.synthesize.actor, the tables diffseg.lake.sample_schemas. docs/synthesize.md
+units jobs.synthesize.config, the actor jobs.synthesize.actor, the tables diffseg.lake.schemas. docs/synthesize.md
 explains the output and how to load it.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common.cli import add_common_options, run_main
+from jobs.common.cli import add_actor_options, add_common_options, run_main
 from jobs.synthesize.config import SynthConfig
 
 EXAMPLES = """\
@@ -73,12 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=4,
                    help="seeds of one class per generation call per actor (default 4; the U-Net sees twice "
                    "as many with guidance. GPU at 512 px: 8-16 depending on memory; CPU: 1-4)")
-    s.add_argument("--actors", type=int, help="model actors (default: one per GPU share; 1 on a CPU-only cluster)")
-    s.add_argument("--gpus-per-actor", type=float,
-                   help="GPUs per actor (default: 1 when the cluster has GPUs, else 0 = CPU); 0.5 puts two on a GPU")
-    s.add_argument("--cpus-per-actor", type=float,
-                   help="CPUs reserved per actor (default: 1 with GPUs; on CPU-only clusters the CPUs left after "
-                   "a quarter, at least 1, is kept free)")
+    add_actor_options(s)
     s.add_argument("--unit-size", type=int, default=64,
                    help="seeds of one class per work unit = per output file and commit (default 64)")
     r = p.add_argument_group("runs")

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 from diffseg.lake.units import Unit, unit_id_of
-from jobs.common.config import check_options, sizing_checks
+from jobs.common.config import check_options, run_checks
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,7 @@ class SynthConfig:
             (self.guidance >= 1.0, "--guidance", self.guidance, ">= 1 (1 = no classifier-free guidance)"),
             (self.resolution >= 64 and self.resolution % 64 == 0, "--resolution", self.resolution,
              "a multiple of 64 (the VAE downsamples by 8 and the U-Net by 8 more)"),
-            *sizing_checks(self),
-            (self.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", self.dtype, "one of auto, fp32, fp16, bf16"),
-            (self.unit_size >= 1, "--unit-size", self.unit_size, "at least 1"),
-            (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
+            *run_checks(self),
         ])
 
     @property

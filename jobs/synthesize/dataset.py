@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from diffseg.lake.units import Unit
 from jobs.common.config import Resources
-from jobs.common.ray_env import configure_progress
+from jobs.common.ray_env import configure_progress, map_actors
 
 
 def generation_blocks(units: list[Unit], batch_size: int, class_ids: dict[str, int]) -> list[pa.Table]:
@@ -36,9 +36,8 @@ def generation_blocks(units: list[Unit], batch_size: int, class_ids: dict[str, i
 
 def build_generation_dataset(units: list[Unit], config, resources: Resources, class_ids: dict[str, int]):
     """The lazy Ray Data pipeline of ``jobs.synthesize`` (`config`: a jobs.synthesize.config.SynthConfig) whose
-    output rows are diffseg.lake.sample_schemas.SYNTH_RESULT_SCHEMA rows."""
+    output rows are diffseg.lake.schemas.SYNTH_RESULT_SCHEMA rows."""
     import ray
-    from ray.data import ActorPoolStrategy
 
     from jobs.synthesize.actor import SynthUDF, SynthUdfConfig
 
@@ -54,12 +53,5 @@ def build_generation_dataset(units: list[Unit], config, resources: Resources, cl
         torch_threads=resources.torch_threads,
     )
     ds = ray.data.from_arrow(generation_blocks(units, config.batch_size, class_ids))
-    return ds.map_batches(
-        SynthUDF,
-        fn_constructor_args=(config.model, udf_config),
-        batch_size=None,  # whole blocks: one generation group per call (the actor also groups by "group")
-        batch_format="numpy",
-        compute=ActorPoolStrategy(size=resources.actors),
-        num_cpus=resources.cpus_per_actor,
-        num_gpus=resources.gpus_per_actor,
-    )
+    # whole blocks (batch_size None): one generation group per call (the actor also groups by "group")
+    return map_actors(ds, SynthUDF, (config.model, udf_config), resources, None)

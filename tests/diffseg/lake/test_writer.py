@@ -44,7 +44,7 @@ def test_units_commit_when_complete_whatever_the_order(tmp_path):
     assert errors["uri"].to_pylist() == ["s3://lake/03.jpg"] and errors["stage"].to_pylist() == ["decode"]
     assert set(masks["run_id"].to_pylist()) == {"default"} and set(masks["vocab_hash"].to_pylist()) == {"h"}
     assert read_committed(str(tmp_path), "stats").num_rows == 9
-    assert dict(writer.counts) == {"images": 10, "segmented": 9, "errors": 1, "mask_rows": 9, "stats_rows": 9,
+    assert dict(writer.counts) == {"items": 10, "done": 9, "errors": 1, "mask_rows": 9, "stats_rows": 9,
                                   "errors_decode": 1}
 
 

@@ -86,6 +86,21 @@ def test_another_vocabulary_under_the_same_run_is_refused(tmp_path):
     assert check_run_identity(store, "v2", identity, vocab.names) is True
 
 
+def test_method_params_travel_as_a_dict_and_match_runs_recorded_as_json(tmp_path):
+    """A run recorded when method_params was JSON text is still the same run when it is a dict now."""
+    store = OutputStore(str(tmp_path))
+    store.put_json("_runs/tuned.json", {"run_id": "tuned", "identity": {
+        "model": "tiny", "vocab_hash": "h", "methods": ["diffsegmenter"], "resolution": 128,
+        "method_params": '{"diffsegmenter": {"tau": 0.3}}'}})
+    params = config_from_args(build_parser().parse_args(
+        ["in/", "out/", "--vocab", "cat", "--model", "tiny", "--tau", "0.3"])).method_params
+    assert params == {"diffsegmenter": {"tau": 0.3}}
+    assert check_run_identity(store, "tuned", run_identity("tiny", "h", ["diffsegmenter"], 128, params), []) is False
+    with pytest.raises(RunConflictError, match="method_params"):
+        check_run_identity(store, "tuned", run_identity("tiny", "h", ["diffsegmenter"], 128,
+                                                        {"diffsegmenter": {"tau": 0.5}}), [])
+
+
 def test_manifest_never_holds_credentials():
     config = JobConfig(input="s3://AKIAKEY:SECRETVALUE@lake/in/", output="s3://user:pw@lake/out/",
                        vocab="https://u:tok@host/classes.txt", model="s3://k:s@models/sd15/")

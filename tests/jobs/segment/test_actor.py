@@ -124,7 +124,7 @@ def test_fitted_threshold_reaches_the_actor(sample_photos, tmp_path):
     fitted.write_text(json.dumps({"diffsegmenter": {"tau": 1.01, "fit_miou": 0.4, "fit_stems": ["a"]}}))
     args = build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", "--fitted", str(fitted)])
     config = config_from_args(args)
-    assert json.loads(config.method_params) == {"diffsegmenter": {"tau": 1.01}}
+    assert config.method_params == {"diffsegmenter": {"tau": 1.01}}  # typed values, not JSON text
     actor = SegmentUDF("tiny", "cat, person", UdfConfig(resolution=RESOLUTION, method_params=config.method_params))
     tables = split_results(actor(segment_rows(actor, sample_photos, ["coffee"])), "r1", "tiny", "hash")
     (mask,) = tables["masks"].to_pylist()

@@ -12,7 +12,13 @@ import pytest
 from jobtest_utils import read_output
 from PIL import Image
 
-from diffseg.lake.sample_schemas import SAMPLES_SCHEMA, SYNTH_ERRORS_SCHEMA, SYNTH_SCHEMAS, split_samples
+from diffseg.lake.schemas import (
+    SAMPLES_SCHEMA,
+    SYNTH_ERRORS_SCHEMA,
+    SYNTH_SCHEMAS,
+    SYNTH_TABLES,
+    split_samples,
+)
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import read_committed, write_unit
 from jobs.common.config import ConfigError
@@ -72,12 +78,34 @@ def check_samples(samples, side: int) -> None:
 # ---------------------------------------------------------------- without Ray
 
 
-def test_help_names_every_option_and_the_exit_codes():
-    text = build_parser().format_help()
+def test_help_lists_the_exit_codes_and_examples_that_parse_into_valid_configs(capsys):
+    """What `python -m jobs.synthesize --help` prints: every option, the four exit codes, and example
+    commands that a user can paste (each parses into a valid SynthConfig)."""
+    import shlex
+
+    from jobs.synthesize.cli import config_from_args
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0
     for option in ("--classes", "--per-class", "--model", "--prompt", "--steps", "--guidance", "--resolution",
                    "--seed", "--batch-size", "--actors", "--gpus-per-actor", "--run-id", "--unit-size", "--pamr"):
         assert option in text, option
-    assert "exit codes" in text and "a photograph of a {}" in text
+    codes = text[text.index("exit codes:"):]
+    for code, words in (("0", "done"), ("1", "run failed"), ("2", "bad option"),
+                        ("3", "finished but more errors than --max-error-fraction")):
+        assert f"{code} {words}" in " ".join(codes.split()), code
+    examples = text[text.index("examples:"):text.index("exit codes:")].replace("\\\n", " ")
+    commands = [line.split("python -m jobs.synthesize ", 1)[1] for line in examples.splitlines()
+                if "python -m jobs.synthesize " in line]
+    assert len(commands) == 2, examples
+    configs = []
+    for command in commands:
+        words = shlex.split(command)
+        configs.append(config_from_args(build_parser().parse_args(words)))
+    assert (configs[0].model, configs[0].per_class, configs[0].steps, configs[0].resolution) == ("tiny", 4, 2, 64)
+    assert configs[1].output == "s3://lake/synth/" and configs[1].actors == 4 and configs[1].per_class == 1000
 
 
 @pytest.mark.parametrize(
@@ -114,7 +142,7 @@ def test_units_are_one_class_seed_blocks_that_a_resume_does_not_reshape():
 
 def test_result_rows_split_into_samples_and_errors_with_exact_schemas():
     from diffseg.generate import Generated
-    from diffseg.lake.sample_schemas import results_to_table, synth_error
+    from diffseg.lake.schemas import synth_error
     from jobs.synthesize.actor import sample_columns
 
     image = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)
@@ -127,7 +155,7 @@ def test_result_rows_split_into_samples_and_errors_with_exact_schemas():
         {"key": "cat\t6", "unit_id": "u", "stage": None, "error_type": None, "message": None, **sample_columns(empty, 1)},
         synth_error("cat\t7", "u", "cat", 1, 7, "model", RuntimeError("CUDA out of memory")),
     ]
-    tables = split_samples(results_to_table(rows), "r1", "tiny")
+    tables = split_samples(SYNTH_TABLES.to_table(rows), "r1", "tiny")
     assert tables["samples"].schema == SAMPLES_SCHEMA and tables["errors"].schema == SYNTH_ERRORS_SCHEMA
     samples = tables["samples"].to_pylist()
     assert np.array_equal(decode_png(samples[0]["image_png"]), image)
@@ -141,7 +169,7 @@ def test_result_rows_split_into_samples_and_errors_with_exact_schemas():
 
 
 def test_shared_unit_writer_commits_synth_units_and_debris_removal_keeps_to_its_tables(tmp_path):
-    from diffseg.lake.sample_schemas import SYNTH_TABLES, results_to_table, synth_error
+    from diffseg.lake.schemas import synth_error
     from diffseg.lake.units import find_debris, load_commits
     from diffseg.lake.writer import UnitWriter
 
@@ -149,7 +177,7 @@ def test_shared_unit_writer_commits_synth_units_and_debris_removal_keeps_to_its_
     units = make_synth_units(["cat"], range(4), unit_size=2)
     rows = [synth_error(k, u.unit_id, "cat", 1, parse_key(k)[1], "model", "boom") for u in units for k in u.uris]
     writer = UnitWriter(store, "default", units, "tiny", "h", tables=SYNTH_TABLES)
-    writer.add(results_to_table(rows[::-1] + rows[:1]))  # any order, one row twice
+    writer.add(SYNTH_TABLES.to_table(rows[::-1] + rows[:1]))  # any order, one row twice
     assert sorted(writer.committed) == sorted(u.unit_id for u in units) and writer.counts["errors"] == 4
     assert writer.counts["sample_rows"] == 0 and writer.errors_by_stage() == {"model": 4}
     errors = read_committed(str(tmp_path), "errors", schemas=SYNTH_SCHEMAS)
