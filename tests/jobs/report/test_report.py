@@ -18,7 +18,8 @@ from diffseg.codecs.masks import compute_class_stats, encode_label_png
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import Unit, unit_id_of, write_unit
-from jobs.report.cli import main, sample_uris
+from jobs.report.cli import main
+from jobs.report.gallery import sample_uris
 
 VOCAB = ["cat", "dog", "potted plant"]
 METHODS = ["diffsegmenter", "seediff"]
@@ -229,7 +230,7 @@ def test_an_image_with_no_class_is_drawn_as_background_and_the_legend_keeps_ever
     path = tmp_path / "lake" / "coffee.jpg"
     path.parent.mkdir()
     Image.fromarray(photo).save(path, quality=95)
-    images = {path.as_uri(): photo.shape[:2], "s3://nowhere/empty.jpg": (40, 60)}
+    images = {path.as_uri(): photo.shape[:2], (tmp_path / "lake" / "empty.jpg").as_uri(): (40, 60)}  # gone
     output = write_output(tmp_path / "out", images, labels={u: np.zeros(s, np.uint8) for u, s in images.items()})
     out = tmp_path / "report.html"
     assert main([output, "--out", str(out), "--thumb", "60"]) == 0
