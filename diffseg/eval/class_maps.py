@@ -56,7 +56,9 @@ def parse_class_map(text: str, source: str = "<text>") -> dict[str, int]:
     elif isinstance(data, list):
         mapping = {str(name).strip(): i for i, name in enumerate(data) if name is not None}
     elif data is not None:
-        raise EvaluationError(f"class map {source}: expected a JSON object or list, got {type(data).__name__}")
+        raise EvaluationError(
+            f"class map {source}: expected a JSON object or list, got {type(data).__name__}"
+        )
     if not mapping:
         raise EvaluationError(f"class map {source} maps no class")
     bad = {n: i for n, i in mapping.items() if i < 0 or i == IGNORE_INDEX}

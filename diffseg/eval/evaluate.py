@@ -204,8 +204,14 @@ def evaluate_output(
         preds = load_predictions(output, run_id, method, uri_of, truth, lut)
         matched = set(preds.row_of)
         entry = evaluate_method(
-            preds, make_protocol(matched, split or Split(), fit_grid is not None), result,
-            fit_grid=fit_grid, tau=tau, fitted=fitted, fitted_uri=fitted_uri or "fitted.json", warn=warn,
+            preds,
+            make_protocol(matched, split or Split(), fit_grid is not None),
+            result,
+            fit_grid=fit_grid,
+            tau=tau,
+            fitted=fitted,
+            fitted_uri=fitted_uri or "fitted.json",
+            warn=warn,
         )
         entry["matching"] = {
             "predictions": len(uri_of),

@@ -60,7 +60,9 @@ def read_stems(path: str) -> frozenset[str]:
             lines = handle.read().splitlines()
     except (OSError, ValueError) as exc:
         raise EvaluationError(f"cannot read the split file {path!r}: {exc}") from exc
-    return frozenset(stem_of(line.split("#", 1)[0].strip()) for line in lines if line.split("#", 1)[0].strip())
+    return frozenset(
+        stem_of(line.split("#", 1)[0].strip()) for line in lines if line.split("#", 1)[0].strip()
+    )
 
 
 def in_holdout(stem: str, fraction: float, seed: int) -> bool:

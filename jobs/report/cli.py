@@ -45,17 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[0])
     p.add_argument("output", metavar="OUTPUT", help="the segment job's OUTPUT (folder or fsspec URL)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
-    p.add_argument("--max-images", type=int, default=d.max_images, help=f"images in the gallery (default {d.max_images})")
-    p.add_argument("--per-page", type=int, default=d.per_page, help=f"images per gallery page (default {d.per_page})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the deterministic sample (default {d.seed})")
-    p.add_argument("--run-id", help="which run of OUTPUT (default: the latest invocation's)")
-    p.add_argument("--thumb", type=int, default=d.thumb, help=f"long side of the overlays in px (default {d.thumb})")
     p.add_argument(
-        "--alpha", type=float, default=d.alpha,
+        "--max-images", type=int, default=d.max_images, help=f"images in the gallery (default {d.max_images})"
+    )
+    p.add_argument(
+        "--per-page", type=int, default=d.per_page, help=f"images per gallery page (default {d.per_page})"
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help=f"seed of the deterministic sample (default {d.seed})"
+    )
+    p.add_argument("--run-id", help="which run of OUTPUT (default: the latest invocation's)")
+    p.add_argument(
+        "--thumb", type=int, default=d.thumb, help=f"long side of the overlays in px (default {d.thumb})"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=d.alpha,
         help=f"weight of the class colour over the original (default {d.alpha})",
     )
     p.add_argument(
-        "--max-errors", type=int, default=d.max_errors,
+        "--max-errors",
+        type=int,
+        default=d.max_errors,
         help=f"error rows listed (default {d.max_errors}; all are counted)",
     )
     p.add_argument(

@@ -157,8 +157,10 @@ def build_report(output: str, options: ReportOptions) -> str:
     note += "</p>"
     model_name = model_uri(manifest)
     if model_name in BUILTIN_MODELS:
-        note = (f'<p class="note"><b>Model {H.esc(model_name)} has random weights: these masks are '
-                f"meaningless</b> (it exists for tests and demos).</p>") + note
+        note = (
+            f'<p class="note"><b>Model {H.esc(model_name)} has random weights: these masks are '
+            f"meaningless</b> (it exists for tests and demos).</p>"
+        ) + note
     cards = gallery_cards(masks, vocab, colours, originals, options.thumb, options.alpha)
     facts = " · ".join(
         f"{H.esc(k)} <b>{H.esc(v)}</b>"

@@ -11,7 +11,9 @@ from diffseg.eval.errors import EvaluationError
 
 
 def test_text_json_object_and_json_list_give_the_same_ids(tmp_path):
-    text = "# PASCAL VOC ids\nbackground: 0\ncat: 8\ndog: 12\ntv monitor: 20   # aliases share an id\ntv: 20\n"
+    text = (
+        "# PASCAL VOC ids\nbackground: 0\ncat: 8\ndog: 12\ntv monitor: 20   # aliases share an id\ntv: 20\n"
+    )
     as_text = parse_class_map(text)
     assert as_text == {"background": 0, "cat": 8, "dog": 12, "tv monitor": 20, "tv": 20}
     assert parse_class_map(json.dumps({"cat": 8, "dog": 12})) == {"cat": 8, "dog": 12}
@@ -44,7 +46,9 @@ def test_unreadable_class_map_names_the_path(tmp_path):
 
 
 def test_lut_maps_each_label_to_its_ground_truth_id_case_insensitively():
-    lut, names = build_lut(["Cat", "dog", "tv", "tv monitor"], {"cat": 8, "DOG": 12, "tv": 20, "tv monitor": 20})
+    lut, names = build_lut(
+        ["Cat", "dog", "tv", "tv monitor"], {"cat": 8, "DOG": 12, "tv": 20, "tv monitor": 20}
+    )
     assert lut.tolist() == [0, 8, 12, 20, 20]  # label 0 = background -> id 0
     assert names == {0: "background", 8: "Cat", 12: "dog", 20: "tv / tv monitor"}
 
@@ -56,7 +60,9 @@ def test_background_id_and_classes_counted_as_background():
 
 
 def test_lut_refuses_unknown_and_unmapped_names():
-    with pytest.raises(EvaluationError, match=r"class map names \['aeroplane'\] are not in the run's vocabulary"):
+    with pytest.raises(
+        EvaluationError, match=r"class map names \['aeroplane'\] are not in the run's vocabulary"
+    ):
         build_lut(["cat"], {"cat": 8, "aeroplane": 1})
     with pytest.raises(EvaluationError, match=r"vocabulary classes \['dog'\] have no ground-truth id"):
         build_lut(["cat", "dog"], {"cat": 8})

@@ -69,6 +69,13 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def evaluate(capsys, tmp_path, out, class_map, *options, to="ev") -> tuple[int, str, str]:
+    """`python -m jobs.evaluate OUT --gt tmp_path/gt --class-map MAP OPTIONS --out tmp_path/TO`."""
+    return run_cli(
+        capsys, out, "--gt", tmp_path / "gt", "--class-map", class_map, *options, "--out", tmp_path / to
+    )
+
+
 @pytest.fixture
 def class_map(tmp_path):
     path = tmp_path / "classes.txt"
@@ -163,12 +170,10 @@ def test_fit_uses_only_the_fit_split_and_reports_only_the_eval_split(tmp_path, c
     out = make_scored(tmp_path, fit, evl)
     (tmp_path / "fit.txt").write_text("f1\ns3://lake/images/f2.jpg\nf3.png\n")  # stems, URIs or file names
     (tmp_path / "eval.txt").write_text("e1\ne2\n")
-    code, _, err = run_cli(
+    code, _, err = evaluate(
         capsys,
+        tmp_path,
         out,
-        "--gt",
-        tmp_path / "gt",
-        "--class-map",
         class_map,
         "--fit",
         "tau",
@@ -176,8 +181,7 @@ def test_fit_uses_only_the_fit_split_and_reports_only_the_eval_split(tmp_path, c
         tmp_path / "fit.txt",
         "--eval-split",
         tmp_path / "eval.txt",
-        "--out",
-        tmp_path / "ev",
+        to="ev",
     )
     assert code == 0, err
     fitted = json.loads((tmp_path / "ev" / "fitted.json").read_text())[METHOD]
@@ -195,24 +199,14 @@ def test_fit_uses_only_the_fit_split_and_reports_only_the_eval_split(tmp_path, c
     assert e["as_run"]["miou"] == pytest.approx(e["miou"])  # the job's tau 0.4 errs the same way here
 
     # a later run passes the fitted values back: same tau, and the fit images are left out
-    code, _, err = run_cli(
-        capsys,
-        out,
-        "--gt",
-        tmp_path / "gt",
-        "--class-map",
-        class_map,
-        "--fitted",
-        tmp_path / "ev" / "fitted.json",
-        "--out",
-        tmp_path / "ev2",
+    code, _, err = evaluate(
+        capsys, tmp_path, out, class_map, "--fitted", tmp_path / "ev" / "fitted.json", to="ev2"
     )
     assert code == 0, err
     again = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["methods"][METHOD]
     assert again["tau"] == pytest.approx(0.5) and again["tau_source"] == "fitted"
     assert again["images"] == 2 and again["protocol"]["excluded_fitted"] == 3
     assert again["miou"] == pytest.approx(e["miou"])
-
 
 
 def test_the_library_call_with_values_gives_the_commands_metrics(tmp_path, capsys, class_map):
@@ -226,9 +220,18 @@ def test_the_library_call_with_values_gives_the_commands_metrics(tmp_path, capsy
     assert result["methods"][METHOD]["fit"]["fit_stems"] == ["f1", "f2", "f3"]
     (tmp_path / "fit.txt").write_text("f1\nf2\nf3\n")
     (tmp_path / "eval.txt").write_text("e1\ne2\n")
-    code, _, err = run_cli(capsys, out, "--gt", tmp_path / "gt", "--class-map", class_map, "--fit", "tau",
-                           "--fit-split", tmp_path / "fit.txt", "--eval-split", tmp_path / "eval.txt",
-                           "--out", tmp_path / "ev")
+    code, _, err = evaluate(
+        capsys,
+        tmp_path,
+        out,
+        class_map,
+        "--fit",
+        "tau",
+        "--fit-split",
+        tmp_path / "fit.txt",
+        "--eval-split",
+        tmp_path / "eval.txt",
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == json.loads(json.dumps(result))
     with pytest.raises(EvaluationError, match="at most one of fit_grid, tau and fitted_uri"):
@@ -239,18 +242,7 @@ def test_tau_outside_the_plateau_is_worse(tmp_path, capsys, class_map):
     out = make_scored(tmp_path, ["f1", "f2"], [])
     results = {}
     for tau in ("0.5", "0.8"):
-        code, _, err = run_cli(
-            capsys,
-            out,
-            "--gt",
-            tmp_path / "gt",
-            "--class-map",
-            class_map,
-            "--tau",
-            tau,
-            "--out",
-            tmp_path / tau,
-        )
+        code, _, err = evaluate(capsys, tmp_path, out, class_map, "--tau", tau, to=tau)
         assert code == 0, err
         results[tau] = json.loads((tmp_path / tau / "metrics.json").read_text())["methods"][METHOD]["miou"]
     assert results["0.5"] == pytest.approx(1.0)
@@ -264,21 +256,8 @@ def test_holdout_split_is_deterministic_disjoint_and_per_image(tmp_path, capsys,
     out = make_scored(tmp_path, stems, [])
     runs = []
     for name in ("h1", "h2"):
-        code, _, err = run_cli(
-            capsys,
-            out,
-            "--gt",
-            tmp_path / "gt",
-            "--class-map",
-            class_map,
-            "--fit",
-            "tau",
-            "--holdout",
-            "0.5",
-            "--seed",
-            "3",
-            "--out",
-            tmp_path / name,
+        code, _, err = evaluate(
+            capsys, tmp_path, out, class_map, "--fit", "tau", "--holdout", "0.5", "--seed", "3", to=name
         )
         assert code == 0, err
         runs.append((tmp_path / name / "fitted.json").read_text())
@@ -348,17 +327,8 @@ def test_fit_without_saved_scores_says_to_save_them(tmp_path, capsys, class_map)
         rows.append(mask_row(stem, label))
     out = write_output(tmp_path / "out", rows)
     (tmp_path / "fit.txt").write_text("a\nb\n")
-    code, _, err = run_cli(
-        capsys,
-        out,
-        "--gt",
-        tmp_path / "gt",
-        "--class-map",
-        class_map,
-        "--fit",
-        "tau",
-        "--fit-split",
-        tmp_path / "fit.txt",
+    code, _, err = evaluate(
+        capsys, tmp_path, out, class_map, "--fit", "tau", "--fit-split", tmp_path / "fit.txt"
     )
     assert code == 2 and "re-run the job with --save-scores" in err
 

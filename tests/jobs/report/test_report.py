@@ -38,9 +38,8 @@ def chromium() -> str:
     )
 
 
-def dump_dom(html_path, tmp_path) -> str:
-    """The DOM after the page's scripts ran (virtual time lets the image-load check settle)."""
-    profile = tmp_path / "chromium-profile"
+def headless_chromium(html_path, tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    """Chromium run headless (no network, a private profile) on `html_path` with `flags`; asserts it exits 0."""
     cmd = [
         chromium(),
         "--headless",
@@ -51,14 +50,18 @@ def dump_dom(html_path, tmp_path) -> str:
         "--disable-component-update",
         "--disable-sync",
         "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *flags,
         html_path.as_uri(),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return done
+
+
+def dump_dom(html_path, tmp_path) -> str:
+    """The DOM after the page's scripts ran (virtual time lets the image-load check settle)."""
+    return headless_chromium(html_path, tmp_path, "--virtual-time-budget=10000", "--dump-dom").stdout
 
 
 def label_map(h: int, w: int, seed: int) -> np.ndarray:
@@ -69,7 +72,10 @@ def label_map(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def write_output(
-    root, images: dict[str, tuple[int, int]], errors: list[dict] = (), labels: dict[str, np.ndarray] | None = None
+    root,
+    images: dict[str, tuple[int, int]],
+    errors: list[dict] = (),
+    labels: dict[str, np.ndarray] | None = None,
 ) -> str:
     """A committed OUTPUT: one mask row per (image, method), its stats rows, the error rows, a manifest.
     An image's label map is `labels[uri]` when given (for every method), else random blocks."""
@@ -165,25 +171,14 @@ def test_screenshot_is_not_blank(tmp_path, small_output):
     out = tmp_path / "report.html"
     main([small_output, "--out", str(out)])
     shot = tmp_path / "shot.png"
-    cmd = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
+    flags = (
         "--hide-scrollbars",
         "--window-size=1280,1000",
         "--virtual-time-budget=5000",
         f"--screenshot={shot}",
-        out.as_uri(),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    )
+    done = headless_chromium(out, tmp_path, *flags)
+    assert shot.exists(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (1000, 1280)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # photos and overlays, not an empty page
@@ -225,13 +220,17 @@ def test_large_output_is_sampled_deterministically_and_paginated(tmp_path):
     assert set(grown) - set(shown) <= {u for u in grown if "new" in u}
 
 
-def test_an_image_with_no_class_is_drawn_as_background_and_the_legend_keeps_every_class(tmp_path, sample_photos):
+def test_an_image_with_no_class_is_drawn_as_background_and_the_legend_keeps_every_class(
+    tmp_path, sample_photos
+):
     photo = sample_photos["coffee"]  # 400 x 600
     path = tmp_path / "lake" / "coffee.jpg"
     path.parent.mkdir()
     Image.fromarray(photo).save(path, quality=95)
     images = {path.as_uri(): photo.shape[:2], (tmp_path / "lake" / "empty.jpg").as_uri(): (40, 60)}  # gone
-    output = write_output(tmp_path / "out", images, labels={u: np.zeros(s, np.uint8) for u, s in images.items()})
+    output = write_output(
+        tmp_path / "out", images, labels={u: np.zeros(s, np.uint8) for u, s in images.items()}
+    )
     out = tmp_path / "report.html"
     assert main([output, "--out", str(out), "--thumb", "60"]) == 0
     html = out.read_text()
@@ -239,13 +238,19 @@ def test_an_image_with_no_class_is_drawn_as_background_and_the_legend_keeps_ever
     # the legend: background in black first, then every vocabulary class in label order in its colour
     legend = re.search(r'<div class="legend">(.*?)</div>', html).group(1)
     chips = re.findall(r'background:(#[0-9a-f]{6})"></span>([^<]*)</span>', legend)
-    assert chips == [("#000000", "background"), ("#800000", "1 cat"), ("#008000", "2 dog"),
-                     ("#808000", "3 potted plant")]
+    assert chips == [
+        ("#000000", "background"),
+        ("#800000", "1 cat"),
+        ("#008000", "2 dog"),
+        ("#808000", "3 potted plant"),
+    ]
     # every figure says it found no class, and the class table counts 0 images for every class
     assert html.count('<span class="note">no class</span>') == len(images) * len(METHODS)
     assert "(0 images)" not in html and html.count(f"({len(images)} images)") == len(METHODS)
     # the pixels: no label is drawn, so the overlay is the photo itself, or black where it is unreadable
-    figures = re.findall(r'<img src="data:(image/\w+);base64,([^"]+)" width="(\d+)" height="(\d+)" alt="([^"]*)"', html)
+    figures = re.findall(
+        r'<img src="data:(image/\w+);base64,([^"]+)" width="(\d+)" height="(\d+)" alt="([^"]*)"', html
+    )
     assert len(figures) == len(images) * len(METHODS)
     for mime, data, width, height, alt in figures:
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")).astype(int)
