@@ -198,6 +198,12 @@ def test_fit_uses_only_the_fit_split_and_reports_only_the_eval_split(tmp_path, c
     assert e["pixel_accuracy"] == pytest.approx(256 / 510)
     assert e["as_run"]["miou"] == pytest.approx(e["miou"])  # the job's tau 0.4 errs the same way here
 
+    # jobs.evaluate only parses options: the library call with the same values returns its metrics.json
+    split = Split(fit=frozenset(fit), eval=frozenset(evl))
+    grid = parse_grid(DEFAULT_GRID)
+    result = evaluate_output(out, str(tmp_path / "gt"), str(class_map), split=split, fit_grid=grid)
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == json.loads(json.dumps(result))
+
     # a later run passes the fitted values back: same tau, and the fit images are left out
     code, _, err = evaluate(
         capsys, tmp_path, out, class_map, "--fitted", tmp_path / "ev" / "fitted.json", to="ev2"
@@ -209,31 +215,8 @@ def test_fit_uses_only_the_fit_split_and_reports_only_the_eval_split(tmp_path, c
     assert again["miou"] == pytest.approx(e["miou"])
 
 
-def test_the_library_call_with_values_gives_the_commands_metrics(tmp_path, capsys, class_map):
-    """jobs.evaluate only parses options: evaluate_output with the same values returns its metrics.json."""
-    out = make_scored(tmp_path, ["f1", "f2", "f3"], ["e1", "e2"])
-    split = Split(fit=frozenset({"f1", "f2", "f3"}), eval=frozenset({"e1", "e2"}))
-    result = evaluate_output(
-        out, str(tmp_path / "gt"), str(class_map), split=split, fit_grid=parse_grid(DEFAULT_GRID)
-    )
-    assert result["methods"][METHOD]["tau"] == pytest.approx(0.5)
-    assert result["methods"][METHOD]["fit"]["fit_stems"] == ["f1", "f2", "f3"]
-    (tmp_path / "fit.txt").write_text("f1\nf2\nf3\n")
-    (tmp_path / "eval.txt").write_text("e1\ne2\n")
-    code, _, err = evaluate(
-        capsys,
-        tmp_path,
-        out,
-        class_map,
-        "--fit",
-        "tau",
-        "--fit-split",
-        tmp_path / "fit.txt",
-        "--eval-split",
-        tmp_path / "eval.txt",
-    )
-    assert code == 0, err
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text()) == json.loads(json.dumps(result))
+def test_the_library_refuses_two_sources_of_tau(tmp_path, class_map):
+    out = make_scored(tmp_path, ["f1"], [])
     with pytest.raises(EvaluationError, match="at most one of fit_grid, tau and fitted_uri"):
         evaluate_output(out, str(tmp_path / "gt"), str(class_map), tau=0.4, fit_grid=np.array([0.5]))
 
