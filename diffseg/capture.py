@@ -11,8 +11,9 @@ What is kept (DESIGN.md "Captured maps"), for the rows of the batch in ``keep`` 
   sum over forwards (memory does not grow with timesteps or denoising steps);
 - for self-attention, the queries and keys of the chosen layers (never the N x N probabilities);
   ``SelfAttention.propagate(x)`` computes mean_layers,heads softmax(QK^T/sqrt(d)) @ x with
-  scaled_dot_product_attention, and ``dense()`` materialises a head-mean map in row chunks when a
-  method really needs one (SeeDiff, one layer at a time);
+  scaled_dot_product_attention (a fused kernel), and ``dense()`` / ``row_chunks()`` materialise a
+  head-mean map in row chunks under a memory budget when a method really needs one (SeeDiff, one
+  layer at a time);
 - U-Net decoder features: the input of ``up_blocks[i].resnets[-1]`` (after its skip concatenation),
   through a forward pre-hook.
 
@@ -81,37 +82,67 @@ class SelfAttention:
         return SelfAttention(chosen, dense)
 
     def propagate(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) values -> (B, N, C) = mean over layers and heads of softmax(QK^T * scale) @ x."""
+        """(B, N, C) values -> (B, N, C) float32 = mean over layers and heads of softmax(QK^T * scale) @ x.
+
+        Layers kept as queries and keys run a fused attention kernel (:func:`attend_values`): no
+        per-head N x N map is ever materialised.
+        """
         outs = [m @ x.float().to(m.device) for m in self.dense_maps.values()]
         for _, q, k, scale in self.entries:
-            v = x.float().to(q.device).unsqueeze(1).expand(-1, q.shape[1], -1, -1)
-            outs.append(F.scaled_dot_product_attention(q.float(), k.float(), v, scale=scale).mean(1))
+            outs.append(attend_values(q, k, x.to(q.device), scale).mean(1))
         return sum(outs) / len(outs)
 
-    def dense(self, row_chunk: int = 1024) -> torch.Tensor:
-        """(B, N, N) head- and layer-mean attention probabilities, built `row_chunk` rows at a time."""
-        if self.dense_maps:
-            maps = list(self.dense_maps.values())
-            if not self.entries:
-                return sum(maps) / len(maps)
-        out = None
-        for _, q, k, scale in self.entries:
-            part = head_mean_probs(q, k, scale, row_chunk)
-            out = part if out is None else out + part
-        total = len(self.entries) + len(self.dense_maps)
-        if self.dense_maps:
-            out = out + sum(self.dense_maps.values())
-        return out / total
+    def row_chunks(self, max_elements: int = 1 << 25):
+        """Yields (start, stop, rows): rows (B, stop - start, N) float32 of the head- and layer-mean
+        probabilities, a few rows at a time, so that one chunk's per-head logits hold at most
+        `max_elements` values (the memory budget). Layers kept as queries and keys are computed chunk
+        by chunk (one softmax per row, never again); layers kept as dense maps are sliced."""
+        keys = [(q, k.float().transpose(-1, -2), scale) for _, q, k, scale in self.entries]
+        if keys:
+            b, heads, n, _ = keys[0][0].shape
+            step = max(1, max_elements // max(1, b * heads * n))
+        else:
+            n = step = next(iter(self.dense_maps.values())).shape[-1]
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            parts = [m[:, start:stop].float() for m in self.dense_maps.values()]
+            for q, kt, scale in keys:
+                parts.append(torch.softmax(q[:, :, start:stop].float() @ kt * scale, dim=-1).mean(1))
+            yield start, stop, sum(parts) / len(parts)
+
+    def dense(self, max_elements: int = 1 << 25) -> torch.Tensor:
+        """(B, N, N) float32 head- and layer-mean probabilities, built in row chunks (:meth:`row_chunks`)."""
+        return torch.cat([rows for _, _, rows in self.row_chunks(max_elements)], 1)
 
 
-def head_mean_probs(q: torch.Tensor, k: torch.Tensor, scale: float, row_chunk: int = 1024) -> torch.Tensor:
-    """(B, heads, N, d) queries and keys -> (B, N, N) fp32 head-mean softmax(QK^T * scale), in row chunks."""
-    b, _, n, _ = q.shape
-    out = torch.empty(b, n, n, dtype=torch.float32, device=q.device)
-    kt = k.float().transpose(-1, -2)
-    for s in range(0, n, row_chunk):
-        out[:, s : s + row_chunk] = torch.softmax(q[:, :, s : s + row_chunk].float() @ kt * scale, dim=-1).mean(1)
-    return out
+def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pads the last dimension of `x` to `width` (no copy when it already has that width)."""
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
+
+
+def attend_values(q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, scale: float,
+                  max_width: int = 256) -> torch.Tensor:
+    """Per-head softmax(q k^T * scale) @ values, in float32, through a fused SDPA kernel.
+
+    q, k: (B, heads, N, d); values: (B, N, C), the same for every head. Returns (B, heads, N, C).
+    Fused kernels (flash on CPU and CUDA, memory-efficient on CUDA) take values only as wide as the
+    head, so `values` are zero-padded to the head width d, or, when C > d, split into slices of width
+    W = min(C, max_width) rounded up to a multiple of 8, with q and k zero-padded to W as well (zero
+    columns leave q k^T unchanged; `scale` is passed explicitly). Values of width C != d would
+    otherwise fall back to the math kernel, which materialises heads x N x N per call.
+    """
+    q, k, v = q.float(), k.float(), values.float()
+    b, heads, n, d = q.shape
+    c = v.shape[-1]
+    width = max(d, -(-min(c, max_width) // 8) * 8)
+    q, k = _pad_last(q, width), _pad_last(k, width)
+    outs = []
+    for start in range(0, c, width):
+        part = _pad_last(v[..., start : start + width], width)
+        part = part.unsqueeze(1).expand(b, heads, n, width)
+        out = F.scaled_dot_product_attention(q, k, part, scale=scale)
+        outs.append(out[..., : min(width, c - start)])
+    return outs[0] if len(outs) == 1 else torch.cat(outs, -1)
 
 
 @dataclass
@@ -192,21 +223,28 @@ class _Recorder:
         self.feature_sum: dict[int, torch.Tensor] = {}
         self.feature_count: dict[int, int] = defaultdict(int)
 
+    def clear(self) -> None:
+        """Empties every running sum in place (the processors keep pointing at this recorder)."""
+        for value in vars(self).values():
+            if isinstance(value, dict):
+                value.clear()
+
+    @staticmethod
+    def _add(sums: dict, counts: dict, key, x: torch.Tensor) -> None:
+        """Adds `x` to the running sum under `key` (a copy the first time) and counts it."""
+        if key in sums:
+            sums[key] += x
+        else:
+            sums[key] = x.clone()
+        counts[key] += 1
+
     def add_cross(self, name: str, probs: torch.Tensor) -> None:
         """probs: (B, heads, N, T) for the kept rows."""
         mean = probs.float().mean(1)
         side = math.isqrt(mean.shape[1])
-        if side in self.cross_sum:
-            self.cross_sum[side] += mean
-        else:
-            self.cross_sum[side] = mean.clone()
-        self.cross_count[side] += 1
+        self._add(self.cross_sum, self.cross_count, side, mean)
         if self.needs.cross_layers:
-            if name in self.cross_layer_sum:
-                self.cross_layer_sum[name] += mean
-            else:
-                self.cross_layer_sum[name] = mean.clone()
-            self.cross_layer_count[name] += 1
+            self._add(self.cross_layer_sum, self.cross_layer_count, name, mean)
             self.cross_layer_side[name] = side
 
     def add_self(self, name: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
@@ -214,21 +252,12 @@ class _Recorder:
         if self.self_mode == "qk":
             self.self_entries[side].append((name, q.detach(), k.detach(), scale))
             return
-        probs = head_mean_probs(q.detach(), k.detach(), scale)
-        if name in self.self_dense_sum:
-            self.self_dense_sum[name] += probs
-        else:
-            self.self_dense_sum[name] = probs
-        self.self_dense_count[name] += 1
+        probs = SelfAttention([(name, q.detach(), k.detach(), scale)]).dense()
+        self._add(self.self_dense_sum, self.self_dense_count, name, probs)
         self.self_dense_side[name] = side
 
     def add_feature(self, side: int, x: torch.Tensor) -> None:
-        x = x.detach().float()
-        if side in self.feature_sum:
-            self.feature_sum[side] += x
-        else:
-            self.feature_sum[side] = x.clone()
-        self.feature_count[side] += 1
+        self._add(self.feature_sum, self.feature_count, side, x.detach().float())
 
 
 class CaptureProcessor:
@@ -301,7 +330,8 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
     classifier-free-guidance batch). ``self_mode``: "qk" keeps queries and keys per forward (exact,
     no N x N map); "dense" keeps running sums of head-mean self-attention maps (memory independent of the
     number of forwards: for generations of many steps). After the forwards, ``cap.maps(image)``
-    returns CapturedMaps.
+    returns CapturedMaps. One capture object can be entered again (never nested): each entry starts
+    empty and reuses the same processor objects.
     """
 
     def __init__(self, unet, needs: Needs, keep: slice = slice(None), self_mode: str = "qk"):
@@ -311,21 +341,20 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         self._originals = None
         self._hooks = []
         self._first_up: dict[int, str] = {}
+        self._made: dict[str, object] = {}  # capturing processors, made once and reused at every entry
 
     def __enter__(self) -> capture:
         if getattr(self.unet, _ACTIVE_ATTR, False):
             raise RuntimeError("a diffseg capture is already installed on this U-Net; captures do not nest")
+        self.recorder.clear()  # a capture context averages the forwards run inside it, and only those
         cross, keep, first_up = locate_layers(self.unet, self.needs)
         self._first_up = first_up
         self._originals = dict(self.unet.attn_processors)
-        procs = {}
-        for key, original in self._originals.items():
-            name = key.removesuffix(".processor")
-            if name in cross or name in keep:
-                procs[key] = self.make_processor(name, is_cross=name in cross)
-            else:
-                procs[key] = original
-        self.unet.set_attn_processor(procs)
+        for name in (cross | keep) - set(self._made):
+            self._made[name] = self.make_processor(name, is_cross=name in cross)
+        self.unet.set_attn_processor(
+            {key: self._made.get(key.removesuffix(".processor"), proc) for key, proc in self._originals.items()}
+        )
         if self.needs.features:
             for block in self.unet.up_blocks:
                 self._hooks.append(block.resnets[-1].register_forward_pre_hook(self._feature_hook))
@@ -357,14 +386,13 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         for name, total in rec.cross_layer_sum.items():
             out.cross_layers.setdefault(rec.cross_layer_side[name], []).append(total / rec.cross_layer_count[name])
         for side, entries in rec.self_entries.items():
-            out.self_attn[side] = SelfAttention(entries)
+            out.self_attn[side] = SelfAttention(list(entries))
         for name, total in rec.self_dense_sum.items():
             side = rec.self_dense_side[name]
             out.self_attn.setdefault(side, SelfAttention([])).dense_maps[name] = total / rec.self_dense_count[name]
         for side, total in rec.feature_sum.items():
             out.features[side] = total / rec.feature_count[side]
-        sides = sorted(out.cross or out.self_attn, reverse=True)
-        if sides:
-            finest = sides[0]
+        finest = max(out.cross or out.self_attn, default=None)
+        if finest is not None:
             out.first_up = {finest >> lvl: name for lvl, name in self._first_up.items()}
         return out

@@ -90,6 +90,9 @@ class Segmenter:
         self.context = self._encode_context()  # once per Segmenter, never per batch
         self.label_dtype = np.uint8 if len(self.vocab) < 256 else np.uint16
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
+        # One capture per Segmenter: the same processor objects at every call, so a compiled U-Net
+        # (diffseg.model.speed_up) keeps one graph instead of recompiling for new processors.
+        self._capture = capture(pipe.unet, self.needs)
 
     def _tick(self, stage: str, since: float) -> float:
         """Adds the time since `since` to `stage` (synchronising CUDA first); returns now."""
@@ -181,15 +184,44 @@ class Segmenter:
 
     def capture_maps(self, arrays: list[np.ndarray], keys: list[str]) -> tuple[CapturedMaps, list[list[int]]]:
         """Runs the VAE and one U-Net forward per timestep under capture; returns (maps, class spans)."""
+        x01, forwards = self._forward_inputs(arrays, keys)
+        t0 = time.perf_counter()
+        with self._capture as cap:
+            for noisy, tt, ctx in forwards:
+                self.pipe.unet(noisy, tt, encoder_hidden_states=ctx)
+        maps = cap.maps(image=x01)
+        self._tick("unet_capture", t0)
+        if self.config.context == "per_class":
+            return merge_per_class(maps, len(arrays), self.prompt.spans)
+        return maps, self.prompt.spans[0]
+
+    @torch.no_grad()
+    def forward_plain(self, images: Sequence, keys: Sequence[str] | None = None) -> None:
+        """The floor of a `segment` call (benchmarks): the same VAE encode and U-Net forward(s), with
+        the U-Net's default processors, no capture and no method."""
+        arrays = [to_rgb_array(im) for im in images]
+        keys = list(keys) if keys is not None else [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
+        _, forwards = self._forward_inputs(arrays, keys)
+        t0 = time.perf_counter()
+        for noisy, tt, ctx in forwards:
+            self.pipe.unet(noisy, tt, encoder_hidden_states=ctx)
+        self._tick("unet", t0)
+
+    def _forward_inputs(self, arrays: list[np.ndarray], keys: list[str]):
+        """VAE posterior mean of the images -> (x01 (B, 3, R, R) in [0, 1] on the device, the U-Net
+        inputs (noisy latents, timesteps, context) of each timestep). Pixels travel as uint8, from
+        pinned memory without blocking on CUDA."""
         pipe, res = self.pipe, self.config.resolution
         t0 = time.perf_counter()
-        x01 = torch.from_numpy(np.stack([resize_square(a, res) for a in arrays])).permute(0, 3, 1, 2)
-        x01 = x01.to(pipe.device, torch.float32) / 255.0
+        pixels = torch.from_numpy(np.stack([resize_square(a, res) for a in arrays])).permute(0, 3, 1, 2)
+        if pipe.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        x01 = pixels.to(pipe.device, non_blocking=True).float() / 255.0
         latents = pipe.vae.encode((x01 * 2 - 1).to(pipe.dtype)).latent_dist.mean
         latents = latents * pipe.vae.config.scaling_factor
-        t0 = self._tick("vae_encode", t0)
+        self._tick("vae_encode", t0)
         noise = torch.stack([seeded_noise(k, self.config.seed, latents.shape[1:]) for k in keys])
-        noise = noise.to(pipe.device, latents.dtype)
+        noise = noise.to(pipe.device, latents.dtype, non_blocking=True)
         b = len(arrays)
         prompts = self.context.shape[0]
         if self.config.context == "per_class":  # batch rows: image-major, one row per (image, class)
@@ -198,16 +230,11 @@ class Segmenter:
             ctx = self.context.repeat(b, 1, 1)
         else:
             ctx = self.context.expand(b, -1, -1)
-        with capture(pipe.unet, self.needs) as cap:
-            for t in self.config.timesteps:
-                tt = torch.full((latents.shape[0],), t, device=pipe.device, dtype=torch.long)
-                noisy = pipe.scheduler.add_noise(latents, noise, tt)
-                pipe.unet(noisy, tt, encoder_hidden_states=ctx)
-        maps = cap.maps(image=x01)
-        self._tick("unet_capture", t0)
-        if self.config.context == "per_class":
-            return merge_per_class(maps, b, self.prompt.spans)
-        return maps, self.prompt.spans[0]
+        forwards = []
+        for t in self.config.timesteps:
+            tt = torch.full((latents.shape[0],), t, device=pipe.device, dtype=torch.long)
+            forwards.append((pipe.scheduler.add_noise(latents, noise, tt), tt, ctx))
+        return x01, forwards
 
     def _to_segmentation(
         self, scores: torch.Tensor, size: tuple[int, int], method: str, names: list[str] | None = None

@@ -186,27 +186,6 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = 10, dilatio
 # --- Cosine sums through self-attention, without materialising it ----------------------------------
 
 
-def attention_row_chunks(sa, max_elements: int = 1 << 25):
-    """Yields (start, stop, rows): rows (B, stop - start, N) float32 of S, the head- and layer-mean
-    self-attention probabilities of `sa` (a capture.SelfAttention, either storage form), a few rows at
-    a time so that one chunk's per-head logits hold at most `max_elements` values. Layers kept as
-    queries and keys are computed chunk by chunk; layers kept as dense maps are sliced."""
-    dense = list(sa.dense_maps.values())
-    keys = [(q, k.float().transpose(-1, -2), scale) for _, q, k, scale in sa.entries]
-    if keys:
-        b, heads, n, _ = keys[0][0].shape
-        step = max(1, max_elements // max(1, b * heads * n))
-    else:
-        n = dense[0].shape[-1]
-        step = n
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        parts = [m[:, start:stop].float() for m in dense]
-        for q, kt, scale in keys:
-            parts.append(torch.softmax(q[:, :, start:stop].float() @ kt * scale, dim=-1).mean(1))
-        yield start, stop, sum(parts) / len(parts)
-
-
 def cosine_sums(sa, weights: torch.Tensor, max_elements: int = 1 << 25) -> torch.Tensor:
     """Sigma_s w_k[s] cos(S[p, :], S[s, :]) for every pixel p and column k of `weights`.
 
@@ -220,7 +199,7 @@ def cosine_sums(sa, weights: torch.Tensor, max_elements: int = 1 << 25) -> torch
     b, n, k = w.shape
     v = torch.zeros(b, n, k, dtype=torch.float32, device=w.device)
     norms = torch.empty(b, n, dtype=torch.float32, device=w.device)
-    for start, stop, rows in attention_row_chunks(sa, max_elements):
+    for start, stop, rows in sa.row_chunks(max_elements):
         rows = rows.to(w.device)
         norm = rows.norm(dim=-1)
         norms[:, start:stop] = norm

@@ -23,7 +23,7 @@ class DenseSelfAttention(SelfAttention):
         total = sum(p.float().mean(1) @ x.float().to(p.device) for p in self.probs)
         return total / len(self.probs)
 
-    def dense(self, row_chunk: int = 1024) -> torch.Tensor:
+    def dense(self, max_elements: int = 1 << 25) -> torch.Tensor:
         return sum(p.float().mean(1) for p in self.probs) / len(self.probs)
 
 

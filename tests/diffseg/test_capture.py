@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -67,7 +69,7 @@ def test_captured_maps_have_contract_shapes_and_are_probabilities(tiny_pipe):
     }
     sa = maps.self_attn[32]
     values = torch.randn(2, 32 * 32, 3)
-    dense = sa.dense(row_chunk=100)
+    dense = sa.dense(max_elements=100 * 2 * 2 * 32 * 32)  # 100 rows a chunk
     assert torch.allclose(dense.sum(-1), torch.ones(2, 1024), atol=1e-5)
     assert torch.allclose(sa.propagate(values), dense @ values, atol=1e-5)
     first = sa.select([maps.first_up[32]])
@@ -114,3 +116,44 @@ def test_dense_mode_keeps_running_sums_equal_to_the_mean_of_per_forward_maps(tin
     assert torch.allclose(sa.dense(), expected, atol=1e-6)
     values = torch.rand(2, 256, 4)
     assert torch.allclose(sa.propagate(values), expected @ values, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_width, classes", [(16, 3), (16, 16), (16, 40), (40, 20), (40, 150)])
+def test_propagation_runs_a_fused_kernel_and_equals_the_materialised_product(head_width, classes):
+    """Values of any width run through the fused kernel (the math fallback would materialise
+    heads x N x N): restricted to the fused backends, SDPA raises rather than fall back to math."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from diffseg.capture import SelfAttention
+
+    g = torch.Generator().manual_seed(head_width + classes)
+    layers = [(f"layer{i}", torch.randn(2, 4, 256, head_width, generator=g),
+               torch.randn(2, 4, 256, head_width, generator=g), head_width**-0.5) for i in range(2)]
+    sa = SelfAttention(layers)
+    values = torch.rand(2, 256, classes, generator=g)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        fused = sa.propagate(values)
+        narrow = values[:, None, :, :3].expand(2, 4, 256, 3)  # 3 columns: narrower than every head
+        with pytest.raises(RuntimeError), warnings.catch_warnings():  # the guard is real: no fused
+            warnings.simplefilter("ignore")  # kernel takes unpadded values, and math is not allowed
+            torch.nn.functional.scaled_dot_product_attention(layers[0][1], layers[0][2], narrow)
+    assert fused.shape == (2, 256, classes) and fused.dtype == torch.float32
+    assert torch.allclose(fused, sa.dense() @ values, atol=1e-5)  # S·c with S materialised
+
+
+def test_a_capture_entered_again_starts_empty_with_the_same_processors(tiny_pipe):
+    """A Segmenter keeps one capture: a compiled U-Net then sees the same processor objects."""
+    x, ctx = _inputs(tiny_pipe)
+    needs = Needs(cross=True, self_attn=frozenset({(0, "all")}))
+    cap = capture(tiny_pipe.unet, needs)
+    seen = []
+    for t in (50, 150):
+        with cap:
+            seen.append(dict(tiny_pipe.unet.attn_processors))
+            tiny_pipe.unet(x, t, encoder_hidden_states=ctx)
+        maps = cap.maps()
+        with capture(tiny_pipe.unet, needs) as fresh:
+            tiny_pipe.unet(x, t, encoder_hidden_states=ctx)
+        assert torch.equal(maps.cross[16], fresh.maps().cross[16])  # this entry's forward only
+        assert len(maps.self_attn[32].entries) == 5
+    assert all(seen[0][k] is seen[1][k] for k in seen[0])

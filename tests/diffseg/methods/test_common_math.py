@@ -7,7 +7,6 @@ from skimage.filters import threshold_otsu
 
 from diffseg.capture import SelfAttention
 from diffseg.methods.common import (
-    attention_row_chunks,
     cosine_sums,
     otsu_threshold,
     otsu_threshold_from_histogram,
@@ -104,11 +103,14 @@ def random_attention(b=2, heads=3, side=6, d=5, layers=2, seed=0):
     return SelfAttention(entries)
 
 
-def test_attention_rows_in_chunks_equal_the_dense_map():
+def test_attention_rows_in_chunks_equal_the_materialised_mean_map():
     sa = random_attention()
-    dense = sa.dense()
-    rows = torch.cat([r for _, _, r in attention_row_chunks(sa, max_elements=200)], 1)
-    assert torch.allclose(rows, dense, atol=1e-6)
+    brute = sum(torch.softmax(q @ k.transpose(-1, -2) * scale, -1).mean(1) for _, q, k, scale in sa.entries) / 2
+    chunks = list(sa.row_chunks(max_elements=1000))  # B=2 x heads=3 x N=36 logits a row: 4 rows
+    assert [c[:2] for c in chunks] == [(start, start + 4) for start in range(0, 36, 4)]
+    assert torch.allclose(torch.cat([r for _, _, r in chunks], 1), brute, atol=1e-6)
+    assert torch.allclose(sa.dense(max_elements=1000), brute, atol=1e-6)
+    assert torch.allclose(sa.dense(), brute, atol=1e-6)
 
 
 def test_cosine_sums_equal_the_brute_force_sum_in_any_chunking():

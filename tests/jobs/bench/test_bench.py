@@ -25,10 +25,10 @@ def test_naive_capture_computes_the_same_maps_as_diffseg_capture(tiny_pipe, samp
     from diffseg import Segmenter
     from jobs.bench.cli import patched_capture
 
-    seg = Segmenter(tiny_pipe, ["cat", "potted plant"], resolution=128)
-    ours, _ = seg.capture_maps([sample_photos["chelsea"]], ["k"])
-    with patched_capture(naive=True):
-        naive, _ = seg.capture_maps([sample_photos["chelsea"]], ["k"])
+    ours, _ = Segmenter(tiny_pipe, ["cat", "potted plant"], resolution=128).capture_maps([sample_photos["chelsea"]], ["k"])
+    with patched_capture(naive=True):  # a Segmenter makes its capture when it is built
+        seg = Segmenter(tiny_pipe, ["cat", "potted plant"], resolution=128)
+    naive, _ = seg.capture_maps([sample_photos["chelsea"]], ["k"])
     values = torch.rand(1, 16 * 16, 3)
     assert set(ours.self_attn) == set(naive.self_attn) == {16}
     assert torch.allclose(ours.self_attn[16].propagate(values), naive.self_attn[16].propagate(values), atol=1e-5)
