@@ -94,7 +94,10 @@ class Predictions:
                 f"method {self.method!r}: {row['uri']} has no saved scores (scores_png), which refitting or "
                 "applying a threshold needs; re-run the job with --save-scores"
             )
-        scores = decode_scores_png(row["scores_png"])
+        try:
+            scores = decode_scores_png(row["scores_png"])
+        except ValueError as exc:
+            raise EvaluationError(f"{row['uri']}: unreadable saved scores ({exc})") from exc
         if scores.shape[0] != len(self.lut):
             raise EvaluationError(
                 f"{row['uri']}: scores hold {scores.shape[0]} channels, the vocabulary needs {len(self.lut)} (1 + K)"

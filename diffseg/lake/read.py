@@ -1,4 +1,6 @@
-"""Reading a segment job's OUTPUT for ``jobs.evaluate`` and ``jobs.report``: manifest, tables, stems.
+"""Reading a segment job's OUTPUT: manifest, runs, committed tables, stems (no Ray needed).
+
+The one read path of evaluation (:mod:`diffseg.eval.predictions`), ``jobs.report`` and exports.
 
 OUTPUT is a local path or any fsspec URL (``s3://``, ``gs://``, ``file://``). Tables are read from the
 committed unit files only (:func:`diffseg.lake.units.committed_files`), so rows of a run still in flight (or

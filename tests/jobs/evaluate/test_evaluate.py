@@ -350,3 +350,11 @@ def test_output_ground_truth_and_results_on_s3(tmp_path, capsys, class_map, buck
     result = json.loads(fs.cat_file(f"{bucket}/ev/metrics.json"))["methods"][METHOD]
     assert result["images"] == 1 and result["protocol"]["n_fit"] == 2 and result["miou"] == pytest.approx(1.0)
     assert json.loads(fs.cat_file(f"{bucket}/ev/fitted.json"))[METHOD]["fit_stems"] == ["f1", "f2"]
+
+
+def test_unreadable_saved_scores_name_the_image(tmp_path, capsys, class_map):
+    gt, label, _ = scored_image(0.7, 0.3)
+    save_gt(tmp_path / "gt", "a", gt)
+    out = write_output(tmp_path / "out", [mask_row("a", label, np.full((3, 5, 6), 0.5, np.float32))])
+    code, _, err = evaluate(capsys, tmp_path, out, class_map, "--tau", "0.5")
+    assert code == 2 and "s3://lake/images/a.jpg: unreadable saved scores" in err and "not square" in err
