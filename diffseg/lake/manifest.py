@@ -16,6 +16,7 @@ import json
 import platform
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 
 from diffseg.lake.store import OutputStore
@@ -93,27 +94,41 @@ def redact_config(config: dict) -> dict:
     return out
 
 
-def build_manifest(*, status: str, run_id: str, output: str, config: dict, resources: dict | None,
-                   model: str, vocab, vocab_spec: str, vocab_hash: str, counts: dict, timings: dict,
-                   committed_units: list[str], started_at: str, error: str | None = None) -> dict:
+@dataclass(frozen=True)
+class RunInfo:
+    """What an invocation was asked to do: the part of its manifest that does not change while it runs."""
+
+    run_id: str
+    output: str  # OUTPUT as given (written without credentials)
+    config: dict  # the resolved configuration (URL-valued options are redacted when written)
+    model: str  # model URI as given
+    vocab: object  # diffseg.Vocabulary: classes, aliases, template
+    vocab_spec: str  # the vocabulary option as given
+    vocab_hash: str  # the rows' vocab_hash
+    started_at: str  # UTC, ISO 8601
+
+
+def build_manifest(run: RunInfo, status: str, counts: dict, timings: dict, committed_units: list[str],
+                   resources: dict | None = None, error: str | None = None) -> dict:
     """The manifest.json object (see the module docstring)."""
+    vocab, vocab_spec = run.vocab, run.vocab_spec
     manifest = {
         "format": 1,
         "status": status,
-        "run_id": run_id,
-        "output": redact_uri(output),
-        "started_at": started_at,
+        "run_id": run.run_id,
+        "output": redact_uri(run.output),
+        "started_at": run.started_at,
         "finished_at": None if status == "running" else now(),
-        "config": redact_config(config),
+        "config": redact_config(run.config),
         "resources": resources,
         "versions": package_versions(),
-        "model": {"uri": redact_uri(model), "random_weights": model in ("tiny", "sd15-random", "sd21-random")},
+        "model": {"uri": redact_uri(run.model), "random_weights": run.model in ("tiny", "sd15-random", "sd21-random")},
         "vocabulary": {
             "spec": redact_uri(vocab_spec) if "://" in vocab_spec else vocab_spec,
             "classes": list(vocab.names),
             "aliases": {k: list(v) for k, v in vocab.aliases.items() if v},
             "template": vocab.template,
-            "hash": vocab_hash,
+            "hash": run.vocab_hash,
         },
         "counts": counts,
         "timings": timings,

@@ -31,6 +31,12 @@ class ActorConfig:
     device: str = "cpu"  # "cuda" when the actor holds a GPU
     torch_threads: int = 1  # intra-op threads of this actor (its CPU share)
 
+    @classmethod
+    def placed(cls, dtype: str, resources, **fields):
+        """The actor config for `resources` (a jobs.common.config.Resources: device, threads) with the
+        job's `dtype` and the actor's own `fields`."""
+        return cls(dtype=dtype, device=resources.device, torch_threads=resources.torch_threads, **fields)
+
 
 def describe(exc: BaseException) -> str:
     """``"TypeName: message"`` (only the type name when the message is empty)."""

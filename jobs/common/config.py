@@ -20,24 +20,44 @@ def check_options(checks) -> None:
             raise ConfigError(f"{option} {value!r}: must be {rule}")
 
 
-def run_checks(config) -> list[tuple]:
-    """The checks of the options every job has: the actor pool (see resolve_resources), precision,
-    units and the error budget."""
-    return [
-        (config.batch_size >= 1, "--batch-size", config.batch_size, "at least 1"),
-        (config.actors is None or config.actors >= 1, "--actors", config.actors, "at least 1"),
-        (config.gpus_per_actor is None or config.gpus_per_actor >= 0, "--gpus-per-actor", config.gpus_per_actor,
-         ">= 0"),
-        (config.cpus_per_actor is None or config.cpus_per_actor > 0, "--cpus-per-actor", config.cpus_per_actor,
-         "> 0"),
-        (config.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", config.dtype, "one of auto, fp32, fp16, bf16"),
-        (config.unit_size >= 1, "--unit-size", config.unit_size, "at least 1"),
-        (0.0 <= config.max_error_fraction <= 1.0, "--max-error-fraction", config.max_error_fraction, "in [0, 1]"),
-    ]
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """The options every job has: the run, the actor pool and Ray (a job's config derives from it and
+    adds its own fields; a job may change a default, e.g. ``batch_size``)."""
+
+    batch_size: int = 8  # items per model call (per actor)
+    actors: int | None = None  # None: one per GPU (GPU cluster) or 1 (CPU-only)
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
+    cpus_per_actor: float | None = None  # None: 1 with GPUs; on CPU-only a share that leaves CPUs for other tasks
+    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU; or fp32/fp16/bf16
+    run_id: str = "default"  # names the run inside OUTPUT; a new id starts a new run (and retries errors)
+    unit_size: int = 256  # items per work unit (one Parquet file per table and unit)
+    max_error_fraction: float = 0.05  # exit 3 when more of this invocation's items fail
+    address: str | None = None  # Ray address; None: $RAY_ADDRESS (as `ray job submit` sets) or a local runtime
+    num_cpus: int | None = None  # CPUs of a local Ray runtime started by the job (ignored on a cluster)
+    object_store_mb: int | None = None  # object store of a local Ray runtime started by the job
+
+    def to_dict(self) -> dict:
+        """The config as plain values: the job's own options first, then these."""
+        d = asdict(self)
+        shared = set(RunOptions.__dataclass_fields__)
+        return {**{k: v for k, v in d.items() if k not in shared}, **{k: v for k, v in d.items() if k in shared}}
+
+    def checks(self) -> list[tuple]:
+        """``(ok, option, value, rule)`` of these options (see check_options)."""
+        return [
+            (self.batch_size >= 1, "--batch-size", self.batch_size, "at least 1"),
+            (self.actors is None or self.actors >= 1, "--actors", self.actors, "at least 1"),
+            (self.gpus_per_actor is None or self.gpus_per_actor >= 0, "--gpus-per-actor", self.gpus_per_actor, ">= 0"),
+            (self.cpus_per_actor is None or self.cpus_per_actor > 0, "--cpus-per-actor", self.cpus_per_actor, "> 0"),
+            (self.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", self.dtype, "one of auto, fp32, fp16, bf16"),
+            (self.unit_size >= 1, "--unit-size", self.unit_size, "at least 1"),
+            (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
+        ]
 
 
 @dataclass(frozen=True)
-class JobConfig:
+class JobConfig(RunOptions):
     """Everything `python -m jobs.segment` was asked to do (written, resolved, into manifest.json)."""
 
     input: str  # folder/prefix, glob or manifest (.txt/.parquet) of image URIs
@@ -45,23 +65,12 @@ class JobConfig:
     vocab: str  # class file path/URL, or "person, car, road"
     model: str  # "tiny", "sd15-random", a folder or an fsspec URL of a diffusers SD checkpoint
     methods: tuple[str, ...] = ("diffsegmenter",)  # one U-Net forward serves every method listed
-    batch_size: int = 8  # images per model call (per actor)
-    actors: int | None = None  # None: one per GPU (GPU cluster) or 1 (CPU-only)
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
-    cpus_per_actor: float | None = None  # None: 1 with GPUs; on CPU-only a share that leaves CPUs for reading
     resolution: int = 512  # model input side (square)
-    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU; or fp32/fp16/bf16
-    run_id: str = "default"  # names the run inside OUTPUT; a new id starts a new run (and retries errors)
-    max_error_fraction: float = 0.05  # exit non-zero when more of this invocation's images fail
     limit: int | None = None  # process at most this many of the not-yet-done images (smoke tests)
     save_scores: bool = False  # also store per-class scores (uint8) in masks.scores_png
     method_params: Mapping[str, Mapping] = field(default_factory=dict)  # {method: {field: value}} over the
     # methods' defaults (e.g. a fitted tau: diffseg.eval.fitted.background_values)
-    unit_size: int = 256  # URIs per work unit (one Parquet file per table and unit)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images become decode errors (checked from the header)
-    address: str | None = None  # Ray address; None: $RAY_ADDRESS (as `ray job submit` sets) or a local runtime
-    num_cpus: int | None = None  # CPUs of a local Ray runtime started by the job (ignored on a cluster)
-    object_store_mb: int | None = None  # object store of a local Ray runtime started by the job
 
     def __post_init__(self):
         check_options([
@@ -69,14 +78,11 @@ class JobConfig:
             (self.limit is None or self.limit >= 1, "--limit", self.limit, "at least 1"),
             (self.max_pixels >= 1, "--max-pixels", self.max_pixels, "at least 1"),
             (bool(self.methods), "--method", self.methods, "at least one method"),
-            *run_checks(self),
+            *self.checks(),
         ])
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["methods"] = list(self.methods)
-        d["method_params"] = {m: dict(v) for m, v in self.method_params.items()}
-        return d
+        return {**super().to_dict(), "methods": list(self.methods)}
 
 
 @dataclass(frozen=True)
@@ -94,18 +100,17 @@ class Resources:
     cluster_gpus: float
 
 
-def decode_memory_bytes(config: JobConfig) -> int:
+def decode_memory_bytes(config: RunOptions) -> int:
     """Peak memory of one decode task: the largest accepted image decoded (RGB) plus a converted copy,
     and the batch of resized model inputs it returns (default settings: about 400 MB). A config without
     ``max_pixels`` (a job that decodes no input images) counts only the batch."""
     return 2 * 3 * getattr(config, "max_pixels", 0) + 3 * config.batch_size * config.resolution**2 + (64 << 20)
 
 
-def resolve_resources(config: JobConfig, cluster_cpus: float, cluster_gpus: float) -> Resources:
+def resolve_resources(config: RunOptions, cluster_cpus: float, cluster_gpus: float) -> Resources:
     """Sizes the actor pool so that reading always has a CPU left (no deadlock on small machines).
 
-    `config` is a JobConfig or any config with the same sizing fields (``actors``, ``gpus_per_actor``,
-    ``cpus_per_actor``, ``batch_size``, ``resolution``), such as jobs.synthesize.config.SynthConfig.
+    `config`: a job's config (RunOptions with a ``resolution``: JobConfig, SynthConfig).
 
     GPU cluster (or ``--gpus-per-actor`` > 0): one actor per GPU share, 1 CPU each unless told.
     CPU-only: one actor by default; actors share what is left after reserving a quarter of the CPUs

@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from diffseg.lake.manifest import build_manifest, check_run_identity, write_manifest
+from diffseg.lake.manifest import RunInfo, build_manifest, check_run_identity, write_manifest
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import Unit, check_run_id, done_set, load_commits, remove_debris
@@ -129,10 +129,9 @@ class _Invocation:
         committed = sorted({m["unit_id"] for m in self.run_markers} | set(self.writer.committed if self.writer else []))
         res = None if self.resources is None else {k: getattr(self.resources, k) for k in self.resources.__dataclass_fields__}
         timings = {} if status == "running" else self.timings()
-        manifest = build_manifest(status=status, run_id=config.run_id, output=config.output, config=config.to_dict(),
-                                  resources=res, model=config.model, vocab=c.vocab, vocab_spec=c.vocab_spec,
-                                  vocab_hash=c.run_hash, counts=self.counts(), timings=timings,
-                                  committed_units=committed, started_at=self.started_at, error=error)
+        info = RunInfo(run_id=config.run_id, output=config.output, config=config.to_dict(), model=config.model,
+                       vocab=c.vocab, vocab_spec=c.vocab_spec, vocab_hash=c.run_hash, started_at=self.started_at)
+        manifest = build_manifest(info, status, self.counts(), timings, committed, res, error)
         manifest = self.job.manifest_extra(manifest, config, c)
         write_manifest(c.store, manifest)
         return timings

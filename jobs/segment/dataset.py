@@ -32,15 +32,8 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     import ray
 
     configure_progress()
-    udf_config = UdfConfig(
-        methods=tuple(config.methods),
-        resolution=config.resolution,
-        dtype=config.dtype,
-        device=resources.device,
-        save_scores=config.save_scores,
-        torch_threads=resources.torch_threads,
-        method_params=config.method_params,
-    )
+    udf_config = UdfConfig.placed(config.dtype, resources, methods=tuple(config.methods), resolution=config.resolution,
+                                  save_scores=config.save_scores, method_params=config.method_params)
     ds = ray.data.from_arrow(input_blocks(units, block_rows=max(config.batch_size, 16)))
     ds = ds.map_batches(
         decode_batch,

@@ -17,14 +17,14 @@ can change a pixel by one level when the batch composition changes, so the compo
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from diffseg.lake.units import Unit, unit_id_of
-from jobs.common.config import check_options, run_checks
+from jobs.common.config import RunOptions, check_options
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(RunOptions):
     """Everything `python -m jobs.synthesize` was asked to do (written, resolved, into manifest.json)."""
 
     output: str  # prefix that holds samples/, errors/, manifest.json
@@ -37,17 +37,8 @@ class SynthConfig:
     resolution: int = 512  # image side in pixels (square)
     seed: int = 0  # first seed of every class
     pamr: bool = False  # refine masks on the image with PAMR (SeeDiff's optional step; threshold 0.8 then)
-    batch_size: int = 4  # items of one class per generation call (per actor)
-    actors: int | None = None  # None: one per GPU (GPU cluster) or 1 (CPU-only)
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
-    cpus_per_actor: float | None = None  # None: 1 with GPUs; on CPU-only the CPUs left after a reserve
-    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU; or fp32/fp16/bf16
-    run_id: str = "default"  # names the run inside OUTPUT; other settings need a new id
-    unit_size: int = 64  # seeds of one class per work unit (one Parquet file per table and unit)
-    max_error_fraction: float = 0.05  # exit 3 when more of this invocation's items fail
-    address: str | None = None  # Ray address; None: $RAY_ADDRESS (as `ray job submit` sets) or a local runtime
-    num_cpus: int | None = None  # CPUs of a local Ray runtime started by the job (ignored on a cluster)
-    object_store_mb: int | None = None  # object store of a local Ray runtime started by the job
+    batch_size: int = field(default=4, kw_only=True)  # items of one class per generation call (per actor)
+    unit_size: int = field(default=64, kw_only=True)  # seeds of one class per work unit (one file per table and unit)
 
     def __post_init__(self):
         check_options([
@@ -57,15 +48,12 @@ class SynthConfig:
             (self.guidance >= 1.0, "--guidance", self.guidance, ">= 1 (1 = no classifier-free guidance)"),
             (self.resolution >= 64 and self.resolution % 64 == 0, "--resolution", self.resolution,
              "a multiple of 64 (the VAE downsamples by 8 and the U-Net by 8 more)"),
-            *run_checks(self),
+            *self.checks(),
         ])
 
     @property
     def seeds(self) -> range:
         return range(self.seed, self.seed + self.per_class)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def item_key(class_name: str, seed: int) -> str:

@@ -42,16 +42,8 @@ def build_generation_dataset(units: list[Unit], config, resources: Resources, cl
     from jobs.synthesize.actor import SynthUDF, SynthUdfConfig
 
     configure_progress()
-    udf_config = SynthUdfConfig(
-        steps=config.steps,
-        guidance=config.guidance,
-        resolution=config.resolution,
-        prompt=config.prompt,
-        pamr=config.pamr,
-        dtype=config.dtype,
-        device=resources.device,
-        torch_threads=resources.torch_threads,
-    )
+    udf_config = SynthUdfConfig.placed(config.dtype, resources, steps=config.steps, guidance=config.guidance,
+                                       resolution=config.resolution, prompt=config.prompt, pamr=config.pamr)
     ds = ray.data.from_arrow(generation_blocks(units, config.batch_size, class_ids))
     # whole blocks (batch_size None): one generation group per call (the actor also groups by "group")
     return map_actors(ds, SynthUDF, (config.model, udf_config), resources, None)

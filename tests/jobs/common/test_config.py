@@ -7,7 +7,7 @@ import json
 import pytest
 
 from diffseg import Vocabulary
-from diffseg.lake.manifest import RunConflictError, build_manifest, check_run_identity, run_identity
+from diffseg.lake.manifest import RunConflictError, RunInfo, build_manifest, check_run_identity, run_identity
 from diffseg.lake.store import OutputStore
 from jobs.common.config import ConfigError, JobConfig, resolve_resources
 from jobs.segment.cli import build_parser, config_from_args, main
@@ -105,10 +105,9 @@ def test_manifest_never_holds_credentials():
     config = JobConfig(input="s3://AKIAKEY:SECRETVALUE@lake/in/", output="s3://user:pw@lake/out/",
                        vocab="https://u:tok@host/classes.txt", model="s3://k:s@models/sd15/")
     vocab = Vocabulary.from_spec("cat")
-    text = json.dumps(build_manifest(
-        status="running", run_id="default", output=config.output, config=config.to_dict(), resources=None,
-        model=config.model, vocab=vocab, vocab_spec=config.vocab, vocab_hash=vocab.hash(), counts={}, timings={},
-        committed_units=[], started_at="now"))
+    run = RunInfo(run_id="default", output=config.output, config=config.to_dict(), model=config.model, vocab=vocab,
+                  vocab_spec=config.vocab, vocab_hash=vocab.hash(), started_at="now")
+    text = json.dumps(build_manifest(run, "running", counts={}, timings={}, committed_units=[]))
     for secret in ("SECRETVALUE", "AKIAKEY", ":pw@", "tok@", "k:s@"):
         assert secret not in text
     assert "s3://lake/in/" in text and "s3://models/sd15/" in text
