@@ -1,1 +1,1 @@
-"""What the job entry points share: options, Ray init and sizing, the runner."""
+"""What the two Ray jobs share: options and checks, Ray init and sizing, the runner and the actor base."""

@@ -133,7 +133,8 @@ def resolve_resources(config: RunOptions, cluster_cpus: float, cluster_gpus: flo
     if cluster_cpus and gpus == 0 and actors * cpus + decode_cpus > cluster_cpus + 1e-9:
         raise ConfigError(
             f"{actors} actor(s) x {cpus:g} CPU(s) leave less than {decode_cpus:g} of the cluster's "
-            f"{cluster_cpus:g} CPUs for reading images: the read tasks would never run and the job would hang. "
+            f"{cluster_cpus:g} CPUs for the pipeline's CPU tasks (reading inputs): the read tasks would never run "
+            f"and the job would hang. "
             f"Use fewer --actors or a smaller --cpus-per-actor (fractions are fine, e.g. 0.5)"
         )
     return Resources(

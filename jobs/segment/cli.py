@@ -1,7 +1,7 @@
 """``python -m jobs.segment INPUT OUTPUT --vocab VOCAB --model MODEL``: segment an image lake with Ray.
 
-Thin entry point: argument parsing and configuration. The flow is jobs.segment.run, the Ray Data pipeline
-jobs.segment.dataset, the actor jobs.segment.actor; docs/job.md explains operating it.
+Thin entry point: argument parsing and configuration. The job is jobs.segment.run (a jobs.common.runner.Job),
+the Ray Data pipeline jobs.segment.dataset, the actor jobs.segment.actor; docs/job.md explains operating it.
 """
 
 from __future__ import annotations
