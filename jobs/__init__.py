@@ -7,7 +7,8 @@ Each job is a package with ``__main__`` (``python -m jobs.NAME``) and its few mo
 - ``jobs.evaluate`` / ``jobs.report``: mIoU with fitted thresholds; a static HTML report (docs/evaluation.md);
 - ``jobs.bench``: benchmarks (docs/benchmarks.md); ``jobs.demo``: the README's ``make demo``.
 
-``jobs.common`` holds what the two Ray jobs share (options, Ray init and sizing, the runner). Everything
+``jobs.common`` holds what the two Ray jobs share (options and checks, Ray init and sizing, the runner,
+the actor base class ``ModelActor``). Everything
 that works without Ray (the lake layer: store, inputs, units and commits, schemas, manifest) lives in
 ``diffseg.lake``.
 """
