@@ -99,3 +99,23 @@ def build_lut(vocabulary: list[str], class_map: dict[str, int]) -> tuple[np.ndar
     for name, gid in class_map.items():  # ids only named by a list map entry that is not in the vocabulary
         names.setdefault(gid, [name])
     return lut, {gid: " / ".join(ns) for gid, ns in names.items()}
+
+
+def lut_for(spec: str, vocabulary: list[str]) -> tuple[np.ndarray, dict[int, str]]:
+    """(lut, names) as :func:`build_lut` gives them, for a class map file or a built-in benchmark name.
+
+    `spec`: a built-in benchmark (``voc21``, ``context60``, ``coco_object``; see
+    :mod:`diffseg.eval.benchmarks`) unless a local file of that name exists, else a class map file. A
+    built-in map names every ground-truth id of its dataset (the official names).
+    """
+    import os
+
+    from diffseg.eval.benchmarks import builtin_class_map, builtin_names
+
+    builtin = None if os.path.exists(spec) else builtin_class_map(spec, vocabulary)
+    if builtin is None:
+        return build_lut(vocabulary, load_class_map(spec))
+    lut, names = build_lut(vocabulary, builtin)
+    for gid, official in builtin_names(spec).items():
+        names.setdefault(gid, official)
+    return lut, names

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from diffseg.eval.class_maps import build_lut, load_class_map
+from diffseg.eval.class_maps import lut_for
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.fitted import read_fitted
 from diffseg.eval.ground_truth import IGNORE_INDEX, list_ground_truth
@@ -152,11 +152,14 @@ def evaluate_output(
     tau: float | None = None,
     fitted_uri: str | None = None,
     warn: Callable[[str], None] | None = None,
+    stems: set[str] | None = None,
 ) -> dict:
     """The result dict (metrics.json) of evaluating OUTPUT's run against the ground truth below `gt`.
 
-    output, gt, class_map: local paths or fsspec URLs (OUTPUT of jobs.segment; a prefix of PNG label
-    maps; a class map file). methods: default every evaluable method of the run. run_id: default the
+    output, gt: local paths or fsspec URLs (OUTPUT of jobs.segment; a prefix of PNG label maps).
+    class_map: a class map file (path or URL) or a built-in benchmark name (``voc21``, ``context60``,
+    ``coco_object``; :func:`diffseg.eval.class_maps.lut_for`). stems: evaluate only these image stems
+    (default: every image with ground truth; a comparison passes the images all its runs have). methods: default every evaluable method of the run. run_id: default the
     latest invocation's. split: FIT/EVAL stems or holdout (:class:`Split`; default none). At most one of fit_grid
     (fit tau over these thresholds on FIT), tau (apply it) and fitted_uri (apply a fitted.json).
     Raises EvaluationError naming what to fix.
@@ -167,7 +170,7 @@ def evaluate_output(
         run_id, vocabulary, _ = resolve_run(output, run_id)
     except OutputError as exc:
         raise EvaluationError(str(exc)) from exc
-    lut, gt_names = build_lut(vocabulary, load_class_map(class_map))
+    lut, gt_names = lut_for(class_map, vocabulary)
     truth = list_ground_truth(gt)
     try:
         fitted = read_fitted(fitted_uri) if fitted_uri else {}
@@ -202,7 +205,9 @@ def evaluate_output(
     for method in methods:
         uri_of = stems_to_uris(available[method])
         preds = load_predictions(output, run_id, method, uri_of, truth, lut)
-        matched = set(preds.row_of)
+        matched = set(preds.row_of) if stems is None else set(preds.row_of) & set(stems)
+        if not matched:
+            raise EvaluationError(f"method {method!r} of run {run_id!r} has none of the images to compare on")
         entry = evaluate_method(
             preds,
             make_protocol(matched, split or Split(), fit_grid is not None),
@@ -221,8 +226,9 @@ def evaluate_output(
             "gt_without_prediction": len(set(truth.paths) - set(uri_of)),
         }
         result["methods"][method] = entry
-    n = max(len(e["iou"]) for e in result["methods"].values())
-    for e in result["methods"].values():  # one class list for all methods
+    # one class list for all methods, covering every id the class map names (absent ones: IoU None)
+    n = max(max(len(e["iou"]) for e in result["methods"].values()), max(gt_names) + 1)
+    for e in result["methods"].values():
         e["iou"] += [None] * (n - len(e["iou"]))
         e["confusion_matrix"] = pad_confusion(np.array(e["confusion_matrix"]), n).tolist()
     result["classes"] = [

@@ -2,14 +2,16 @@
 
 Usage::
 
-    python -m jobs.evaluate OUTPUT --gt GT_PREFIX --class-map MAP [--method M ...] [--run-id R]
+    python -m jobs.evaluate OUTPUT[#RUN_ID] [OUTPUT[#RUN_ID] ...] --gt GT_PREFIX --class-map MAP
+        [--method M ...] [--run-id R ...]
         [--fit-split fit.txt --eval-split eval.txt | --holdout 0.5 --seed 0]
         [--fit tau [--tau-grid 0.05:0.95:0.05] | --fitted fitted.json | --tau 0.4] [--out DIR]
 
 - **Ground truth**: a folder or prefix (any fsspec URL) of PNG label maps (grey or palette; PASCAL VOC
   convention: 255 = ignore), matched to the predictions by file stem (``.../2007_000032.jpg`` <->
   ``.../2007_000032.png``). Predictions are resized (nearest) to the ground truth's size if they differ.
-- **Class map**: vocabulary class name -> ground-truth id, as JSON (``{"cat": 8, ...}``, or a list of
+- **Class map**: a built-in benchmark (``voc21``, ``context60``, ``coco_object``: official ids and names,
+  :mod:`diffseg.eval.benchmarks`) or a file mapping vocabulary class name -> ground-truth id, as JSON (``{"cat": 8, ...}``, or a list of
   names whose positions are the ids) or text lines ``cat: 8``. Several names may share an id (aliases).
   Label 0 (background) maps to ``background``'s id when given, else 0. Every vocabulary class must be
   mapped (map a class to the background id to count it as background); a name not in the vocabulary
@@ -36,6 +38,12 @@ Usage::
 Several methods in OUTPUT are evaluated side by side (each with its own fitted tau);
 ``maskdiffusion-unsupervised`` names segments, not vocabulary classes, and is skipped.
 
+**Settings side by side.** Several runs (several OUTPUTs, ``OUTPUT#RUN_ID``, or ``--run-id`` repeated:
+each applies to every OUTPUT written without ``#``) are compared: each (run, method) is evaluated on the
+images all runs have, with its own tau fitted on FIT, and ranked by EVAL mIoU in ``comparison.md`` /
+``comparison.json`` with the settings that differ (read from each run's manifest); ``fitted.json`` then
+holds the winning run's fitted values. ``--fitted`` applies to one run only.
+
 This module only parses the command line, prints and writes files; the evaluation is
 :func:`diffseg.eval.evaluate.evaluate_output` (class maps, splits and the tau fit live in diffseg.eval).
 """
@@ -49,10 +57,11 @@ import sys
 
 from fsspec.core import url_to_fs
 
+from diffseg.eval.compare import compare_runs, parse_runs, winner_fits
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.evaluate import evaluate_output
 from diffseg.eval.protocol import DEFAULT_GRID, Split, parse_grid, read_stems
-from jobs.evaluate.markdown import to_markdown
+from jobs.evaluate.markdown import comparison_markdown, to_markdown
 
 
 def split_of(args) -> Split:
@@ -65,31 +74,41 @@ def split_of(args) -> Split:
     )
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run(args) -> dict:
-    """Evaluate per the parsed command line; writes nothing. Returns the result dict (metrics.json)."""
+    """Evaluate per the parsed command line; writes nothing. Returns the result dict: metrics.json for
+    one run, comparison.json (with ``ranking``) for several."""
     if sum(x is not None for x in (args.fit, args.fitted, args.tau)) > 1:
         raise EvaluationError("give at most one of --fit, --fitted and --tau")
     grid = parse_grid(args.tau_grid)
+    runs = parse_runs(args.output, args.run_id)
+    options = dict(methods=args.method, split=split_of(args), fit_grid=grid if args.fit else None, tau=args.tau,
+                   warn=warn)
+    if len(runs) > 1:
+        if args.fitted:
+            raise EvaluationError(
+                "--fitted applies to one run; to compare runs, refit each with --fit tau (or give --tau)"
+            )
+        return compare_runs(runs, args.gt, args.class_map, **options)
     return evaluate_output(
-        args.output,
-        args.gt,
-        args.class_map,
-        methods=args.method,
-        run_id=args.run_id,
-        split=split_of(args),
-        fit_grid=grid if args.fit else None,
-        tau=args.tau,
-        fitted_uri=args.fitted,
-        warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+        runs[0].output, args.gt, args.class_map, run_id=runs[0].run_id, fitted_uri=args.fitted, **options
     )
 
 
 def write_outputs(result: dict, out: str) -> list[str]:
-    """Writes metrics.json, metrics.md and (after --fit) fitted.json under `out`; returns their paths."""
+    """Writes metrics.json and metrics.md (comparison.json and comparison.md for several runs) and, after
+    --fit, fitted.json (of the winning run in a comparison) under `out`; returns their paths."""
     fs, root = url_to_fs(out)
     fs.makedirs(root, exist_ok=True)
-    files = {"metrics.json": json.dumps(result, indent=1) + "\n", "metrics.md": to_markdown(result)}
-    fits = {m: e["fit"] for m, e in result["methods"].items() if e.get("fit")}
+    if "ranking" in result:  # a comparison of several runs
+        files = {"comparison.json": json.dumps(result, indent=1) + "\n", "comparison.md": markdown_of(result)}
+        fits = winner_fits(result)
+    else:
+        files = {"metrics.json": json.dumps(result, indent=1) + "\n", "metrics.md": markdown_of(result)}
+        fits = {m: e["fit"] for m, e in result["methods"].items() if e.get("fit")}
     if fits:
         files["fitted.json"] = json.dumps(fits, indent=1) + "\n"
     written = []
@@ -101,15 +120,27 @@ def write_outputs(result: dict, out: str) -> list[str]:
     return written
 
 
+def markdown_of(result: dict) -> str:
+    """metrics.md of one run, or comparison.md of several."""
+    return comparison_markdown(result) if "ranking" in result else to_markdown(result)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("output", metavar="OUTPUT", help="the segment job's OUTPUT (folder or fsspec URL)")
+    p.add_argument(
+        "output", metavar="OUTPUT[#RUN_ID]", nargs="+",
+        help="the segment job's OUTPUT (folder or fsspec URL); several, or #RUN_ID, compare runs side by side",
+    )
     p.add_argument("--gt", required=True, help="folder/prefix of ground-truth PNG label maps (255 = ignore)")
     p.add_argument(
-        "--class-map", required=True, help="vocabulary name -> ground-truth id (JSON or `name: id` lines)"
+        "--class-map", required=True,
+        help="voc21, context60, coco_object (built in), or a file: vocabulary name -> ground-truth id",
     )
     p.add_argument("--method", action="append", help="evaluate only this method (repeatable); default: all")
-    p.add_argument("--run-id", help="which run of OUTPUT (default: the latest invocation's)")
+    p.add_argument(
+        "--run-id", action="append",
+        help="which run of OUTPUT (default: the latest invocation's); repeat to compare runs of one OUTPUT",
+    )
     p.add_argument("--fit-split", help="file of stems to fit on (one per line)")
     p.add_argument("--eval-split", help="file of stems to report on (one per line)")
     p.add_argument("--holdout", type=float, help="share of images held out for evaluation, by stem hash")
@@ -132,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         written = write_outputs(result, args.out)
     except EvaluationError as exc:
         parser.exit(2, f"error: {exc}\n")
-    sys.stdout.write(to_markdown(result))
+    sys.stdout.write(markdown_of(result))
     print("\nwrote " + ", ".join(written))
     return 0
 

@@ -358,3 +358,25 @@ def test_unreadable_saved_scores_name_the_image(tmp_path, capsys, class_map):
     out = write_output(tmp_path / "out", [mask_row("a", label, np.full((3, 5, 6), 0.5, np.float32))])
     code, _, err = evaluate(capsys, tmp_path, out, class_map, "--tau", "0.5")
     assert code == 2 and "s3://lake/images/a.jpg: unreadable saved scores" in err and "not square" in err
+
+
+def test_builtin_voc21_class_map_gives_the_file_maps_figures_and_names_every_class(tmp_path, capsys, class_map):
+    gt = np.zeros((16, 16), np.uint8)
+    gt[:8] = 8  # VOC: 8 = cat, 12 = dog
+    gt[8:, :4] = 12
+    pred = np.zeros((16, 16), np.uint8)
+    pred[:8] = 1
+    pred[8:, :2] = 2
+    save_gt(tmp_path / "gt", "a", gt)
+    out = write_output(tmp_path / "out", [mask_row("a", pred)])
+    assert evaluate(capsys, tmp_path, out, "voc21", to="builtin")[0] == 0
+    assert evaluate(capsys, tmp_path, out, class_map, to="file")[0] == 0
+    builtin = json.loads((tmp_path / "builtin" / "metrics.json").read_text())
+    from_file = json.loads((tmp_path / "file" / "metrics.json").read_text())
+    assert builtin["methods"][METHOD]["iou"][:13] == from_file["methods"][METHOD]["iou"]  # the file maps ids <= 12
+    assert builtin["methods"][METHOD]["iou"][12] == pytest.approx(0.5)
+    names = {c["id"]: c["name"] for c in builtin["classes"] if c["in_class_map"]}
+    assert names[0] == "background" and names[8] == "cat" and names[12] == "dog" and names[11] == "diningtable"
+    markdown = (tmp_path / "builtin" / "metrics.md").read_text()
+    assert len(builtin["classes"]) == 21 and builtin["classes"][20]["name"] == "tvmonitor"
+    assert "| 9 | chair | – |" in markdown and "| 20 | tvmonitor | – |" in markdown  # absent: listed, no IoU
