@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "output", metavar="OUTPUT[#RUN_ID]", nargs="+",
-        help="the segment job's OUTPUT (folder or fsspec URL); several, or #RUN_ID, compare runs side by side",
+        help="the segment job's OUTPUT (folder or fsspec URL), #RUN_ID for one of its runs; several runs are compared",
     )
     p.add_argument("--gt", required=True, help="folder/prefix of ground-truth PNG label maps (255 = ignore)")
     p.add_argument(
