@@ -12,7 +12,8 @@ pixel value = label id, 0 background), ``uri`` (string), ``width``, ``height`` (
 (list of class names present). Image columns are ``{"bytes", "path"}`` structs and the features are in
 each file's ``huggingface`` key-value metadata, which is how ``datasets`` recognises an ``Image()``
 column in Parquet; ``datasets.load_dataset(DEST)`` (or ``load_dataset("parquet", data_dir=DEST)``) reads
-it offline. ``id2label`` / ``label2id`` are in the card and in ``label_map.json``.
+it offline. ``id2label`` / ``label2id`` are in the card, in ``label_map.json`` and in every shard's
+``diffseg`` metadata key (with the method and run id).
 """
 
 from __future__ import annotations
@@ -48,9 +49,14 @@ def label_maps(vocabulary: list[str]) -> tuple[dict[str, str], dict[str, int]]:
     return id2label, {name: int(k) for k, name in id2label.items()}
 
 
-def schema_with_features() -> pa.Schema:
-    """SCHEMA plus the ``huggingface`` metadata key that makes ``datasets`` decode the Image columns."""
-    return SCHEMA.with_metadata({"huggingface": json.dumps({"info": {"features": FEATURES}})})
+def schema_with_features(selection: Selection) -> pa.Schema:
+    """SCHEMA plus key-value metadata: ``huggingface`` (the features, which make ``datasets`` decode the
+    Image columns) and ``diffseg`` (id2label, method, run id), so a copied shard keeps its class list."""
+    id2label, _ = label_maps(selection.vocabulary)
+    return SCHEMA.with_metadata({
+        "huggingface": json.dumps({"info": {"features": FEATURES}}),
+        "diffseg": json.dumps({"id2label": id2label, "method": selection.method, "run_id": selection.run_id}),
+    })
 
 
 def dataset_card(selection: Selection, rows: int, shards: int) -> str:
@@ -96,7 +102,7 @@ def write_hf(selection: Selection, fs, dest: str, shard_rows: int = 1000, includ
     """Writes the folder described in the module docstring; returns counts for the summary line."""
     if shard_rows < 1:
         raise ValueError(f"shard rows must be at least 1, got {shard_rows}")
-    schema = schema_with_features()
+    schema = schema_with_features(selection)
     data_dir = posixpath.join(dest, "data")
     fs.makedirs(data_dir, exist_ok=True)
     shards: list[str] = []

@@ -53,8 +53,8 @@ class ExportImage:
 def select(output: str, run_id: str | None = None, method: str | None = None) -> Selection:
     """Resolves the run (default: the latest) and the method (default: the run's only one).
 
-    Raises OutputError naming the fix: no such OUTPUT or run, a method the run does not hold, or several
-    methods and none chosen."""
+    Raises OutputError naming the fix: no such OUTPUT or run, a method the run does not hold, several
+    methods and none chosen, or a method whose labels are segments rather than vocabulary classes."""
     run, vocabulary, manifest = resolve_run(output, run_id)
     masks = read_table(output, "masks", ["uri", "method"], run)
     methods = sorted(set(masks["method"].to_pylist()))
@@ -63,12 +63,25 @@ def select(output: str, run_id: str | None = None, method: str | None = None) ->
             raise OutputError(f"run {run!r} holds masks of several methods ({', '.join(methods)}): "
                               "pass --method with one of them")
         method = methods[0] if methods else _configured_method(manifest)
-    elif methods and method not in methods:
+    if _names_segments(method):
+        raise OutputError(f"--method {method}: its labels are segments named per image, not the run's vocabulary "
+                          "classes, so no class list fits them; export another method")
+    if methods and method not in methods:
         raise OutputError(f"--method {method!r}: run {run!r} has no masks of it; it has {', '.join(methods)}")
     keep = pc.equal(masks["method"], pa.scalar(method, pa.string()))
     uris = sorted(set(masks.filter(keep)["uri"].to_pylist()))
     model = manifest.get("model", {})
     return Selection(output, run, method, vocabulary, model.get("uri", "") if isinstance(model, dict) else str(model), uris)
+
+
+def _names_segments(method: str) -> bool:
+    """True for methods whose label k is the k-th segment of each image (maskdiffusion-unsupervised)."""
+    from diffseg import methods
+
+    try:
+        return methods.namer(method) is not None
+    except (KeyError, ValueError):  # a method this version does not know: its labels are classes
+        return False
 
 
 def _configured_method(manifest: dict) -> str:

@@ -160,6 +160,11 @@ def test_hf_folder_loads_with_datasets_offline(lake, tmp_path, capsys, monkeypat
     card = (dest / "README.md").read_text()
     assert '"label2id"' in card and '"sky": 3' in card
     assert json.loads((dest / "label_map.json").read_text())["id2label"]["1"] == "cat"
+    import pyarrow.parquet as pq
+
+    shard = pq.read_schema(dest / "data" / "train-00000-of-00003.parquet")
+    assert json.loads(shard.metadata[b"diffseg"]) == {"id2label": {"0": "background", "1": "cat", "2": "dog", "3": "sky"},
+                                                      "method": "seediff", "run_id": "r1"}
 
 
 def test_hf_with_images_embeds_the_originals_or_names_the_fix(tmp_path, capsys):
@@ -219,6 +224,8 @@ def test_selection_errors_name_the_fix(lake, tmp_path, capsys):
     assert code == 2 and "no run 'r9'" in err
     code, _, err = run_cli(capsys, tmp_path / "missing", "--format", "coco", tmp_path / "x")
     assert code == 2 and "no manifest.json" in err
+    code, _, err = run_cli(capsys, output, "--format", "coco", tmp_path / "x", "--method", "maskdiffusion-unsupervised")
+    assert code == 2 and "segments" in err
     code, _, err = run_cli(capsys, output, "--format", "tiff", tmp_path / "x")
     assert code == 2 and "invalid choice" in err
 
