@@ -36,6 +36,13 @@ class RunOptions:
     address: str | None = None  # Ray address; None: $RAY_ADDRESS (as `ray job submit` sets) or a local runtime
     num_cpus: int | None = None  # CPUs of a local Ray runtime started by the job (ignored on a cluster)
     object_store_mb: int | None = None  # object store of a local Ray runtime started by the job
+    # cluster options (jobs.common.cluster_options)
+    device: str | None = None  # None: cuda when actors hold GPUs, else cpu; "cpu" with GPUs = logical GPUs (tests)
+    shared_output: bool = False  # a local OUTPUT path that every node sees (NFS): allowed on a multi-node cluster
+    wait_for_nodes: bool = False  # a request no node can hold waits for nodes instead of exiting 2
+    break_lease: bool = False  # take over the run's lease although its holder's heartbeat is fresh
+    lease_stale_s: float = 600.0  # a lease whose heartbeat is older than this may be taken over
+    placement_warn_s: float = 60.0  # log when pool actors have waited this long for a node
 
     def to_dict(self) -> dict:
         """The config as plain values: the job's own options first, then these."""
@@ -53,6 +60,8 @@ class RunOptions:
             (self.dtype in ("auto", "fp32", "fp16", "bf16"), "--dtype", self.dtype, "one of auto, fp32, fp16, bf16"),
             (self.unit_size >= 1, "--unit-size", self.unit_size, "at least 1"),
             (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
+            (self.device in (None, "cpu", "cuda"), "--device", self.device, "cpu or cuda"),
+            (self.lease_stale_s > 0, "--lease-stale-minutes", self.lease_stale_s / 60, "> 0"),
         ]
 
 
@@ -86,8 +95,21 @@ class JobConfig(RunOptions):
 
 
 @dataclass(frozen=True)
+class Node:
+    """What one alive Ray node offers (its total logical resources)."""
+
+    node_id: str
+    cpus: float
+    gpus: float = 0.0
+    memory: int = 0  # bytes (Ray's logical "memory" resource)
+
+    def describe(self) -> str:
+        return f"{self.cpus:g} CPUs, {self.gpus:g} GPUs, {self.memory / 2**30:.1f} GiB"
+
+
+@dataclass(frozen=True)
 class Resources:
-    """How the actor pool is sized, resolved against the cluster the job runs on."""
+    """How the actor pool is sized, resolved against the nodes of the cluster the job runs on."""
 
     actors: int
     gpus_per_actor: float
@@ -95,9 +117,11 @@ class Resources:
     torch_threads: int  # intra-op threads per actor (its CPU share, at least 1)
     decode_cpus: float  # CPUs per read/decode task
     decode_memory: int  # bytes reserved per read/decode task (Ray's logical "memory" resource)
-    device: str  # "cuda" or "cpu"
+    device: str  # "cuda" or "cpu" (where the model runs; "cpu" with GPUs: logical GPUs, --device cpu)
     cluster_cpus: float
     cluster_gpus: float
+    nodes: int = 1  # alive nodes when the pool was sized
+    capacity: int = 1  # actors the alive nodes can hold now (what a request above it waits for)
 
 
 def decode_memory_bytes(config: RunOptions) -> int:
@@ -107,35 +131,58 @@ def decode_memory_bytes(config: RunOptions) -> int:
     return 2 * 3 * getattr(config, "max_pixels", 0) + 3 * config.batch_size * config.resolution**2 + (64 << 20)
 
 
-def resolve_resources(config: RunOptions, cluster_cpus: float, cluster_gpus: float) -> Resources:
-    """Sizes the actor pool so that reading always has a CPU left (no deadlock on small machines).
+def read_reserve(node_cpus: float, decode_cpus: float = 1.0) -> float:
+    """CPUs of a node kept for read/decode tasks on a CPU-only cluster: a quarter, at least one task's."""
+    return max(decode_cpus, math.ceil(node_cpus * 0.25))
 
-    `config`: a job's config (RunOptions with a ``resolution``: JobConfig, SynthConfig).
 
-    GPU cluster (or ``--gpus-per-actor`` > 0): one actor per GPU share, 1 CPU each unless told.
-    CPU-only: one actor by default; actors share what is left after reserving a quarter of the CPUs
-    (at least 1) for the read/decode tasks, so on 2 cores one actor gets 1 CPU and two get 0.5 each.
-    Raises ConfigError when the actors would take every CPU: read tasks would never be scheduled and
-    the job would hang silently.
+def resolve_resources(config: RunOptions, nodes: list[Node]) -> Resources:
+    """Sizes the actor pool from what ONE node holds (never cluster totals: an actor cannot span nodes).
+
+    `config`: a job's config (RunOptions with a ``resolution``). `nodes`: the alive nodes. With
+    ``--wait-for-nodes`` (an autoscaler or an operator adds nodes) a request no node holds now is kept.
+
+    GPU nodes (or ``--gpus-per-actor`` > 0): one actor per GPU share, 1 CPU each unless told; by default
+    as many actors as the nodes hold. CPU-only: each node keeps a quarter of its CPUs (at least 1) for
+    the read/decode tasks; an actor takes the rest of the largest node (``--actors N`` on one node: a
+    share of it), one actor per node that can hold one. Raises ConfigError when no node can hold one
+    actor (the message names the request, the largest node and the option to change), or when the
+    actors would take every CPU of a CPU-only cluster: read tasks would never run and the job would hang.
     """
     decode_cpus = 1.0
-    gpus = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if cluster_gpus >= 1 else 0.0)
+    hosts = [n for n in nodes if n.cpus > 0 or n.gpus > 0] or [Node("none", 0.0)]
+    cluster_cpus, cluster_gpus = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
+    biggest = max(hosts, key=lambda n: (n.gpus, n.cpus))
+    gpus = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if biggest.gpus >= 1 else 0.0)
     if gpus > 0:
-        actors = config.actors or max(1, int(cluster_gpus // gpus) if cluster_gpus else 1)
         cpus = config.cpus_per_actor if config.cpus_per_actor is not None else 1.0
-        device = "cuda"
+        capacity = sum(min(int(n.gpus // gpus + 1e-9), int(n.cpus // cpus + 1e-9)) for n in hosts)
+        device = config.device or "cuda"
+        option = "--gpus-per-actor / --cpus-per-actor"
     else:
-        actors = config.actors or 1
-        reserve = max(decode_cpus, math.ceil(cluster_cpus * 0.25))
-        share = (cluster_cpus - reserve) / actors
+        biggest = max(hosts, key=lambda n: n.cpus)
+        per_node = math.ceil((config.actors or 1) / len(hosts))
+        share = (biggest.cpus - read_reserve(biggest.cpus, decode_cpus)) / per_node
         cpus = config.cpus_per_actor if config.cpus_per_actor is not None else max(0.1, math.floor(share * 100) / 100)
+        capacity = sum(max(0, int((n.cpus - read_reserve(n.cpus, decode_cpus)) / cpus + 1e-9)) for n in hosts)
         device = "cpu"
-    if cluster_cpus and gpus == 0 and actors * cpus + decode_cpus > cluster_cpus + 1e-9:
+        option = "--cpus-per-actor (fractions are fine, e.g. 0.5)"
+        if config.device == "cuda":
+            raise ConfigError("--device cuda: the actors hold no GPU (the cluster has none and --gpus-per-actor is "
+                              "0 or unset); use --gpus-per-actor 1 on a GPU cluster, or --device cpu")
+    actors = config.actors or max(1, capacity)
+    if capacity < 1 and not config.wait_for_nodes:
         raise ConfigError(
-            f"{actors} actor(s) x {cpus:g} CPU(s) leave less than {decode_cpus:g} of the cluster's "
-            f"{cluster_cpus:g} CPUs for the pipeline's CPU tasks (reading inputs): the read tasks would never run "
-            f"and the job would hang. "
-            f"Use fewer --actors or a smaller --cpus-per-actor (fractions are fine, e.g. 0.5)"
+            f"no node can hold one actor of {cpus:g} CPU(s) and {gpus:g} GPU(s)"
+            + (" plus a CPU for reading inputs" if gpus == 0 else "")
+            + f": the largest of the {len(nodes)} alive node(s) has {biggest.describe()}. Change {option}, add "
+            f"nodes, or pass --wait-for-nodes when an autoscaler adds them"
+        )
+    if gpus == 0 and capacity >= 1 and actors > capacity and not config.wait_for_nodes:
+        raise ConfigError(
+            f"{actors} actor(s) x {cpus:g} CPU(s) leave less than {decode_cpus:g} CPU per node (of "
+            f"{biggest.describe()}) for the pipeline's CPU tasks (reading inputs): the read tasks would never run "
+            f"and the job would hang. Use fewer --actors or a smaller --cpus-per-actor (fractions are fine, e.g. 0.5)"
         )
     return Resources(
         actors=actors,
@@ -147,4 +194,6 @@ def resolve_resources(config: RunOptions, cluster_cpus: float, cluster_gpus: flo
         device=device,
         cluster_cpus=cluster_cpus,
         cluster_gpus=cluster_gpus,
+        nodes=len(nodes),
+        capacity=capacity,
     )

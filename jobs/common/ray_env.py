@@ -1,12 +1,15 @@
-"""Ray wiring both jobs share: connecting to (or starting) Ray, progress output, cluster resources and
-the model actor stage of their pipelines."""
+"""Ray wiring both jobs share: connecting to (or starting) Ray, progress output, the alive nodes and
+their resources (actors are sized per node: jobs.common.config.resolve_resources), a watchdog that says
+when the actor pool cannot be placed, and the model actor stage of their pipelines."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 
-from jobs.common.config import JobConfig
+from jobs.common.config import JobConfig, Node, Resources
 
 log = logging.getLogger("jobs.common.ray_env")
 
@@ -38,12 +41,62 @@ def configure_progress() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = logging.getLogger().isEnabledFor(logging.INFO)
 
 
-def cluster_resources() -> tuple[float, float]:
-    """(CPUs, GPUs) of the connected cluster."""
+def alive_nodes() -> list[Node]:
+    """The alive nodes of the connected cluster and their total logical resources."""
     import ray
 
-    res = ray.cluster_resources()
-    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+    return [Node(n["NodeID"], float(n["Resources"].get("CPU", 0.0)), float(n["Resources"].get("GPU", 0.0)),
+                 int(n["Resources"].get("memory", 0))) for n in ray.nodes() if n.get("Alive")]
+
+
+def pending_actors(class_name: str) -> int:
+    """Actors of `class_name` (Ray Data names them ``MapWorker(...Class)``) waiting to be placed."""
+    import ray._private.state as state
+
+    try:
+        table = state.actors()
+    except Exception:
+        return 0
+    return sum(1 for a in table.values() if class_name in str(a.get("ActorClassName", ""))
+               and a.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"))
+
+
+class PlacementWatchdog:
+    """A driver thread that logs a warning when actors of the pool have waited for a node for more than
+    `after_s` seconds (the request and the largest alive node named), then again every `after_s`."""
+
+    def __init__(self, class_name: str, resources: Resources, after_s: float = 60.0, poll_s: float = 5.0):
+        self.class_name, self.resources, self.after_s, self.poll_s = class_name, resources, after_s, poll_s
+        self.warnings = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="placement-watchdog", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=self.poll_s + 1)
+
+    def _watch(self) -> None:
+        since = None
+        while not self._stop.wait(self.poll_s):
+            waiting = pending_actors(self.class_name)
+            if not waiting:
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= self.after_s:
+                nodes = alive_nodes()
+                largest = max(nodes, key=lambda n: (n.gpus, n.cpus)).describe() if nodes else "none"
+                res = self.resources
+                log.warning("%d actor(s) of %g CPU(s), %g GPU(s) could not be placed for %.0f s: %d alive node(s), the "
+                            "largest has %s. The pool runs with the actors it has; add nodes or lower --actors",
+                            waiting, res.cpus_per_actor, res.gpus_per_actor, time.monotonic() - since, len(nodes),
+                            largest)
+                self.warnings += 1
+                since = time.monotonic()
 
 
 def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: int | None):

@@ -172,33 +172,37 @@ def _run_on_ray(run: _Invocation) -> int:
     import ray
 
     from diffseg.lake.writer import UnitWriter
-    from jobs.common.ray_env import cluster_resources, init_ray
+    from jobs.common.ray_env import PlacementWatchdog, alive_nodes, init_ray
 
     job, config, log = run.job, run.config, run.job.log
     started_ray = not ray.is_initialized()
     run.t_ray = run.t_run = time.monotonic()
     try:
         init_ray(config)
-        cpus, gpus = cluster_resources()
+        nodes = alive_nodes()
         try:
-            run.resources = resolve_resources(config, cpus, gpus)
+            check_output_visible(run.checked.store, config, len(nodes))
+            run.resources = resolve_resources(config, nodes)
         except ConfigError as exc:
             log.error("%s", exc)
             run.write_manifest("failed", error=str(exc))
             print(f"diffseg: error: {exc}")
             return EXIT_USAGE
         res = run.resources
-        if res.gpus_per_actor > 0 and res.actors * res.gpus_per_actor > gpus:
-            log.warning("%d actor(s) x %g GPU(s) requested but the cluster has %g GPU(s) now: the job waits "
-                        "for GPU nodes (autoscaler) and does nothing without them", res.actors, res.gpus_per_actor, gpus)
-        log.info("cluster: %g CPUs, %g GPUs -> %d actor(s) x (%g CPU, %g GPU) on %s, batch %d", cpus, gpus,
-                 res.actors, res.cpus_per_actor, res.gpus_per_actor, res.device, config.batch_size)
+        if res.actors > res.capacity:
+            log.warning("%d actor(s) x (%g CPU, %g GPU) requested but the alive nodes hold %d now: the job waits for "
+                        "nodes (--wait-for-nodes: an autoscaler or an operator adds them)", res.actors, res.cpus_per_actor, res.gpus_per_actor,
+                        res.capacity)
+        log.info("cluster: %d node(s), %g CPUs, %g GPUs -> %d actor(s) x (%g CPU, %g GPU) on %s, batch %d", len(nodes),
+                 res.cluster_cpus, res.cluster_gpus, res.actors, res.cpus_per_actor, res.gpus_per_actor, res.device,
+                 config.batch_size)
         run.t_run = time.monotonic()
         run.writer = UnitWriter(run.checked.store, config.run_id, run.planned.units, run.checked.identity["model"],
                                 run.checked.run_hash, tables=job.tables)
         dataset = job.dataset(config, run.checked, run.planned.units, res)
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            run.writer.add(batch)
+        with PlacementWatchdog("MapWorker", res, after_s=config.placement_warn_s):
+            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                run.writer.add(batch)
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
     except Exception as exc:
@@ -213,6 +217,19 @@ def _run_on_ray(run: _Invocation) -> int:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     return _finish(run)
+
+
+def check_output_visible(store, config, nodes: int) -> None:
+    """ConfigError when OUTPUT is a local path on a cluster of several nodes (the workers write their rows
+    there: other nodes would write to their own disks) unless ``--shared-output`` says every node sees it."""
+    from diffseg.model import redact_uri
+
+    if store.local and nodes > 1 and not config.shared_output:
+        raise ConfigError(
+            f"OUTPUT {redact_uri(config.output)!r} is a local path but the cluster has {nodes} alive nodes: the "
+            f"workers write their rows to OUTPUT, and other nodes cannot see this node's disk. Use an object store "
+            f"(s3://, gs://) or pass --shared-output if the path is shared by every node (NFS)"
+        )
 
 
 def _finish(run: _Invocation) -> int:

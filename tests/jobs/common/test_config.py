@@ -9,33 +9,81 @@ import pytest
 from diffseg import Vocabulary
 from diffseg.lake.manifest import RunConflictError, RunInfo, build_manifest, check_run_identity, run_identity
 from diffseg.lake.store import OutputStore
-from jobs.common.config import ConfigError, JobConfig, resolve_resources
+from jobs.common.config import ConfigError, JobConfig, Node, resolve_resources
 from jobs.segment.cli import build_parser, config_from_args, main
 
 BASE = dict(input="in/", output="out/", vocab="cat", model="tiny")
 
 
+def one_node(cpus: float, gpus: float = 0) -> list[Node]:
+    return [Node("n1", cpus, gpus, 8 << 30)]
+
+
 def test_cpu_only_actors_leave_a_cpu_for_reading():
-    one = resolve_resources(JobConfig(**BASE), cluster_cpus=2, cluster_gpus=0)
+    one = resolve_resources(JobConfig(**BASE), one_node(2))
     assert (one.actors, one.cpus_per_actor, one.gpus_per_actor, one.device, one.torch_threads) == (1, 1.0, 0, "cpu", 1)
-    two = resolve_resources(JobConfig(**BASE, actors=2), cluster_cpus=2, cluster_gpus=0)
+    two = resolve_resources(JobConfig(**BASE, actors=2), one_node(2))
     assert two.cpus_per_actor == 0.5 and two.actors * two.cpus_per_actor + two.decode_cpus <= 2
-    big = resolve_resources(JobConfig(**BASE), cluster_cpus=16, cluster_gpus=0)
+    big = resolve_resources(JobConfig(**BASE), one_node(16))
     assert big.cpus_per_actor == 12 and big.torch_threads == 12
     with pytest.raises(ConfigError, match="read tasks would never run"):
-        resolve_resources(JobConfig(**BASE, actors=2, cpus_per_actor=1), cluster_cpus=2, cluster_gpus=0)
+        resolve_resources(JobConfig(**BASE, actors=2, cpus_per_actor=1), one_node(2))
 
 
-def test_gpu_cluster_gets_one_actor_per_gpu():
-    res = resolve_resources(JobConfig(**BASE), cluster_cpus=32, cluster_gpus=4)
+def test_actors_are_sized_from_one_node_never_from_cluster_totals():
+    # the cluster: a head with no CPU and two workers of 2 CPUs: 1 CPU per actor, one per node
+    nodes = [Node("head", 0), Node("w1", 2, 0, 4 << 30), Node("w2", 2, 0, 4 << 30)]
+    res = resolve_resources(JobConfig(**BASE), nodes)
+    assert (res.actors, res.cpus_per_actor, res.capacity, res.cluster_cpus, res.nodes) == (2, 1.0, 2, 4, 3)
+    with pytest.raises(ConfigError) as exc:
+        resolve_resources(JobConfig(**BASE, cpus_per_actor=3), nodes)
+    message = str(exc.value)
+    assert "one actor of 3 CPU(s)" in message and "largest of the 3 alive node(s) has 2 CPUs" in message
+    assert "--cpus-per-actor" in message and "--wait-for-nodes" in message
+    waiting = resolve_resources(JobConfig(**BASE, cpus_per_actor=3, wait_for_nodes=True), nodes)
+    assert (waiting.actors, waiting.capacity) == (1, 0)
+
+
+def test_gpu_cluster_gets_one_actor_per_gpu_spread_over_nodes():
+    res = resolve_resources(JobConfig(**BASE), one_node(32, 4))
     assert (res.actors, res.gpus_per_actor, res.cpus_per_actor, res.device) == (4, 1.0, 1.0, "cuda")
-    half = resolve_resources(JobConfig(**BASE, gpus_per_actor=0.5), cluster_cpus=32, cluster_gpus=4)
+    half = resolve_resources(JobConfig(**BASE, gpus_per_actor=0.5), one_node(32, 4))
     assert half.actors == 8
-    # GPU workers that an autoscaler has not started yet: the explicit request is kept
-    cold = resolve_resources(JobConfig(**BASE, gpus_per_actor=1, actors=3), cluster_cpus=2, cluster_gpus=0)
-    assert (cold.actors, cold.device) == (3, "cuda")
-    cpu = resolve_resources(JobConfig(**BASE, gpus_per_actor=0), cluster_cpus=32, cluster_gpus=4)
+    two = resolve_resources(JobConfig(**BASE, device="cpu"), [Node("a", 2, 1), Node("b", 2, 1), Node("h", 0)])
+    assert (two.actors, two.device, two.gpus_per_actor) == (2, "cpu", 1.0)
+    # 2 GPUs per actor but 1 GPU per node: no node holds one, whatever the cluster's total
+    with pytest.raises(ConfigError, match="largest of the 2 alive node"):
+        resolve_resources(JobConfig(**BASE, gpus_per_actor=2), [Node("a", 8, 1), Node("b", 8, 1)])
+    # GPU workers that an autoscaler has not started yet: --wait-for-nodes keeps the request
+    cold = resolve_resources(JobConfig(**BASE, gpus_per_actor=1, actors=3, wait_for_nodes=True), one_node(2))
+    assert (cold.actors, cold.device, cold.capacity) == (3, "cuda", 0)
+    cpu = resolve_resources(JobConfig(**BASE, gpus_per_actor=0), one_node(32, 4))
     assert cpu.device == "cpu"
+    with pytest.raises(ConfigError, match="--device cuda"):
+        resolve_resources(JobConfig(**BASE, device="cuda"), one_node(4))
+
+
+def test_local_output_is_refused_on_several_nodes_unless_shared(tmp_path):
+    from jobs.common.runner import check_output_visible
+
+    store = OutputStore(str(tmp_path))
+    check_output_visible(store, JobConfig(**BASE), 1)
+    with pytest.raises(ConfigError, match="--shared-output"):
+        check_output_visible(store, JobConfig(**BASE), 3)
+    check_output_visible(store, JobConfig(**BASE, shared_output=True), 3)
+    check_output_visible(OutputStore("memory://x/out"), JobConfig(**BASE), 3)
+
+
+def test_cluster_options_parse_into_config_fields():
+    import argparse
+
+    from jobs.common.cluster_options import add_cluster_options, cluster_fields
+
+    p = argparse.ArgumentParser()
+    add_cluster_options(p)
+    fields = cluster_fields(p.parse_args(["--device", "cpu", "--shared-output", "--lease-stale-minutes", "2"]))
+    config = JobConfig(**BASE, **fields)
+    assert (config.device, config.shared_output, config.lease_stale_s, config.break_lease) == ("cpu", True, 120.0, False)
 
 
 def test_parser_defaults_and_bad_values(capsys):
