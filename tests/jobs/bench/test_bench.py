@@ -3,9 +3,26 @@ import json
 from jobs.bench.cli import main
 
 
-def test_bench_prints_stage_times_and_side_by_side_ratios(tmp_path, capsys):
+def test_bench_prints_every_configuration_as_a_ratio_to_the_floor(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["--model", "tiny", "--resolution", "64", "--iters", "1", "--vocab-size", "3",
+    assert main(["--model", "tiny", "--resolution", "64", "--iters", "2", "--vocab-size", "3",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    figures = json.loads(out.read_text())["configs"]
+    assert list(figures) == ["floor", "diffsegmenter", "seediff", "maskdiffusion", "all three"]
+    assert figures["floor"]["time_ratio"] == 1.0 and figures["floor"]["memory_ratio"] == 1.0
+    for name, fig in figures.items():
+        assert len(fig["seconds"]) == 2 and fig["time_ratio"] == min(fig["seconds"]) / min(figures["floor"]["seconds"])
+        row = next(line for line in text.splitlines() if line.startswith(f"  {name} "))
+        assert f"{fig['time_ratio']:.2f}x" in row and f"{fig['memory_ratio']:.2f}x" in row
+    assert set(figures["all three"]["stages"]) >= {"vae_encode", "unet_capture", "method", "labels"}
+    assert set(figures["floor"]["stages"]) == {"vae_encode", "unet"}
+    assert "floor FLOPs/image (VAE encode + U-Net forward)" in text
+
+
+def test_bench_designs_print_stage_times_and_side_by_side_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--designs", "--model", "tiny", "--resolution", "64", "--iters", "1", "--vocab-size", "3",
                  "--device", "cpu", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "naive/diffseg U-Net+capture time" in text
@@ -15,7 +32,6 @@ def test_bench_prints_stage_times_and_side_by_side_ratios(tmp_path, capsys):
         ("diffseg", "joint"), ("naive", "joint"), ("diffseg", "per_class")]
     stages = figures["runs"][0]["seconds_per_image"]
     assert set(stages) >= {"decode", "vae_encode", "unet_capture", "method", "labels", "encode_masks"}
-    assert figures["flops_per_image"] > 0
 
 
 def test_naive_capture_computes_the_same_maps_as_diffseg_capture(tiny_pipe, sample_photos):
@@ -23,7 +39,7 @@ def test_naive_capture_computes_the_same_maps_as_diffseg_capture(tiny_pipe, samp
     import torch
 
     from diffseg import Segmenter
-    from jobs.bench.cli import patched_capture
+    from jobs.bench.designs import patched_capture
 
     ours, _ = Segmenter(tiny_pipe, ["cat", "potted plant"], resolution=128).capture_maps([sample_photos["chelsea"]], ["k"])
     with patched_capture(naive=True):  # a Segmenter makes its capture when it is built
