@@ -3,11 +3,14 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# the image every cluster/ YAML names; scripts/set-image rewrites them for your registry (docs/deploy.md)
+IMAGE ?= ghcr.io/your-org/diffseg:$(VERSION)
 export RAY_USAGE_STATS_ENABLED=0
 export HF_HUB_OFFLINE=1
 export AWS_EC2_METADATA_DISABLED=true
 
-.PHONY: install demo test test-fast lint
+.PHONY: install demo test test-fast lint image
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +20,8 @@ install: $(BIN)/python
 	# torch first: the local CPU build. A bare `torch` requirement would pull several GB of CUDA wheels.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# Label Studio's brush-RLE decoder for the export test; its full dependency set would downgrade numpy
+	$(BIN)/python -m pip install -q --no-deps label-studio-sdk
 	# headless Chromium (Debian's package) for the report test, which fails without it
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
@@ -33,3 +38,7 @@ test: install
 # local iteration: everything but the slow end-to-end tests (CI runs them all through `make test`)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the container image of cluster/ (needs a Docker daemon; none exists on the CI machines: docs/deploy.md)
+image:
+	docker build -f cluster/Dockerfile -t $(IMAGE) .

@@ -282,3 +282,13 @@ def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int =
         shutil.rmtree(ray_tmp, ignore_errors=True)
         log.close()
     return len(list(commits.glob("*.json")))
+
+
+def run_main(main, capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a command's ``main(argv)``; argparse's SystemExit counts as its code."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from jobtest_utils import run_main
 from PIL import Image
 
 from diffseg.codecs.masks import encode_label_png, encode_scores_png
@@ -61,12 +62,7 @@ def save_gt(folder, stem: str, gt: np.ndarray, palette: bool = False) -> None:
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(main, capsys, *argv)
 
 
 def evaluate(capsys, tmp_path, out, class_map, *options, to="ev") -> tuple[int, str, str]:

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from jobtest_utils import run_main
 from PIL import Image
 
 from diffseg.codecs.masks import compute_class_stats, encode_label_png
@@ -77,12 +78,7 @@ def lake(tmp_path):
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(main, capsys, *argv)
 
 
 def test_unique_stems_disambiguate_clashes_deterministically():
@@ -142,7 +138,7 @@ def test_voc_palette_pngs_hold_the_ids_and_clashing_stems_both_survive(lake, tmp
 
 
 def test_hf_folder_loads_with_datasets_offline(lake, tmp_path, capsys, monkeypatch):
-    datasets = pytest.importorskip("datasets", reason="the HF export test needs `datasets` (the test extra)")
+    import datasets  # the test extra
     output, images = lake
     dest = tmp_path / "hf"
     code, out, _ = run_cli(capsys, output, "--format", "hf", dest, "--method", "seediff", "--shard-rows", "2",
@@ -168,7 +164,7 @@ def test_hf_folder_loads_with_datasets_offline(lake, tmp_path, capsys, monkeypat
 
 
 def test_hf_with_images_embeds_the_originals_or_names_the_fix(tmp_path, capsys):
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the test extra
     photo = tmp_path / "lake" / "p.png"
     photo.parent.mkdir()
     Image.fromarray(np.full((24, 40, 3), 90, np.uint8)).save(photo)
@@ -184,10 +180,8 @@ def test_hf_with_images_embeds_the_originals_or_names_the_fix(tmp_path, capsys):
 
 def load_brush_decoder():
     """label_studio_sdk.converter.brush, loaded from its file (the package's __init__ needs a web client)."""
-    try:
-        files = importlib.metadata.files("label-studio-sdk") or []
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("label-studio-sdk is not installed (pip install --no-deps label-studio-sdk)")
+    # `make install` installs it (--no-deps); a missing package fails the test, it never skips
+    files = importlib.metadata.files("label-studio-sdk") or []
     path = next(f for f in files if str(f).endswith("converter/brush.py")).locate()
     spec = importlib.util.spec_from_file_location("ls_brush", path)
     module = importlib.util.module_from_spec(spec)

@@ -8,6 +8,7 @@ import time
 
 import pyarrow as pa
 import pytest
+from jobtest_utils import run_main
 
 from diffseg.lake.manifest import write_manifest
 from diffseg.lake.schemas import SCHEMAS
@@ -43,12 +44,7 @@ def manifest(store: OutputStore, run_id: str, status: str, started_ago: float = 
 
 
 def status(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(main, capsys, *argv)
 
 
 @pytest.fixture
