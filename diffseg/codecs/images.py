@@ -34,7 +34,6 @@ from __future__ import annotations
 import io
 import re
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -118,8 +117,10 @@ def load_image(
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     """Return the whole content of ``uri`` (local path or fsspec URL) as bytes; errors as ``OSError``."""
+    from diffseg.lake.inputs import open_exact  # `uri` names one object: no "::" URL chaining
+
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
+        with open_exact(uri, **(storage_options or {})) as handle:
             return handle.read()
     except Exception as exc:
         if isinstance(exc, FileNotFoundError):

@@ -117,3 +117,108 @@ def test_transient_storage_errors_are_retried_missing_files_are_not(monkeypatch,
     monkeypatch.setattr(store, "_put", flaky_put)
     store.put("masks/x.parquet", b"data")
     assert failures == ["masks/x.parquet"] and store.get("masks/x.parquet") == b"data"
+
+
+# ---------------------------------------------------------------- hostile names and files (issue 14)
+
+
+def test_a_name_with_double_colon_is_that_file_not_a_chained_url(tmp_path, bucket):
+    from diffseg.codecs.images import read_bytes
+
+    local = put_files(str(tmp_path), {"colon": b"the wrong file", "colon::x.png": b"the right file"})
+    remote = put_files(f"s3://{bucket}", {"colon::y.png": b"remote right file"})
+    uris = list_inputs(str(tmp_path))
+    assert uris == [f"file://{tmp_path}/colon::x.png"] == [u for u in local if u.endswith(".png")]
+    got = read_uris(uris + remote)
+    assert got[uris[0]] == b"the right file" and got[remote[0]] == b"remote right file"
+    assert read_bytes(uris[0]) == b"the right file"  # python -m diffseg reads through load_image -> read_bytes
+    (tmp_path / "list.txt").write_text("colon::x.png\n")
+    assert list_inputs(str(tmp_path / "list.txt")) == uris
+
+
+def test_a_hash_inside_a_manifest_path_is_part_of_the_path(tmp_path):
+    put_files(str(tmp_path), {"take#2.jpg": b"1", "take.jpg": b"wrong", "a.jpg": b"2"})
+    (tmp_path / "list.txt").write_text("# a comment line\n  # an indented comment\ntake#2.jpg\na.jpg # not a comment\n")
+    assert list_inputs(str(tmp_path / "list.txt")) == [f"file://{tmp_path}/a.jpg # not a comment",
+                                                       f"file://{tmp_path}/take#2.jpg"]
+    got = read_uris([f"file://{tmp_path}/take#2.jpg"])
+    assert got[f"file://{tmp_path}/take#2.jpg"] == b"1"
+
+
+def test_a_name_that_is_not_utf8_is_listed_escaped_and_read_as_a_list_error(tmp_path, caplog):
+    import os
+
+    from diffseg.lake.inputs import NonUtf8NameError, escape_name, unescape_name
+
+    put_files(str(tmp_path), {"good.jpg": b"ok", "100%.jpg": b"percent"})
+    raw = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9 %41.jpg")
+    with open(raw, "wb") as f:
+        f.write(b"latin-1 name")
+    uris = list_inputs(str(tmp_path))
+    escaped = f"file://{tmp_path}/caf%E9 %2541.jpg"
+    assert uris == sorted([f"file://{tmp_path}/100%.jpg", escaped, f"file://{tmp_path}/good.jpg"])
+    assert "not valid UTF-8" in caplog.text
+    # reversible: the escaped path gives the name's bytes back
+    assert unescape_name(escaped.removeprefix("file://")) == raw
+    assert escape_name(os.fsdecode(raw)) == escaped.removeprefix("file://")
+    got = read_uris(uris)
+    assert isinstance(got[escaped], NonUtf8NameError) and got[escaped].stage == "list"
+    assert "not valid UTF-8" in str(got[escaped]) and escaped in str(got[escaped])
+    assert got[f"file://{tmp_path}/good.jpg"] == b"ok" and got[f"file://{tmp_path}/100%.jpg"] == b"percent"
+
+
+def test_fifos_and_device_links_are_not_listed_and_never_read(tmp_path, caplog):
+    import os
+
+    from diffseg.lake.inputs import NotRegularFileError
+
+    put_files(str(tmp_path), {"real.jpg": b"pixels"})
+    os.mkfifo(tmp_path / "fifo.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    os.symlink(tmp_path / "real.jpg", tmp_path / "link.jpg")
+    base = f"file://{tmp_path}"
+    assert list_inputs(str(tmp_path)) == [f"{base}/link.jpg", f"{base}/real.jpg"]
+    assert list_inputs(str(tmp_path / "*.jpg")) == [f"{base}/link.jpg", f"{base}/real.jpg"]
+    assert "not regular files" in caplog.text
+    # named explicitly (a manifest): refused at read, without opening (a FIFO would block forever)
+    (tmp_path / "list.txt").write_text("fifo.jpg\nzero.jpg\nreal.jpg\n")
+    uris = list_inputs(str(tmp_path / "list.txt"))
+    got = read_uris(uris, timeout=5)
+    for name in ("fifo.jpg", "zero.jpg"):
+        assert isinstance(got[f"{base}/{name}"], NotRegularFileError), got[f"{base}/{name}"]
+        assert "not a regular file" in str(got[f"{base}/{name}"])
+    assert got[f"{base}/real.jpg"] == b"pixels"
+
+
+def test_every_read_has_a_byte_cap_and_a_timeout(tmp_path, bucket, monkeypatch):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S, ReadLimitError
+
+    assert READ_MAX_BYTES == 256 << 20 and READ_TIMEOUT_S == 120
+    local = put_files(str(tmp_path), {"big.jpg": b"x" * 1000, "small.jpg": b"x" * 100})
+    remote = put_files(f"s3://{bucket}", {"big.jpg": b"x" * 1000, "small.jpg": b"x" * 100})
+    got = read_uris(local + remote, max_bytes=500)
+    for uri in (local[0], remote[0]):
+        assert isinstance(got[uri], ReadLimitError), got[uri]
+        assert "read cap of 500 bytes (--max-read-bytes)" in str(got[uri])
+    assert got[local[1]] == got[remote[1]] == b"x" * 100
+
+    import threading
+
+    release = threading.Event()
+    real = MemoryFileSystem.cat_file
+
+    def stalled(self, path, start=None, end=None, **kw):
+        if "slow" in path:
+            release.wait(30)  # a storage call that never answers
+        return real(self, path, start, end, **kw)
+
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", stalled)
+    MemoryFileSystem().pipe_file("/lake/slow.jpg", b"late")
+    MemoryFileSystem().pipe_file("/lake/fast.jpg", b"on time")
+    got = read_uris(["memory:///lake/slow.jpg", "memory:///lake/fast.jpg"], timeout=0.5)
+    release.set()
+    assert isinstance(got["memory:///lake/slow.jpg"], ReadLimitError)
+    assert "read timeout of 0.5 s (--read-timeout)" in str(got["memory:///lake/slow.jpg"])
+    assert got["memory:///lake/fast.jpg"] == b"on time"
