@@ -28,6 +28,7 @@ import torch
 DEFAULT_TEMPLATE = "a photograph of {classes}"  # joint context (DESIGN.md)
 DEFAULT_CLASS_TEMPLATE = "a photograph of a {class}"  # per-class context (DiffSegmenter paper)
 SEPARATOR = ", "
+FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".lst", ".list", ".names")  # a spec ending so is a file
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,7 @@ class Vocabulary:
         cleaned = [n for n in cleaned if n]
         if not cleaned:
             raise ValueError("the vocabulary is empty: pass at least one class name, e.g. 'person, car, road'")
-        dupes = sorted({n for n in cleaned if cleaned.count(n) > 1})
-        if dupes:
-            raise ValueError(f"class names must be unique; repeated: {', '.join(dupes)}")
+        check_unique(cleaned, "class names")
         if "{classes}" not in template:
             raise ValueError(f"template {template!r} must contain '{{classes}}'")
         if "{class}" not in class_template:
@@ -72,6 +71,7 @@ class Vocabulary:
         self.aliases: dict[str, tuple[str, ...]] = {
             n: tuple(a for a in (normalize_name(x) for x in aliases.get(n, ())) if a) for n in cleaned
         }
+        check_unique([*cleaned, *(a for n in cleaned for a in self.aliases[n])], "class names and aliases")
         self.template = template
         self.class_template = class_template
 
@@ -109,7 +109,11 @@ class Vocabulary:
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> Vocabulary:
-        """A file path/URL (one class per line) when `spec` names one, else a comma-separated list."""
+        """A file path/URL (one class per line) when `spec` names one, else a comma-separated list.
+
+        A spec that looks like a path (:func:`looks_like_path`) but is no local file is refused
+        (ValueError naming it): ``clases.txt`` is a typo, not a class."""
+        check_spec(spec)
         if "://" in spec or os.path.isfile(spec):
             return cls.from_file(spec, **kwargs)
         return cls([s for s in spec.split(",")], **kwargs)
@@ -153,6 +157,41 @@ class Vocabulary:
             ids += chunk_ids
             spans += [[offset + p for p in span] for span in chunk_spans]
         return ids, spans
+
+
+def looks_like_path(spec: str) -> bool:
+    """True when a vocabulary spec without a comma reads as a file: it holds a ``/`` or ends with a
+    file suffix (:data:`FILE_SUFFIXES`, any case)."""
+    if "," in spec or "\n" in spec:
+        return False
+    return "/" in spec or spec.strip().lower().endswith(FILE_SUFFIXES)
+
+
+def check_spec(spec: str) -> None:
+    """Raises ValueError when `spec` looks like a local path (see looks_like_path) that is missing or a
+    folder; URLs (``scheme://``) are checked when read."""
+    if "://" in spec or not looks_like_path(spec):
+        return
+    path = os.path.expanduser(spec.strip())
+    if os.path.isdir(path):
+        raise ValueError(f"{spec!r} is a folder, not a class file (one class per line)")
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{spec!r} looks like a file path but no such file exists; to use it as one class name, "
+            f"end it with a comma ({spec.strip()!r},)"
+        )
+
+
+def check_unique(names: Sequence[str], what: str) -> None:
+    """Raises ValueError naming the `names` that are equal ignoring case and white space (they encode to
+    the same tokens: CLIP's tokenizer lower-cases)."""
+    seen: dict[str, list[str]] = {}
+    for n in names:
+        seen.setdefault(normalize_name(n).casefold(), []).append(n)
+    dupes = [group for group in seen.values() if len(group) > 1]
+    if dupes:
+        listed = "; ".join(" = ".join(group) for group in dupes)
+        raise ValueError(f"{what} must be unique ignoring case and spaces; repeated: {listed}")
 
 
 def normalize_name(name: str) -> str:

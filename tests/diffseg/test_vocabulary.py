@@ -63,3 +63,31 @@ def test_from_text_and_spec(tmp_path):
 def test_bad_vocabularies_are_refused_with_a_clear_error(names, message):
     with pytest.raises(ValueError, match=message):
         Vocabulary(names)
+
+
+@pytest.mark.parametrize("names", [["cat", "Cat", "CAT"], ["potted plant", "Potted  Plant"], ["dog", " DOG "]])
+def test_names_equal_ignoring_case_and_spaces_are_refused(names):
+    with pytest.raises(ValueError, match="unique ignoring case and spaces; repeated: "):
+        Vocabulary(names)
+    with pytest.raises(ValueError, match="repeated: cat = Cat = CAT"):
+        Vocabulary.from_spec("cat, Cat, CAT")
+    with pytest.raises(ValueError, match="class names and aliases .* repeated: Man = man"):
+        Vocabulary(["person", "Man"], aliases={"person": ["man"]})
+
+
+def test_a_spec_that_looks_like_a_missing_path_or_a_folder_is_refused(tmp_path, monkeypatch):
+    from diffseg.vocabulary import looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="'clases.txt' looks like a file path but no such file exists"):
+        Vocabulary.from_spec("clases.txt")
+    with pytest.raises(ValueError, match="no such file"):
+        Vocabulary.from_spec("lists/voc")
+    (tmp_path / "classes.txt").mkdir()
+    with pytest.raises(ValueError, match="'classes.txt' is a folder"):
+        Vocabulary.from_spec("classes.txt")
+    # a trailing comma makes it a one-class list; plain names are lists as before
+    assert Vocabulary.from_spec("clases.txt,").names == ["clases.txt"]
+    assert Vocabulary.from_spec("person").names == ["person"]
+    assert [looks_like_path(s) for s in ("a.TXT", "x/y", "person, car", "tv monitor", "s3://b/c.txt")] == [
+        True, True, False, False, True]
