@@ -1,11 +1,12 @@
-"""Shared fixtures. Every test runs offline: no hub, no cloud metadata, no Ray usage stats."""
+"""Shared fixtures. Every test runs offline: no cloud metadata, no Ray usage stats, object storage on a
+local moto server. HF_HUB_OFFLINE is not set: models load from local folders or object storage, never
+from a hub, and setting it globally breaks `datasets.load_dataset(..., data_files="s3://...")`."""
 
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
