@@ -10,8 +10,10 @@
   diffusers-format checkpoint (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``,
   ``tokenizer/``, ``scheduler/``). Remote checkpoints are downloaded once per node into a local cache
   (``$DIFFSEG_CACHE`` or ``~/.cache/diffseg``) under a file lock, into a temporary folder renamed into
-  place only when complete, so several actors starting together download once and an interrupted
-  download is never used.
+  place only once its files have loaded, so several actors starting together download once and an
+  interrupted or unusable download is never used; the cache key includes every file's size and
+  ETag/modification time, so a checkpoint replaced at the same URI is fetched again
+  (diffseg.checkpoint).
 
 Only safetensors weights are read unless ``allow_pickle=True`` (pickle files can run code).
 """
@@ -19,20 +21,17 @@ Only safetensors weights are read unless ``allow_pickle=True`` (pickle files can
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-BUILTIN_MODELS = ("tiny", "sd15-random", "sd21-random")
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# A checkpoint as files (listing, checks, the node cache) lives in diffseg.checkpoint; names re-exported.
+from diffseg.checkpoint import BUILTIN_MODELS, ModelLoadError, check_model_uri, fetch_and_load
+from diffseg.redact import redact_uri
 
-
-class ModelLoadError(ValueError):
-    """The model URI does not name a usable diffusers Stable Diffusion checkpoint."""
+__all__ = ["BUILTIN_MODELS", "ModelLoadError", "Pipeline", "check_model_uri", "load_pipeline", "redact_uri",
+           "save_pipeline"]
 
 
 @dataclass
@@ -92,9 +91,11 @@ def load_pipeline(
         parts = build_random_components(uri)
         is_random = True
     else:
-        folder = fetch_checkpoint(uri, cache_dir=cache_dir, allow_pickle=allow_pickle)
-        with quiet_diffusers():
-            parts = load_components(folder, uri, allow_pickle=allow_pickle)
+        def load(folder: Path) -> dict:
+            with quiet_diffusers():
+                return load_components(folder, uri, allow_pickle=allow_pickle)
+
+        parts = fetch_and_load(uri, load, cache_dir=cache_dir, allow_pickle=allow_pickle)
         is_random = False
     with quiet_diffusers():
         for key in ("unet", "vae", "text_encoder"):
@@ -133,130 +134,6 @@ def quiet_diffusers():
     finally:
         dlog.set_verbosity(old[0])
         tlog.set_verbosity(old[1])
-
-
-def redact_uri(uri: str) -> str:
-    """Drops any ``user:password@`` part of a URL, so names written to logs carry no secrets."""
-    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = uri.split("://", 1)
-        host_part, _, path = rest.partition("/")
-        return f"{scheme}://{host_part.rsplit('@', 1)[1]}/{path}"
-    return uri
-
-
-def fetch_checkpoint(uri: str, cache_dir: str | None = None, allow_pickle: bool = False) -> Path:
-    """Returns a local folder holding the checkpoint named by `uri`, downloading remote ones once.
-
-    Only what loading reads is downloaded (see select_checkpoint_files): checkpoints published with
-    extra weights (.ckpt files, fp16 variants, a safety checker) cost no extra transfer or disk.
-    """
-    import fsspec
-    from filelock import FileLock
-
-    if is_local(uri):
-        check_model_uri(uri)
-        return Path(uri.removeprefix("file://")).expanduser()
-
-    cache = Path(cache_dir or os.environ.get("DIFFSEG_CACHE", "~/.cache/diffseg")).expanduser() / "models"
-    cache.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256((uri.rstrip("/") + ("#pickle" if allow_pickle else "")).encode()).hexdigest()[:16]
-    final = cache / key
-    with FileLock(str(cache / f"{key}.lock")):
-        if (final / ".complete").exists():
-            return final
-        fs, root = fsspec.core.url_to_fs(uri)
-        root = root.rstrip("/")
-        try:
-            if not fs.exists(f"{root}/model_index.json"):
-                raise ModelLoadError(
-                    f"model {redact_uri(uri)!r} has no model_index.json: it is not a diffusers-format "
-                    "Stable Diffusion checkpoint (save one with pipeline.save_pretrained(folder))"
-                )
-            tmp = cache / f"{key}.partial"
-            shutil.rmtree(tmp, ignore_errors=True)
-            wanted = select_checkpoint_files([p.removeprefix(root + "/") for p in fs.find(root)], allow_pickle)
-            for rel in wanted:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                fs.get(f"{root}/{rel}", str(tmp / rel))
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # network, permissions, missing bucket
-            raise ModelLoadError(f"model {redact_uri(uri)!r} could not be downloaded: {exc}") from exc
-        check_checkpoint_folder(tmp, uri)
-        (tmp / ".complete").write_text("ok")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    return final
-
-
-def select_checkpoint_files(paths: list[str], allow_pickle: bool = False) -> list[str]:
-    """The files of a diffusers checkpoint (paths relative to its root) that load_components reads.
-
-    model_index.json and the five component folders only; weight variants (``name.fp16.safetensors``)
-    are skipped when the plain file exists; pickle weights (.bin/.pt/.ckpt) only with `allow_pickle`.
-    """
-    chosen = []
-    present = set(paths)
-    for rel in sorted(paths):
-        top = rel.split("/", 1)[0]
-        if rel != "model_index.json" and (top not in COMPONENTS or "/" not in rel):
-            continue
-        name = rel.rsplit("/", 1)[-1]
-        if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) and not allow_pickle:
-            continue
-        parts = name.split(".")
-        if len(parts) >= 3 and parts[-1] in ("safetensors", "bin"):  # name.variant.ext
-            plain = rel.rsplit("/", 1)[0] + "/" + ".".join(parts[:-2] + parts[-1:])
-            if plain in present:
-                continue
-        chosen.append(rel)
-    return chosen
-
-
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def check_model_uri(uri: str) -> None:
-    """Raises ModelLoadError unless `uri` is a builtin model or names a diffusers SD checkpoint.
-
-    Reads only listings (no weights, no download), so a job can check its model before reading images.
-    """
-    import fsspec
-
-    if uri in BUILTIN_MODELS:
-        return
-    if is_local(uri):
-        folder = Path(uri.removeprefix("file://")).expanduser()
-        if not folder.is_dir():
-            raise ModelLoadError(
-                f"model {uri!r}: no such folder. Pass one of {', '.join(BUILTIN_MODELS)}, a local folder or an "
-                "fsspec URL (s3://bucket/prefix/) of a diffusers-format Stable Diffusion checkpoint"
-            )
-        check_checkpoint_folder(folder, uri)
-        return
-    try:
-        fs, root = fsspec.core.url_to_fs(uri)
-        root = root.rstrip("/")
-        missing = [c for c in COMPONENTS if not fs.isdir(f"{root}/{c}")]
-        if not fs.exists(f"{root}/model_index.json"):
-            missing.insert(0, "model_index.json")
-    except Exception as exc:
-        raise ModelLoadError(f"model {redact_uri(uri)!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
-    if missing:
-        raise ModelLoadError(
-            f"model {redact_uri(uri)!r} is not a diffusers Stable Diffusion checkpoint: missing {', '.join(missing)}"
-        )
-
-
-def check_checkpoint_folder(folder: Path, uri: str) -> None:
-    """Raises ModelLoadError naming `uri` and the missing parts when `folder` is not an SD checkpoint."""
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
-    if missing or not (folder / "model_index.json").exists():
-        raise ModelLoadError(
-            f"model {redact_uri(uri)!r} is not a diffusers Stable Diffusion checkpoint: missing "
-            f"{', '.join(missing) or 'model_index.json'} (expected model_index.json, {', '.join(COMPONENTS)})"
-        )
 
 
 def load_components(folder: Path, uri: str, allow_pickle: bool = False) -> dict:
