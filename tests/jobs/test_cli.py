@@ -20,6 +20,17 @@ NO_EXIT_CODES = {"evaluate", "report", "bench", "image"}
 NO_EXAMPLES = {"evaluate", "report", "bench"}
 
 
+@pytest.fixture(autouse=True)
+def _keep_hf_hub_offline(monkeypatch):
+    """Importing jobs.bench.cli sets HF_HUB_OFFLINE for the whole process; restored after each test here."""
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    yield
+    if saved is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = saved
+
+
 def run_help(command, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

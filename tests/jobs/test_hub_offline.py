@@ -7,18 +7,31 @@ every remote URL ("Offline mode is enabled. Tried to reach s3://..."), including
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 
-def test_the_test_environment_does_not_set_hf_hub_offline():
-    assert os.environ.get("HF_HUB_OFFLINE") in (None, "", "0")
+
+def test_importing_the_entry_points_does_not_set_hf_hub_offline():
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    code = "import os, jobs.demo, jobs.cli, jobs.stage, diffseg; print(os.environ.get('HF_HUB_OFFLINE', 'unset'))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "unset"
 
 
 @pytest.mark.slow
 def test_datasets_reads_a_runs_parquet_from_s3(bucket, s3_endpoint, tmp_path):
+    assert os.environ.get("HF_HUB_OFFLINE") in (None, "", "0"), (
+        "HF_HUB_OFFLINE is set in this test process (the Makefile's export, or an import of a module that sets "
+        "it, such as jobs.bench.cli): datasets then refuses every s3:// URL")
     import datasets
     import s3fs
 
