@@ -2,15 +2,21 @@
 
 For each image and method it writes ``STEM.METHOD.labels.png`` (the label map: 0 = background, k =
 the k-th class), ``STEM.METHOD.overlay.png`` (colour overlay with a legend) and ``STEM.METHOD.json``
-(per-class statistics, COCO RLE included). For collections, use the Ray job: ``python -m jobs.segment``.
+(per-class statistics, COCO RLE included). Inputs sharing a stem (``pic.bmp``, ``pic.webp``) use their
+whole file name instead (``pic.bmp.METHOD...``), and inputs sharing that too get ``-2``, ``-3``... in
+the order given, so no output overwrites another (:func:`output_stems`). Each image is read as the one
+object its path or URL names (a ``::`` in it is part of the name). Nothing printed shows a credential
+of a URL argument (diffseg.redact). For collections, use the Ray job: ``python -m jobs.segment``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 EPILOG = """examples:
@@ -39,18 +45,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--method", action="append", choices=methods.available(),
                    help="method; repeat for several from one forward (default: diffsegmenter)")
-    p.add_argument("--resolution", type=int, default=512, help="model input side in pixels (default: 512)")
+    p.add_argument("--resolution", type=_positive_int, default=512,
+                   help="model input side in pixels, a multiple of 64 for Stable Diffusion (default: 512)")
     p.add_argument("--timesteps", default="100", help="comma-separated timesteps, averaged (default: 100)")
     p.add_argument("--context", choices=("joint", "per_class"), default="joint",
                    help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
-    p.add_argument("--tau", type=float, default=None,
+    p.add_argument("--tau", type=_finite_float, default=None,
                    help="background threshold for every method used (DiffSegmenter default 0.4, provisional)")
     p.add_argument("--fitted", default=None,
                    help="fitted.json from `python -m jobs.evaluate --fit tau`: use its background thresholds")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward (default: 4)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward (default: 4)")
     return p
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (exit 2 naming the value otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a number that is not nan or infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+    return value
+
+
+def output_stems(uris: list[str]) -> list[str]:
+    """One distinct output name per input, in order: the file's stem; its whole name when another input
+    has the same stem (``pic.bmp`` and ``pic.webp``); then ``-2``, ``-3``... for names still repeated
+    (``a/pic.jpg`` and ``b/pic.jpg``)."""
+    names = [Path(u.rstrip("/")).name for u in uris]
+    stems = [Path(n).stem for n in names]
+    counts = Counter(stems)
+    chosen = [s if counts[s] == 1 else n for s, n in zip(stems, names)]
+    repeated, taken, out = Counter(chosen), set(chosen), []
+    seen: Counter = Counter()
+    for name in chosen:
+        seen[name] += 1
+        if repeated[name] > 1 and seen[name] > 1:
+            k = seen[name]
+            while f"{name}-{k}" in taken:
+                k += 1
+            name = f"{name}-{k}"
+            taken.add(name)
+        out.append(name)
+    return out
 
 
 def method_params(methods: list[str], tau: float | None, fitted_uri: str | None) -> dict:
@@ -65,12 +116,20 @@ def method_params(methods: list[str], tau: float | None, fitted_uri: str | None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs the command; everything it prints is redacted (no credential of a URL argument shown)."""
+    from diffseg.redact import redacted_output
+
+    with redacted_output(sys.argv[1:] if argv is None else argv):
+        return _run(build_parser().parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     from diffseg import Segmenter, Vocabulary, load_pipeline
     from diffseg.codecs.images import ImageDecodeError, load_image
     from diffseg.codecs.masks import compute_class_stats, encode_label_png
     from diffseg.codecs.overlay import render_overlay
     from diffseg.model import ModelLoadError
+    from diffseg.redact import redact_uri
 
     try:
         vocab = Vocabulary.from_spec(args.vocab)
@@ -91,26 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
     started = time.perf_counter()
+    stems = output_stems(args.images)
     for start in range(0, len(args.images), args.batch_size):
-        uris = args.images[start : start + args.batch_size]
         loaded = []
-        for uri in uris:
+        for uri, stem in zip(args.images[start : start + args.batch_size], stems[start : start + args.batch_size]):
             try:
-                loaded.append((uri, load_image(uri)))
+                loaded.append((uri, stem, load_image(uri)))
             except (ImageDecodeError, OSError) as exc:
                 failures += 1
                 print(f"skipped {uri}: {exc}", file=sys.stderr)
         if not loaded:
             continue
-        results = seg.segment([img for _, img in loaded], keys=[u for u, _ in loaded])
+        results = seg.segment([img for _, _, img in loaded], keys=[u for u, _, _ in loaded])
         for method, per_image in results.items():
-            for (uri, img), res in zip(loaded, per_image):
-                stem = Path(uri.rstrip("/")).stem
+            for (uri, stem, img), res in zip(loaded, per_image):
                 base = out / f"{stem}.{method}"
                 Path(f"{base}.labels.png").write_bytes(encode_label_png(res.label_map))
                 render_overlay(img, res.label_map, vocab.names, title=title).save(f"{base}.overlay.png")
                 stats = compute_class_stats(res.label_map, vocab.names, res.scores)
-                meta = {"uri": uri, "method": method, "model": pipe.name, "width": img.shape[1],
+                meta = {"uri": redact_uri(uri), "method": method, "model": pipe.name, "width": img.shape[1],
                         "height": img.shape[0], "vocabulary": vocab.names, "classes": stats}
                 Path(f"{base}.json").write_text(json.dumps(meta, indent=1, default=float))
                 found = ", ".join(f"{s['class_name']} {s['fraction']:.0%}" for s in stats) or "background only"

@@ -52,14 +52,15 @@ def redact_uri(uri: str) -> str:
 
 
 def userinfo_secrets(uris: Iterable[str]) -> list[str]:
-    """The user and password pieces (as written and percent-decoded) of the URIs in `uris` that carry
-    ``user:password@``, longest first; pieces shorter than MIN_SECRET_CHARS are left out."""
+    """The user and password pieces (as written and percent-decoded, whole and split at ``/``) of the URIs
+    in `uris` that carry ``user:password@``, longest first; pieces shorter than MIN_SECRET_CHARS are left out."""
     found = set()
     for uri in uris:
         for m in _USERINFO.finditer(str(uri)):
             for piece in (m.group("user"), m.group("pw")):
                 if piece:
-                    found.update({piece, urllib.parse.unquote(piece)})
+                    for form in (piece, urllib.parse.unquote(piece)):
+                        found.update({form, *form.split("/")})  # clients split a secret with '/' as a path
     return sorted((p for p in found if len(p) >= MIN_SECRET_CHARS), key=len, reverse=True)
 
 

@@ -98,13 +98,16 @@ class Vocabulary:
     @classmethod
     def from_file(cls, path: str, **kwargs) -> Vocabulary:
         """Reads a class file (see from_text) from a local path or any fsspec URL."""
-        import fsspec
+        from diffseg.lake.inputs import open_exact
+        from diffseg.redact import describe_error, redact_uri
 
         try:
-            with fsspec.open(path, "r", encoding="utf-8") as f:
-                text = f.read()
+            with open_exact(path) as f:
+                text = f.read().decode("utf-8")
         except FileNotFoundError as exc:
-            raise ValueError(f"vocabulary file {path!r} does not exist") from exc
+            raise ValueError(f"vocabulary file {redact_uri(path)!r} does not exist") from exc
+        except Exception as exc:  # permissions, network, a storage client's own errors, not UTF-8
+            raise ValueError(f"vocabulary file {redact_uri(path)!r} cannot be read: {describe_error(exc, [path])}") from exc
         return cls.from_text(text, **kwargs)
 
     @classmethod
@@ -114,8 +117,10 @@ class Vocabulary:
         A spec that looks like a path (:func:`looks_like_path`) but is no local file is refused
         (ValueError naming it): ``clases.txt`` is a typo, not a class."""
         check_spec(spec)
-        if "://" in spec or os.path.isfile(spec):
+        if "://" in spec:
             return cls.from_file(spec, **kwargs)
+        if os.path.isfile(os.path.expanduser(spec.strip())):
+            return cls.from_file(os.path.expanduser(spec.strip()), **kwargs)
         return cls([s for s in spec.split(",")], **kwargs)
 
     def hash(self, model: str = "") -> str:
@@ -236,10 +241,10 @@ def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], 
                 raise ValueError(f"{what}: {item!r} encodes to no tokens")
             rel += range(len(piece), len(piece) + len(item_ids))
             piece += item_ids
+        if fixed + len(piece) > length:
+            raise ValueError(f"{what}: {items[0]!r} with its aliases is longer than one {length}-token context")
         lead = sep if body else []
         if fixed + len(body) + len(lead) + len(piece) > length:
-            if not body:
-                raise ValueError(f"{what}: {items[0]!r} with its aliases is longer than one {length}-token context")
             flush()
             body, spans, lead = [], [], []
         base = 1 + len(pre) + len(body) + len(lead)

@@ -1,25 +1,78 @@
-"""Checks both jobs make before any model work (each raises a ValueError that names the option)."""
+"""Checks both jobs make before any model work (each raises a ValueError that names the option).
+
+Preflight checks what the actor would otherwise fail on after Ray started and images were read
+(issue 14), exactly as the actor will, from listings, small configs and the tokenizer only:
+the model's weights files (diffseg.checkpoint.check_model_uri), the resolution against the model's
+total downsampling, and the prompt built with the model's tokenizer (a class longer than one context).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from jobs.common.config import ConfigError
+
+# The scale each method's background score lives on, so --tau / --fitted values outside it are refused:
+# DiffSegmenter and SeeDiff threshold min-max-normalised scores in [0, 1]; MaskDiffusion a cosine.
+BACKGROUND_RANGE = {"diffsegmenter": (0.0, 1.0), "seediff": (0.0, 1.0), "maskdiffusion": (-1.0, 1.0)}
 
 
 def check_model(uri: str) -> None:
-    """Raises ModelLoadError when `uri` is not a builtin model nor a diffusers checkpoint (nothing is loaded)."""
+    """Raises ModelLoadError when `uri` is not a builtin model nor a diffusers checkpoint whose weights can
+    be read (only pickle weights are refused); nothing is loaded."""
     from diffseg.model import check_model_uri
 
     check_model_uri(uri)
 
 
+def check_model_setup(uri: str, vocab, resolution: int, mode: str = "joint", option: str = "--vocab",
+                      class_template: str | None = None) -> None:
+    """Raises ConfigError when the model named by `uri` (already checked by check_model) cannot run
+    `vocab` at `resolution`: the resolution is not a multiple of its total downsampling (8 x 2^(levels-1)
+    = 64 for SD), or the prompt does not build with its tokenizer (a class with its aliases longer than
+    one 77-token context). `mode`: "joint" (the segment job) or "per_class" with `class_template`
+    (``"a photograph of a {class}"``: the synthesize job's prompt, ``{}`` accepted for ``{class}``)."""
+    from diffseg import Vocabulary
+    from diffseg.checkpoint import downsampling, load_tokenizer
+
+    step = downsampling(uri)
+    if resolution % step:
+        lower, upper = max(step, resolution // step * step), (resolution // step + 1) * step
+        raise ConfigError(
+            f"--resolution {resolution}: must be a multiple of {step}, the model's total downsampling (VAE x U-Net "
+            f"levels: 8 x 2^(levels-1) for Stable Diffusion); e.g. {lower} or {upper}"
+        )
+    if class_template is not None:
+        vocab = Vocabulary(vocab.names, class_template=class_template.replace("{}", "{class}"))
+    try:
+        vocab.encode(load_tokenizer(uri), mode)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from exc
+
+
+def check_background(values: Mapping[str, Mapping], option: str = "--tau") -> None:
+    """Raises ConfigError when a background threshold ({method: {"tau": x}}, as
+    diffseg.eval.fitted.background_values returns) is not finite or lies outside its method's scale."""
+    for method, params in values.items():
+        tau = params.get("tau")
+        low, high = BACKGROUND_RANGE.get(method, (-math.inf, math.inf))
+        if tau is None:
+            continue
+        if not math.isfinite(tau) or not low <= tau <= high:
+            raise ConfigError(f"{option} {tau!r}: must be a finite number in [{low:g}, {high:g}] for method {method} "
+                              f"(its background score's scale)")
+
+
 def load_vocabulary(option: str, spec: str):
     """The Vocabulary of `spec`; ConfigError naming `option` when it cannot be read."""
     from diffseg import Vocabulary
+    from diffseg.redact import redact_text
 
     try:
         return Vocabulary.from_spec(spec)
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"{option} {spec!r}: {exc}") from exc
+        raise ConfigError(f"{option} {redact_text(spec)!r}: {redact_text(str(exc), [spec])}") from exc
 
 
 def writable_store(output: str):

@@ -1,14 +1,63 @@
-"""What the job entry points (jobs.segment, jobs.synthesize) share: the last options and ``main``."""
+"""What the job entry points (jobs.segment, jobs.synthesize) share: the last options, option types and ``main``.
+
+Option values are checked by argparse types here (exit 2 naming the option, the value and the rule,
+before anything is read); checks that need the model or OUTPUT are in jobs.common.checks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import math
 import sys
 from collections.abc import Callable
 
 from jobs.common.config import ConfigError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number > 0")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a number that is not nan or infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number (not nan or inf)")
+    return value
+
+
+def vocab_spec(text: str) -> str:
+    """argparse type of --vocab/--classes: refuses a spec that looks like a missing local path or a
+    folder, and a comma list with names equal ignoring case and spaces (files are read by the checks)."""
+    from diffseg.vocabulary import Vocabulary, check_spec, looks_like_path
+
+    try:
+        check_spec(text)
+        if "://" not in text and not looks_like_path(text):
+            Vocabulary.from_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_actor_options(g) -> None:
@@ -26,8 +75,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("ray")
     c.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job submit`, else "
                    "a new local runtime; 'local' forces one)")
-    c.add_argument("--num-cpus", type=int, help="CPUs of a local Ray runtime started by the job")
-    c.add_argument("--object-store-mb", type=int, help="object store size (MB) of a local Ray runtime")
+    c.add_argument("--num-cpus", type=positive_int, help="CPUs of a local Ray runtime started by the job (>= 1)")
+    c.add_argument("--object-store-mb", type=positive_int, help="object store size (MB) of a local Ray runtime")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only (the summary line is always printed)")
 
 
@@ -35,12 +84,16 @@ def run_main(parser: argparse.ArgumentParser, config_from_args: Callable[[argpar
              runner: str, argv: list[str] | None = None) -> int:
     """Parses `argv`, sets up logging (``-q``: warnings only), builds the config (a ConfigError is a usage
     error: exit 2 with the parser's message) and returns ``run(config)`` of the `runner` module (imported
-    only then, so ``--help`` and option errors stay fast)."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    return importlib.import_module(runner).run(config)
+    only then, so ``--help`` and option errors stay fast). Everything it prints or logs is redacted
+    (diffseg.redact: no credential of a URL argument is ever shown)."""
+    from diffseg.redact import redacted_output
+
+    with redacted_output(sys.argv[1:] if argv is None else argv):
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            config = config_from_args(args)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        return importlib.import_module(runner).run(config)

@@ -9,7 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common.cli import add_actor_options, add_common_options, run_main
+from jobs.common.cli import (
+    add_actor_options,
+    add_common_options,
+    finite_float,
+    positive_float,
+    positive_int,
+    run_main,
+    vocab_spec,
+)
 from jobs.common.config import ConfigError, JobConfig
 
 EXAMPLES = """\
@@ -41,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "a glob ('s3://lake/2024-*/*.jpg'), or a manifest file (.txt: one URI per line; .parquet: a 'uri' "
                    "column). Local paths, file://, s3://, gs:// (anything fsspec reads)")
     p.add_argument("output", metavar="OUTPUT", help="prefix or folder for masks/, stats/, errors/ and manifest.json")
-    p.add_argument("--vocab", required=True,
+    p.add_argument("--vocab", required=True, type=vocab_spec,
                    help="classes: a file (path or URL) with one class per line, 'name: alias, alias', or a "
-                   "comma-separated list such as 'person, car, road'")
+                   "comma-separated list such as 'person, car, road' (names must differ ignoring case; a spec with a "
+                   "'/' or a file suffix must be an existing file)")
     p.add_argument("--model", required=True,
                    help="'tiny' (offline random test model), 'sd15-random'/'sd21-random' (random weights, "
                    "benchmarks), or a folder or URL (s3://...) of a diffusers-format Stable Diffusion checkpoint")
@@ -57,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per work unit = per output file and commit (default 256)")
     g.add_argument("--limit", type=int, help="process at most N of the images not yet done (smoke tests)")
     m = p.add_argument_group("model and outputs")
-    m.add_argument("--resolution", type=int, default=512, help="square model input side in pixels (default 512)")
+    m.add_argument("--resolution", type=positive_int, default=512,
+                   help="square model input side in pixels, a multiple of the model's total downsampling (64 for "
+                   "Stable Diffusion; default 512)")
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="model precision (default auto: fp16 on GPU, fp32 on CPU)")
     m.add_argument("--save-scores", action="store_true",
@@ -67,8 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--fitted", metavar="PATH",
                    help="fitted.json written by `python -m jobs.evaluate --fit tau`: segment with its background "
                         "thresholds (local path or URL)")
-    m.add_argument("--tau", type=float, default=None,
-                   help="background threshold for every method used (DiffSegmenter's default 0.4 is provisional)")
+    m.add_argument("--tau", type=finite_float, default=None,
+                   help="background threshold for every method used, on its score's scale: [0, 1] for diffsegmenter "
+                   "and seediff, [-1, 1] (a cosine) for maskdiffusion (DiffSegmenter's default 0.4 is provisional)")
+    m.add_argument("--max-read-bytes", type=positive_int, default=None, metavar="N",
+                   help="inputs larger than N bytes become 'read' error rows, unread (default 268435456 = 256 MB)")
+    m.add_argument("--read-timeout", type=positive_float, default=None, metavar="S",
+                   help="an input not read within S seconds becomes a 'read' error row (default 120)")
     r = p.add_argument_group("runs")
     r.add_argument("--run-id", default="default",
                    help="name of the run inside OUTPUT (default 'default'). Reruns with the same id skip committed "
@@ -82,11 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
 def method_params(args: argparse.Namespace) -> dict[str, dict]:
     """{method: {"tau": x}} from --tau or --fitted ({} when neither is given; ConfigError when unusable)."""
     from diffseg.eval.fitted import background_values
+    from diffseg.redact import describe_error, redact_uri
+    from jobs.common.checks import check_background
 
     try:
-        return background_values(args.methods or ("diffsegmenter",), args.tau, args.fitted)
+        values = background_values(args.methods or ("diffsegmenter",), args.tau, args.fitted)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    except Exception as exc:  # a storage client's own error (botocore's ParamValidationError...)
+        raise ConfigError(f"--fitted {redact_uri(args.fitted)!r} cannot be read: {describe_error(exc)}") from exc
+    check_background(values, "--fitted" if args.fitted else "--tau")
+    return values
+
+
+def read_limits(args: argparse.Namespace) -> dict:
+    """The JobConfig fields of --max-read-bytes and --read-timeout (diffseg.lake.inputs.read_uris's
+    max_bytes and timeout; defaults READ_MAX_BYTES, READ_TIMEOUT_S)."""
+    limits = {"max_read_bytes": args.max_read_bytes, "read_timeout": args.read_timeout}
+    fields = JobConfig.__dataclass_fields__
+    unwired = [k for k, v in limits.items() if v is not None and k not in fields]
+    if unwired:  # until JobConfig carries them (issue 14 item 3): refuse rather than ignore
+        raise ConfigError(f"--{unwired[0].replace('_', '-')} is not supported by this version of the job yet")
+    return {k: v for k, v in limits.items() if v is not None and k in fields}
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
@@ -100,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
         save_scores=args.save_scores, unit_size=args.unit_size,
         method_params=method_params(args),
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS, **read_limits(args),
         address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
     )
 

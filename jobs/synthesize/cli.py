@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common.cli import add_actor_options, add_common_options, run_main
+from jobs.common.cli import add_actor_options, add_common_options, run_main, vocab_spec
 from jobs.synthesize.config import SynthConfig
 
 EXAMPLES = """\
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("output", metavar="OUTPUT", help="folder or prefix (local, file://, s3://, gs://) for samples/, "
                    "errors/ and manifest.json")
-    p.add_argument("--classes", required=True, metavar="VOCAB",
+    p.add_argument("--classes", required=True, metavar="VOCAB", type=vocab_spec,
                    help="class names: a file (path or URL) with one class per line, or a comma-separated list "
                    "such as 'cat, dog, potted plant'. class_id k = the k-th class (1-based)")
     p.add_argument("--per-class", type=int, required=True, metavar="N",

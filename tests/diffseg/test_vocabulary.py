@@ -91,3 +91,10 @@ def test_a_spec_that_looks_like_a_missing_path_or_a_folder_is_refused(tmp_path, 
     assert Vocabulary.from_spec("person").names == ["person"]
     assert [looks_like_path(s) for s in ("a.TXT", "x/y", "person, car", "tv monitor", "s3://b/c.txt")] == [
         True, True, False, False, True]
+
+
+def test_a_class_longer_than_one_context_is_refused_wherever_it_stands(tiny_pipe):
+    long_name = " ".join(["potted"] * 80)
+    for names in ([long_name], ["cat", long_name], ["cat", long_name, "dog"]):
+        with pytest.raises(ValueError, match="'potted potted .* is longer than one 77-token context"):
+            Vocabulary(names).encode(tiny_pipe.tokenizer)
