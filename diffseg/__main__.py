@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from diffseg.argtypes import finite_float, positive_int
 
 EPILOG = """examples:
   python -m diffseg photo.jpg street.png --vocab "person, car, potted plant, road" --model tiny --out out/
@@ -45,41 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="output folder (default: out)")
     p.add_argument("--method", action="append", choices=methods.available(),
                    help="method; repeat for several from one forward (default: diffsegmenter)")
-    p.add_argument("--resolution", type=_positive_int, default=512,
+    p.add_argument("--resolution", type=positive_int, default=512,
                    help="model input side in pixels, a multiple of 64 for Stable Diffusion (default: 512)")
     p.add_argument("--timesteps", default="100", help="comma-separated timesteps, averaged (default: 100)")
     p.add_argument("--context", choices=("joint", "per_class"), default="joint",
                    help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
-    p.add_argument("--tau", type=_finite_float, default=None,
+    p.add_argument("--tau", type=finite_float, default=None,
                    help="background threshold for every method used (DiffSegmenter default 0.4, provisional)")
     p.add_argument("--fitted", default=None,
                    help="fitted.json from `python -m jobs.evaluate --fit tau`: use its background thresholds")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward (default: 4)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward (default: 4)")
     return p
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (exit 2 naming the value otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    """argparse type: a number that is not nan or infinite."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
-    return value
 
 
 def output_stems(uris: list[str]) -> list[str]:

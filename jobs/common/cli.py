@@ -9,41 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import sys
 from collections.abc import Callable
 
+from diffseg.argtypes import finite_float, positive_float, positive_int
 from jobs.common.config import ConfigError
 
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number > 0")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a number that is not nan or infinite."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number (not nan or inf)")
-    return value
+__all__ = ["add_actor_options", "add_common_options", "finite_float", "positive_float", "positive_int", "run_main",
+           "vocab_spec"]
 
 
 def vocab_spec(text: str) -> str:
