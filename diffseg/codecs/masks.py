@@ -2,9 +2,18 @@
 
 - Label maps (H, W) travel as PNG: uint8 as 8-bit grey, uint16 (more than 255 classes) as 16-bit grey;
   :func:`decode_label_png` gives back the same dtype and values.
-- Scores (1 + K, h, w) travel as one tall 8-bit grey PNG of shape ((1 + K) * h, w): channel c occupies
-  rows ``c*h .. (c+1)*h - 1``; values are ``round(clip(x, 0, 1) * 255)`` with NaN and -inf as 0 (a class
-  removed by the category filter therefore reads back as 0, not -inf).
+- Scores (1 + K, h, w) travel as one tall 16-bit grey PNG of shape ((1 + K) * h, w): channel c occupies
+  rows ``c*h .. (c+1)*h - 1``. Each channel has its own linear scale, kept in the PNG text chunk
+  ``diffseg-scores`` as JSON ``{"version": 2, "offset": [...], "scale": [...]}`` (one float per
+  channel); code 0 is -inf (a class removed by the category filter), code q >= 1 is
+  ``offset[c] + scale[c] * (q - 1)``. Without diffseg (Pillow + numpy)::
+
+      im = PIL.Image.open(io.BytesIO(png)); meta = json.loads(im.text["diffseg-scores"])
+      q = np.asarray(im).astype(np.float64).reshape(len(meta["offset"]), -1, im.width)
+      off, sc = (np.asarray(meta[k])[:, None, None] for k in ("offset", "scale"))
+      scores = np.where(q == 0, -np.inf, off + sc * (q - 1))
+
+  Older runs wrote 8-bit PNGs (``round(clip(x, 0, 1) * 255)``, -inf as 0); they still decode.
 - One COCO compressed RLE per class present (``pycocotools.mask.decode({"size": [h, w], "counts": s})``
   decodes it), with ``bbox_xywh`` equal to ``pycocotools.mask.toBbox`` of that RLE.
 - Connected components use 8-connectivity (diagonal neighbours touch), matching how a region looks.
@@ -23,10 +32,12 @@ pixel count), so a present class always has finite statistics when its channel i
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 STAT_KEYS = (
     "class_id", "class_name", "pixel_count", "fraction", "bbox_xywh", "score_mean", "score_max",
@@ -68,35 +79,86 @@ def decode_label_png(data: bytes) -> np.ndarray:
     raise ValueError(f"a label-map PNG must be single-channel grey or palette, got mode {mode!r}")
 
 
-def encode_scores_png(scores: np.ndarray) -> bytes:
-    """Quantise (C, h, w) float scores to uint8 and encode them as one tall (C*h, w) grey PNG.
+SCORES_KEY = "diffseg-scores"
+"""The PNG text chunk of a 16-bit scores PNG: JSON ``{"version": 2, "offset": [C floats], "scale":
+[C floats]}`` (module docstring)."""
 
-    Each value becomes ``round(clip(x, 0, 1) * 255)``; NaN and -inf become 0, +inf becomes 255.
+_SCORE_LEVELS = 65534  # finite values take codes 1..65535; code 0 is -inf
+
+
+def encode_scores_png(scores: np.ndarray) -> bytes:
+    """Encode (C, h, w) float scores as one tall (C*h, w) 16-bit grey PNG, each channel on its own scale.
+
+    Channel c's finite values are mapped linearly from [min_c, max_c] onto codes 1..65535
+    (``code = 1 + round((x - offset_c) / scale_c)``, ``scale_c = (max_c - min_c) / 65534``, 0 for a
+    constant channel, which is then exact); -inf and NaN are code 0; +inf is the channel's top code.
+    Offsets and scales go into the PNG text chunk :data:`SCORES_KEY`. The error of a value is at most
+    scale_c / 2, i.e. 1/131068 of its channel's range.
     """
     array = np.asarray(scores)
     if array.ndim != 3 or array.size == 0 or array.dtype.kind not in "fiu":
         raise ValueError(
             f"scores must be a non-empty (C, h, w) float array, got shape {array.shape} dtype {array.dtype}"
         )
-    values = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    quantised = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    channels, height, width = quantised.shape
-    image = Image.fromarray(quantised.reshape(channels * height, width))  # uint8 -> mode "L"
+    values = array.astype(np.float64)
+    channels, height, width = values.shape
+    finite = np.isfinite(values)
+    codes = np.zeros(values.shape, dtype=np.uint16)
+    offsets, scales = [], []
+    for c in range(channels):
+        kept = values[c][finite[c]]
+        lo = float(kept.min()) if kept.size else 0.0
+        hi = float(kept.max()) if kept.size else 0.0
+        scale = (hi - lo) / _SCORE_LEVELS if hi > lo else 0.0
+        level = np.rint((values[c] - lo) / scale) if scale else np.zeros((height, width))
+        level = np.where(values[c] == np.inf, _SCORE_LEVELS, level)
+        codes[c] = np.where(finite[c] | (values[c] == np.inf), 1 + np.clip(level, 0, _SCORE_LEVELS), 0)
+        offsets.append(lo)
+        scales.append(scale)
+    info = PngInfo()
+    info.add_text(SCORES_KEY, json.dumps({"version": 2, "offset": offsets, "scale": scales}))
+    image = Image.fromarray(np.ascontiguousarray(codes.reshape(channels * height, width), dtype="<u2"))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 
 def decode_scores_png(data: bytes, channels: int | None = None) -> np.ndarray:
-    """Decode a scores PNG into (C, h, w) float32 values in [0, 1] (multiples of 1/255).
+    """Decode a scores PNG into (C, h, w) float32 scores.
 
-    With ``channels=None`` the maps are assumed square (true of model-resolution scores), so
-    ``C = height // width``; pass ``channels`` for non-square maps.
+    A 16-bit PNG from :func:`encode_scores_png` gives the scores back to within half a step of each
+    channel's scale, with -inf where they were -inf (or NaN); its channel count is read from the text
+    chunk. An older 8-bit PNG (values ``round(clip(x, 0, 1) * 255)``, -inf stored as 0) gives values in
+    [0, 1]; its maps are assumed square (``C = height // width``) unless ``channels`` is passed.
     """
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode != "L":
-            raise ValueError(f"a scores PNG must be 8-bit grey (mode 'L'), got mode {image.mode!r}")
-        stacked = np.asarray(image)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode, text, stacked = image.mode, dict(getattr(image, "text", {}) or {}), np.asarray(image)
+    except OSError as exc:  # not an image, truncated
+        raise ValueError(f"scores are not a readable PNG: {exc}") from exc
+    if mode == "L":
+        return _split_channels(stacked, channels).astype(np.float32) / np.float32(255.0)
+    if SCORES_KEY not in text or not (mode.startswith("I;16") or mode == "I"):
+        raise ValueError(
+            f"a scores PNG must be 16-bit grey with a {SCORES_KEY!r} text chunk (or 8-bit grey), got mode "
+            f"{mode!r} and text keys {sorted(text)}"
+        )
+    try:
+        meta = json.loads(text[SCORES_KEY])
+        offset = np.asarray(meta["offset"], dtype=np.float64)
+        scale = np.asarray(meta["scale"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the {SCORES_KEY!r} text chunk of a scores PNG is unreadable: {exc}") from exc
+    if channels is not None and channels != len(offset):
+        raise ValueError(f"this scores PNG holds {len(offset)} channels, not channels={channels}")
+    codes = _split_channels(stacked, len(offset)).astype(np.float64)
+    values = offset[:, None, None] + scale[:, None, None] * (codes - 1)
+    return np.where(codes == 0, -np.inf, values).astype(np.float32)
+
+
+def _split_channels(stacked: np.ndarray, channels: int | None) -> np.ndarray:
+    """A tall (C*h, w) array -> (C, h, w); C = height // width when None (square maps)."""
     height, width = stacked.shape
     if channels is None:
         if height % width:
@@ -107,7 +169,7 @@ def decode_scores_png(data: bytes, channels: int | None = None) -> np.ndarray:
         channels = height // width
     if channels < 1 or height % channels:
         raise ValueError(f"a scores PNG of height {height} cannot hold channels={channels} equal maps")
-    return (stacked.reshape(channels, height // channels, width).astype(np.float32)) / np.float32(255.0)
+    return stacked.reshape(channels, height // channels, width)
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

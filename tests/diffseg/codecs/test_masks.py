@@ -71,31 +71,61 @@ def test_label_png_rejects_other_shapes_and_dtypes(bad):
         encode_label_png(bad)
 
 
-def test_scores_png_round_trip_within_one_step():
+def test_scores_png_round_trip_within_half_a_step_of_each_channel():
     rng = np.random.default_rng(2)
-    scores = rng.random((5, 16, 16)).astype(np.float32)
-    scores[0] = 0.4  # constant background threshold
+    scores = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    scores[1] *= 1e-3  # a channel of tiny differences keeps them: each channel has its own scale
+    scores[0] = 0.4  # constant background threshold: exact
     scores[3] = -np.inf  # class removed by the category filter
-    scores[4, 0, 0] = np.nan
-    scores[4, 0, 1] = 1.7  # clipped to 1
+    scores[4, 0, 0] = np.nan  # read back as -inf
     data = encode_scores_png(scores)
     with Image.open(io.BytesIO(data)) as image:
-        assert image.mode == "L" and image.size == (16, 5 * 16)
+        assert image.mode.startswith("I;16") and image.size == (16, 5 * 16)
     back = decode_scores_png(data)
     assert back.shape == (5, 16, 16) and back.dtype == np.float32
-    expected = np.nan_to_num(np.clip(scores, 0, 1), nan=0.0)
-    assert np.abs(back - expected).max() <= 0.5 / 255 + 1e-6
-    assert back[3].max() == 0.0 and back[4, 0, 0] == 0.0 and back[4, 0, 1] == 1.0
+    assert np.all(back[0] == np.float32(0.4)) and np.all(back[3] == -np.inf) and back[4, 0, 0] == -np.inf
+    for c in (1, 2, 4):
+        finite = np.isfinite(scores[c])
+        span = scores[c][finite].max() - scores[c][finite].min()
+        assert np.abs(back[c][finite] - scores[c][finite]).max() <= span / 65534 / 2 * 1.01 + 1e-7
 
 
-def test_scores_png_non_square_needs_channels():
+def test_scores_png_decodes_with_pillow_and_numpy_alone():
+    """The recipe of the module docstring (and docs/job.md) gives what decode_scores_png gives."""
+    import json
+
+    scores = np.random.default_rng(5).random((3, 8, 8)).astype(np.float32)
+    scores[2] = -np.inf
+    png = encode_scores_png(scores)
+    im = Image.open(io.BytesIO(png))
+    meta = json.loads(im.text["diffseg-scores"])
+    q = np.asarray(im).astype(np.float64).reshape(len(meta["offset"]), -1, im.width)
+    off, sc = (np.asarray(meta[k])[:, None, None] for k in ("offset", "scale"))
+    plain = np.where(q == 0, -np.inf, off + sc * (q - 1))
+    np.testing.assert_array_equal(plain.astype(np.float32), decode_scores_png(png))
+
+
+def test_old_8_bit_scores_png_still_decodes():
+    old = np.array([[0, 51], [255, 102], [0, 0], [204, 255]], dtype=np.uint8)  # 2 channels of 2x2
+    buffer = io.BytesIO()
+    Image.fromarray(old).save(buffer, format="PNG")
+    back = decode_scores_png(buffer.getvalue())
+    np.testing.assert_allclose(back, old.reshape(2, 2, 2) / 255.0, atol=1e-7)
+
+
+def test_scores_png_channel_count_comes_from_the_png():
     scores = np.full((3, 4, 5), 0.5, dtype=np.float32)  # a 5 x 12 PNG: 12 is no multiple of 5
     data = encode_scores_png(scores)
-    with pytest.raises(ValueError, match="channels"):
-        decode_scores_png(data)
-    assert decode_scores_png(data, channels=3).shape == (3, 4, 5)
+    assert decode_scores_png(data).shape == (3, 4, 5)
     with pytest.raises(ValueError, match="channels=5"):
         decode_scores_png(data, channels=5)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((12, 5), dtype=np.uint8)).save(buffer, format="PNG")  # old, non-square
+    with pytest.raises(ValueError, match="channels"):
+        decode_scores_png(buffer.getvalue())
+    assert decode_scores_png(buffer.getvalue(), channels=3).shape == (3, 4, 5)
+    with pytest.raises(ValueError, match="not a readable PNG"):
+        decode_scores_png(b"these bytes are no PNG")
 
 
 # --- RLE and components -----------------------------------------------------------------------------
