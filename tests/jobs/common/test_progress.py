@@ -110,17 +110,26 @@ def test_meta_counts_sum_the_workers_counts():
 
 
 @pytest.mark.slow
-def test_ray_data_prints_no_progress_or_banners_unless_verbose(ray_local, capfd):
+def test_ray_data_prints_no_progress_or_banners_unless_verbose(ray_local):
     ray = ray_local
+    # Ray Data's console handler keeps the stream it was created with: read what it writes from here
+    console = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
+    assert console, "Ray Data has no console handler to quiet"
+    outputs = []
     try:
-        configure_ray_data(verbose=False)
-        assert ray.data.range(6).map_batches(lambda b: b, batch_size=2).count() == 6
-        quiet = capfd.readouterr().err
-        configure_ray_data(verbose=True)
-        assert ray.data.range(6).map_batches(lambda b: b, batch_size=2).count() == 6
-        verbose = capfd.readouterr().err
+        for verbose in (False, True):
+            out = io.StringIO()
+            saved = [h.setStream(out) for h in console]
+            configure_ray_data(verbose=verbose)
+            try:
+                assert ray.data.range(6).map_batches(lambda b: b, batch_size=2).count() == 6
+            finally:
+                for h, stream in zip(console, saved):
+                    h.setStream(stream)
+            outputs.append(out.getvalue())
     finally:
         configure_ray_data(verbose=True)  # Ray Data's defaults for the tests after this one
+    quiet, verbose = outputs
     for noise in ("Total Progress", "Starting execution", "Progress bars disabled", "execution finished"):
         assert noise not in quiet
-    assert "Starting execution" in verbose and "execution finished" in verbose
+    assert "Starting execution" in verbose and "Total Progress" in verbose and "execution finished" in verbose
