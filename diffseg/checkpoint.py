@@ -70,6 +70,19 @@ def check_files(files: Iterable[str], uri: str, allow_pickle: bool = False) -> N
     """Raises ModelLoadError naming `uri` and what is missing when the relative paths `files` are not a
     diffusers SD checkpoint, or when a weighted component has no weights loading would read."""
     files = set(files)
+    check_layout(files, uri)
+    check_weights(files, uri, allow_pickle)
+
+
+def check_checkpoint_folder(folder: Path, uri: str) -> None:
+    """check_layout of a local `folder` (its files; weights are not looked at)."""
+    check_layout([p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()], uri)
+
+
+def check_layout(files: Iterable[str], uri: str) -> None:
+    """Raises ModelLoadError naming `uri` and what is missing when the relative paths `files` lack
+    model_index.json or one of the five component folders."""
+    files = set(files)
     tops = {f.split("/", 1)[0] for f in files if "/" in f}
     missing = [c for c in COMPONENTS if c not in tops]
     if "model_index.json" not in files:
@@ -79,7 +92,6 @@ def check_files(files: Iterable[str], uri: str, allow_pickle: bool = False) -> N
             f"model {redact_uri(uri)!r} is not a diffusers Stable Diffusion checkpoint: missing {', '.join(missing)} "
             f"(expected model_index.json, {', '.join(COMPONENTS)})"
         )
-    check_weights(files, uri, allow_pickle)
 
 
 def check_weights(files: Iterable[str], uri: str, allow_pickle: bool = False) -> None:

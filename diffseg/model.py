@@ -27,11 +27,18 @@ from pathlib import Path
 import torch
 
 # A checkpoint as files (listing, checks, the node cache) lives in diffseg.checkpoint; names re-exported.
-from diffseg.checkpoint import BUILTIN_MODELS, ModelLoadError, check_model_uri, fetch_and_load
+from diffseg.checkpoint import (
+    BUILTIN_MODELS,
+    ModelLoadError,
+    check_checkpoint_folder,
+    check_model_uri,
+    fetch_and_load,
+    select_checkpoint_files,
+)
 from diffseg.redact import redact_uri
 
-__all__ = ["BUILTIN_MODELS", "ModelLoadError", "Pipeline", "check_model_uri", "load_pipeline", "redact_uri",
-           "save_pipeline"]
+__all__ = ["BUILTIN_MODELS", "ModelLoadError", "Pipeline", "check_checkpoint_folder", "check_model_uri",
+           "load_pipeline", "redact_uri", "save_pipeline", "select_checkpoint_files"]
 
 
 @dataclass
