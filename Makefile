@@ -7,7 +7,6 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 # the image every cluster/ YAML names; scripts/set-image rewrites them for your registry (docs/deploy.md)
 IMAGE ?= ghcr.io/your-org/diffseg:$(VERSION)
 export RAY_USAGE_STATS_ENABLED=0
-export HF_HUB_OFFLINE=1
 export AWS_EC2_METADATA_DISABLED=true
 
 .PHONY: install demo test test-fast lint image

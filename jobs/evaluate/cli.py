@@ -126,7 +126,8 @@ def markdown_of(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "output", metavar="OUTPUT[#RUN_ID]", nargs="+",
         help="the segment job's OUTPUT (folder or fsspec URL), #RUN_ID for one of its runs; several runs are compared",
@@ -153,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, help="apply this background threshold (relabels from saved scores)")
     p.add_argument("--out", default="evaluation", help="folder for metrics.json, metrics.md, fitted.json")
     return p
+
+
+EPILOG = """\
+examples:
+  # fit the background threshold on train.txt, report on val.txt (the job ran with --save-scores)
+  python -m jobs.evaluate s3://lake/voc-seg/ --gt s3://data/VOC2012/SegmentationClass/ --class-map voc21 \\
+      --fit tau --fit-split train.txt --eval-split val.txt --out eval/
+
+  # two runs of one OUTPUT side by side (say, joint vs per-class context), ranked on a held-out share
+  python -m jobs.evaluate 'out/#joint' 'out/#per-class' --gt gt/ --class-map voc21 --fit tau --holdout 0.5
+
+exit codes: 0 evaluated (metrics.json, metrics.md and, with --fit, fitted.json written), 2 bad option
+or unusable input (no manifest, no ground truth matched, unknown class names, --fit without saved scores).
+"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,12 @@ DEFAULTS = ReportOptions()
 
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.report", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m jobs.report out/ --out report.html\n"
+        "  python -m jobs.report s3://lake/seg/ --run-id nightly --max-images 200 --out s3://lake/seg/report.html\n\n"
+        "exit codes: 0 report written, 2 bad option or OUTPUT unreadable (no manifest.json, unknown run).\n",
+    )
     p.add_argument("output", metavar="OUTPUT", help="the segment job's OUTPUT (folder or fsspec URL)")
     p.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     p.add_argument(

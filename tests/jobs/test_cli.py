@@ -16,8 +16,8 @@ from jobs.cli import COMMANDS, main
 ROOT = Path(__file__).resolve().parents[2]
 
 # Commands whose --help lacks exit codes or examples today (their owners add them; then drop them here).
-NO_EXIT_CODES = {"evaluate", "report", "bench", "image"}
-NO_EXAMPLES = {"evaluate", "report", "bench"}
+NO_EXIT_CODES = {"bench", "image"}
+NO_EXAMPLES = {"bench"}
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +102,6 @@ def test_images_without_a_command_are_the_image_command(monkeypatch):
     assert seen == [["photo.jpg", "--vocab", "cat"], ["--vocab", "cat", "s3://b/x.png"]]
 
 
-@pytest.mark.xfail(reason="the lead points pyproject's [project.scripts] diffseg at jobs.cli:main")
 def test_the_console_script_is_this_main():
     scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
     assert 'diffseg = "jobs.cli:main"' in scripts
