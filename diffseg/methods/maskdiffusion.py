@@ -2,15 +2,26 @@
 
 - Features: the decoder block inputs (``maps.features``, after the skip concatenation) at every level
   except the ``skip_finest_features`` finest (default 1: 8/16/32 on SD 1.5 at 512; 0 adds 64),
-  bilinear to the finest level used, concatenated, L2-normalised per pixel. The reference code feeds
-  them through ODISE's trained projection layers; here they are the raw frozen-SD features.
+  bilinear to the finest level used. ``feature_norm="per_level"`` (default): each level is
+  L2-normalised per pixel before the levels are concatenated, so every level weighs the same in a
+  cosine whatever its channel count (SD 1.5's 2560-channel 8x8 level would otherwise outweigh the
+  960-channel 32x32 one by width alone); ``"concat"``: the raw levels are concatenated (a level weighs
+  by its norm, which grows with its width). The concatenation is then L2-normalised per pixel. The
+  reference code feeds the features through ODISE's trained projection layers; here they are the raw
+  frozen-SD features.
 - Class attention A_c: per-layer cross-attention (head mean, mean over the class's tokens) of the
   ``cross_levels`` coarsest levels (default 2: 8 and 16 on SD 1.5, the paper's "<= 16x16"), bilinear
   to the features' size, mean over those layers, divided by its maximum.
 - Prototype p_c = Sigma_x f(x) A_c(x) / Sigma_x A_c(x), L2-normalised (the reference does not
-  normalise it); score_c(x) = f(x) . p_c, a cosine in [-1, 1].
-- Background: the constant ``background`` cosine (provisional, like DiffSegmenter's tau, until fitted).
-  Category filter (our addition): DiffSegmenter's evidence test on the raw class attention.
+  normalise it); cos_c(x) = f(x) . p_c.
+- Scores: per image, the cosines rescaled by one affine map so that the best class's cosine spans
+  [0, 1] over the image: score_c(x) = (cos_c(x) - lo) / (hi - lo), lo and hi the min and max over x of
+  max_c cos_c(x) (kept classes). The argmax over classes is the paper's; the scale makes a background
+  threshold relative to the image's own similarities, and is the scale jobs.evaluate fits on.
+- Background: none by default (channel 0 = -inf), as the paper takes the argmax over classes.
+  ``background = t`` makes channel 0 the constant t: a pixel is background when its best cosine is
+  below lo + t (hi - lo), i.e. in the lowest fraction t of the image's range of best cosines.
+- Category filter (our addition): DiffSegmenter's evidence test on the raw class attention.
 Scores come at the features' common size (the finest feature level used).
 """
 
@@ -31,13 +42,15 @@ from diffseg.methods.common import (
 )
 
 NEEDS = Needs(cross=True, cross_layers=True, features=True)
+FEATURE_NORMS = ("per_level", "concat")
 
 
 @dataclass(frozen=True)
 class MaskDiffusionParams:
     skip_finest_features: int = 1  # feature levels left out, finest first (paper: 8/16/32; 0 adds 64)
     cross_levels: int = 2  # cross-attention from this many coarsest levels (paper: <= 16x16 on SD 1.5)
-    background: float = 0.5  # cosine below which a pixel is background; provisional until fitted
+    background: float | None = None  # None: no background (paper); t: relative threshold (docstring)
+    feature_norm: str = "per_level"  # "per_level": each level unit-length before concatenating; "concat": raw
     filter_ratio: float = 0.2  # keep a class if its evidence >= this x the best class's; 0 = no filter
     evidence_fraction: float = 0.02  # evidence = mean of this top fraction of the raw class attention
 
@@ -47,11 +60,15 @@ class MaskDiffusionParams:
                 f"skip_finest_features={self.skip_finest_features} must be >= 0 and "
                 f"cross_levels={self.cross_levels} >= 1"
             )
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm={self.feature_norm!r} is not one of {', '.join(FEATURE_NORMS)}")
 
 
-def decoder_features(maps: CapturedMaps, skip_finest: int = 1) -> torch.Tensor:
+def decoder_features(maps: CapturedMaps, skip_finest: int = 1, feature_norm: str = "per_level") -> torch.Tensor:
     """(B, C, s, s) float32: the decoder features of all levels but the `skip_finest` finest, bilinear
-    to the finest level used (s), concatenated along channels, L2-normalised per pixel."""
+    to the finest level used (s), each level L2-normalised per pixel first when `feature_norm` is
+    "per_level" (so levels weigh equally, whatever their widths), concatenated along channels,
+    L2-normalised per pixel."""
     sides = sorted(maps.features, reverse=True)
     used = sides[skip_finest:]
     if not used:
@@ -60,8 +77,10 @@ def decoder_features(maps: CapturedMaps, skip_finest: int = 1) -> torch.Tensor:
             "(the method needs Needs.features)"
         )
     side = used[0]
-    cat = torch.cat([resize_maps(maps.features[r].float(), side) for r in used], 1)
-    return F.normalize(cat, dim=1)
+    levels = [resize_maps(maps.features[r].float(), side) for r in used]
+    if feature_norm == "per_level":
+        levels = [F.normalize(x, dim=1) for x in levels]
+    return F.normalize(torch.cat(levels, 1), dim=1)
 
 
 def class_attention(maps: CapturedMaps, spans: list[list[int]], levels: int, side: int) -> torch.Tensor:
@@ -88,14 +107,25 @@ def prototype_scores(features: torch.Tensor, attention: torch.Tensor) -> torch.T
     return (protos @ f).view(attention.shape)
 
 
+def relative_scores(cosines: torch.Tensor, keep: torch.Tensor | None, eps: float = 1e-8) -> torch.Tensor:
+    """(B, K, s, s) cosines -> the same affinely rescaled per image so that the best kept class's
+    cosine spans [0, 1] over the image (module docstring); classes with keep False become -inf."""
+    if keep is not None:
+        cosines = cosines.masked_fill(~keep[:, :, None, None], float("-inf"))
+    best = cosines.amax(1).flatten(1)  # (B, s*s)
+    lo, hi = best.amin(-1)[:, None, None, None], best.amax(-1)[:, None, None, None]
+    return (cosines - lo) / (hi - lo).clamp_min(eps)
+
+
 def maskdiffusion(maps: CapturedMaps, spans: list[list[int]], params: MaskDiffusionParams | None = None):
-    """Captured maps + K class spans -> scores (B, 1 + K, s, s) float32 at the features' common size s;
-    channel 0 = the background cosine."""
+    """Captured maps + K class spans -> scores (B, 1 + K, s, s) float32 at the features' common size s:
+    per-image rescaled cosines (module docstring); channel 0 = -inf, or the relative background t."""
     p = params or MaskDiffusionParams()
-    f = decoder_features(maps, p.skip_finest_features)
+    f = decoder_features(maps, p.skip_finest_features, p.feature_norm)
     raw = class_attention(maps, spans, p.cross_levels, f.shape[-1])
-    scores = prototype_scores(f, raw)
     keep = None
     if p.filter_ratio > 0:
         keep = relative_evidence_keep(top_fraction_mean(raw, p.evidence_fraction), p.filter_ratio)
-    return assemble_scores(p.background, scores, keep)
+    scores = relative_scores(prototype_scores(f, raw), keep)
+    background = float("-inf") if p.background is None else p.background
+    return assemble_scores(background, scores, None)

@@ -5,7 +5,12 @@ import torch
 
 from diffseg.capture import CapturedMaps
 from diffseg.methods import get, namer, needs
-from diffseg.methods.maskdiffusion import MaskDiffusionParams, decoder_features
+from diffseg.methods.maskdiffusion import (
+    MaskDiffusionParams,
+    class_attention,
+    decoder_features,
+    prototype_scores,
+)
 from diffseg.methods.unsupervised import UnsupervisedParams, choose_k, kmeans, name_segments
 
 SIDES = (32, 16, 8, 4)  # features used by default: 16, 8, 4 (the finest is left out); cross: 8 and 4
@@ -55,18 +60,61 @@ def iou(a, b):
     return (a & b).sum().item() / max(1, (a | b).sum().item())
 
 
-def test_prototypes_recover_the_planted_regions_and_background():
+def test_default_takes_the_argmax_over_classes_with_no_background():
     maps, spans = planted_maps(variants=(0, 1))
     scores = get("maskdiffusion")(maps, spans)
     assert scores.shape == (2, 4, 16, 16) and scores.dtype == torch.float32  # the features' common size
-    assert torch.all(scores[:, 0] == MaskDiffusionParams().background)
+    assert MaskDiffusionParams().background is None
+    assert torch.all(scores[:, 0] == float("-inf"))  # the paper: no background channel
     assert torch.isinf(scores[:, 3]).all()  # the absent class is filtered
-    finite = scores[:, 1:3]
-    assert finite.max() <= 1 + 1e-5 and finite.min() >= -1 - 1e-5  # cosines
+    best = scores[:, 1:3].amax(1).flatten(1)
+    assert torch.allclose(best.amin(-1), torch.zeros(2)) and torch.allclose(best.amax(-1), torch.ones(2))
     for b, v in enumerate((0, 1)):
+        labels, truth = scores[b].argmax(0), planted_regions(16, v)
+        assert (labels > 0).all()
+        for cls in (1, 2):
+            assert (labels[truth == cls] == cls).float().mean() >= 0.95, (b, cls)
+
+
+def test_background_threshold_is_relative_to_the_image_own_similarities():
+    maps, spans = planted_maps(variants=(0, 1))
+    t = 0.5
+    scores = get("maskdiffusion")(maps, spans, MaskDiffusionParams(background=t))
+    assert torch.all(scores[:, 0] == t)
+    f = decoder_features(maps)
+    cos = prototype_scores(f, class_attention(maps, spans, 2, 16))[:, :2]  # classes 1, 2 (3 is filtered)
+    best = cos.amax(1)
+    lo, hi = best.flatten(1).amin(-1)[:, None, None], best.flatten(1).amax(-1)[:, None, None]
+    expected_background = best < lo + t * (hi - lo)
+    assert torch.equal(scores.argmax(1) == 0, expected_background)
+    for b, v in enumerate((0, 1)):  # and it is the planted background
         labels, truth = scores[b].argmax(0), planted_regions(16, v)
         for cls in (0, 1, 2):
             assert iou(labels == cls, truth == cls) >= 0.9, (b, cls)
+    # the same threshold on features scaled by any positive factor and shifted cosines: same labels
+    shifted = CapturedMaps(cross=maps.cross, cross_layers=maps.cross_layers,
+                           features={r: 7.0 * x for r, x in maps.features.items()})
+    assert torch.equal(get("maskdiffusion")(shifted, spans, MaskDiffusionParams(background=t)).argmax(1),
+                       scores.argmax(1))
+
+
+def test_each_level_weighs_the_same_whatever_its_width():
+    """Planted: a 2560-channel level that says nothing (the same vector at every pixel) and a 640-channel
+    level with orthogonal vectors in two halves. Per-level normalisation: the cosine across the halves is
+    the mean of the levels' cosines, (1 + 0) / 2; raw concatenation lets width decide: 2560 / 3200."""
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(2560, generator=g)
+    wide = (wide / wide.norm() * 2560**0.5)[None, :, None, None].expand(1, 2560, 4, 4)  # |f|^2 = width
+    halves = torch.zeros(1, 640, 8, 8)
+    halves[0, :320, :, :4] = 2.0**0.5  # left half: the first 320 channels, |f|^2 = 640 = width
+    halves[0, 320:, :, 4:] = 2.0**0.5  # right half: the other 320
+    maps = CapturedMaps(features={8: halves, 4: wide})
+    for norm, expected in (("per_level", 0.5), ("concat", 2560 / 3200)):
+        f = decoder_features(maps, skip_finest=0, feature_norm=norm)[0]
+        assert f.shape == (3200, 8, 8)
+        assert abs(float(f[:, 0, 0] @ f[:, 0, 7]) - expected) < 1e-5, norm
+    with pytest.raises(ValueError, match="feature_norm='width'"):
+        MaskDiffusionParams(feature_norm="width")
 
 
 def test_features_are_unit_vectors_at_the_finest_level_used():
