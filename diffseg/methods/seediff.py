@@ -3,8 +3,12 @@
 Per class (docs/methods.md has the full account):
 
 1. Seed map C at the seed level: for every cross-attention layer there (down and up), the mean over
-   the class's tokens of the head-mean map, min-max per layer; a layer whose raw map is nearly flat
-   (variance < ``flat_variance``) is scaled by ``flat_weight``; the layers are summed; min-max.
+   the class's tokens of the head-mean map, min-max per layer; a layer whose raw map is nearly flat is
+   scaled by ``flat_weight``; the layers are summed; min-max. "Nearly flat" is the paper's test: the
+   variance of the HEAD-SUMMED map below ``flat_variance`` (1e-4). Our maps are head means (H heads:
+   the sum is H x the mean), so the test is variance(head mean) < flat_variance / H^2, with H the head
+   count at the seed level: ``heads`` when given, else ``maps.heads[side]`` when the capture records
+   it, else 8 (SD 1.x at every level; SD 2.x has 5/10/20/20 from 64 to 8, i.e. 20 at 16x16).
 2. Seeds F = Otsu(C^2) (pixels above the threshold); E(p) = Sigma_{s in F} cos(S[p, :], S[s, :]) with S
    the first decoder self-attention layer at that level; min-max.
 3. At each finer level up to the finest: I = bicubic up of E; background seeds B = complement of
@@ -44,6 +48,7 @@ from diffseg.methods.common import (
 )
 
 SEED_RANK = 2  # the paper's 16x16 seed level on SD 1.5 at 512 (64, 32, 16, 8 are ranks 0..3)
+DEFAULT_HEADS = 8  # SD 1.x's head count at every level, when neither params nor the capture say
 NEEDS = Needs(
     cross=True,
     cross_layers=True,
@@ -54,7 +59,8 @@ NEEDS = Needs(
 @dataclass(frozen=True)
 class SeeDiffParams:
     seed_rank: int = SEED_RANK  # seed level by rank (finest = 0); only ranks NEEDS captures are usable
-    flat_variance: float = 1e-4 / 64  # paper: 1e-4 on head-SUMMED maps; ours are head means (SD 1.x: 8 heads)
+    flat_variance: float = 1e-4  # paper: a layer is flat when its HEAD-SUMMED map's variance is below this
+    heads: int | None = None  # heads at the seed level; None = maps.heads[side] if captured, else DEFAULT_HEADS
     flat_weight: float = 0.01  # factor for a nearly flat cross-attention layer (paper)
     otsu_bins: int = 256  # histogram bins of every Otsu threshold
     pamr: bool = False  # refine the final maps on the image with PAMR (paper: optional)
@@ -70,6 +76,8 @@ class SeeDiffParams:
     def __post_init__(self):
         if self.seed_rank < 0:
             raise ValueError(f"seed_rank={self.seed_rank} must be >= 0")
+        if self.heads is not None and self.heads < 1:
+            raise ValueError(f"heads={self.heads} must be >= 1 (the attention heads at the seed level)")
         if self.otsu_bins < 2:
             raise ValueError(f"otsu_bins={self.otsu_bins} must be >= 2")
         if self.pamr_upsample < 1 or self.pamr_iterations < 0 or not self.pamr_dilations:
@@ -102,9 +110,18 @@ def seediff_levels(maps: CapturedMaps, seed_rank: int = SEED_RANK) -> list[int]:
     return sorted(usable)
 
 
+def seed_heads(maps: CapturedMaps, side: int, heads: int | None = None) -> int:
+    """The head count the flat-layer test scales by at `side` (module docstring, step 1)."""
+    if heads is not None:
+        return heads
+    captured = getattr(maps, "heads", None) or {}  # a capture that records each level's head count
+    return int(captured.get(side, DEFAULT_HEADS))
+
+
 def seed_maps(layers: list[torch.Tensor], spans: list[list[int]], flat_variance: float, flat_weight: float):
     """Per-layer cross maps [(B, r*r, T)] -> C (B, K, r, r): per layer span mean, min-max, nearly flat
-    layers (raw variance < flat_variance) scaled by flat_weight; summed over layers; min-max."""
+    layers (variance of the raw head-mean map < flat_variance, already divided by heads^2) scaled by
+    flat_weight; summed over layers; min-max."""
     total = None
     for layer in layers:
         raw = span_maps(layer, spans)
@@ -135,7 +152,8 @@ def seediff(maps: CapturedMaps, spans: list[list[int]], params: SeeDiffParams | 
     seed_side = ladder[0]
     if seed_side not in maps.cross_layers:
         raise ValueError(f"seediff reads per-layer cross-attention at {seed_side} (Needs.cross_layers)")
-    c = seed_maps(maps.cross_layers[seed_side], spans, p.flat_variance, p.flat_weight)
+    flat = p.flat_variance / seed_heads(maps, seed_side, p.heads) ** 2  # head-summed -> head-mean variance
+    c = seed_maps(maps.cross_layers[seed_side], spans, flat, p.flat_weight)
     sa = maps.self_attn[seed_side].select([maps.first_up[seed_side]])
     e = minmax(_grow(sa, _above_otsu(c * c, p.otsu_bins), p.row_budget))
     for side in ladder[1:]:

@@ -119,3 +119,25 @@ def test_bad_params_name_the_bad_value():
         SeeDiffParams(pamr_upsample=0)
     with pytest.raises(ValueError, match="seed_rank=-1"):
         SeeDiffParams(seed_rank=-1)
+
+
+def test_flat_layer_threshold_is_the_paper_1e4_on_head_summed_maps_scaled_by_the_head_count():
+    """A seed-level layer whose head-mean variance is 6e-7 is flat with SD 1.x's 8 heads (head-summed
+    variance 64 x 6e-7 < 1e-4) but not with SD 2.x's 20 heads at 16x16 (400 x 6e-7 > 1e-4)."""
+    maps, spans = planted_maps()
+    seed_side = seediff_levels(maps)[0]
+    regions = planted_regions(seed_side).flatten()
+    weak = torch.full_like(maps.cross_layers[seed_side][1], 1 / 12)
+    inside = (regions == 2).float()
+    weak[0, :, 2] += (6e-7 / inside.var(unbiased=True)) ** 0.5 * inside  # class 1's token, region 2
+    assert abs(float(weak[0, :, 2].var()) - 6e-7) < 1e-9
+    maps.cross_layers[seed_side][1] = weak
+    run = lambda **kw: get("seediff")(maps, spans, SeeDiffParams(**kw))  # noqa: E731
+    nothing_flat = run(flat_weight=1.0)
+    assert torch.equal(run(heads=20), nothing_flat)
+    assert not torch.allclose(run(heads=8), nothing_flat)
+    assert torch.equal(run(), run(heads=8))  # no head count anywhere: SD 1.x's 8
+    maps.heads = {seed_side: 20}  # a capture that records the head count per level
+    assert torch.equal(run(), nothing_flat)
+    with pytest.raises(ValueError, match="heads=0"):
+        SeeDiffParams(heads=0)
