@@ -12,6 +12,11 @@ Prompt rules (DESIGN.md "Prompts"):
 - A class's span is every token of its name and of its aliases (multi-token names use all their tokens;
   nothing assumes one token per word). Positions are found by tokenizing each piece on its own: CLIP's
   BPE never merges across words or punctuation, so the pieces concatenate to the whole prompt's tokens.
+- Class-token up-weighting as Compel does it (the paper's "++"): on the class tokens only,
+  ``z' = z_empty + w (z - z_empty)``, z_empty the encoding of the empty prompt at the same position
+  in its chunk. Scaling z itself would also scale CLIP's large component shared by every token.
+  Default w (:data:`CLASS_TOKEN_WEIGHT`): 1.21 (= 1.1^2, Compel's "++") in ``per_class`` mode, the
+  paper's protocol; 1.0 (none) in ``joint`` mode.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 DEFAULT_TEMPLATE = "a photograph of {classes}"  # joint context (DESIGN.md)
 DEFAULT_CLASS_TEMPLATE = "a photograph of a {class}"  # per-class context (DiffSegmenter paper)
 SEPARATOR = ", "
+CLASS_TOKEN_WEIGHT = {"joint": 1.0, "per_class": 1.21}  # Compel's "++" (1.1^2) in the paper's per-class protocol
 FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".lst", ".list", ".names")  # a spec ending so is a file
 
 
@@ -211,9 +217,7 @@ def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], 
     ``<start> prefix item, item, ... suffix <end> <pad>...``; a class's span is the positions of all its
     items' tokens within the chunk.
     """
-    length = tokenizer.model_max_length
-    if length is None or length > 10_000:
-        length = 77
+    length = context_length(tokenizer)
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
 
@@ -261,3 +265,55 @@ def encode_text(text_encoder, input_ids: torch.Tensor, chunk: int, device, dtype
     flat = input_ids.reshape(p * (length // chunk), chunk).to(device)
     hidden = text_encoder(flat)[0]
     return hidden.reshape(p, length, -1).to(dtype)
+
+
+def context_length(tokenizer) -> int:
+    """Tokens per context chunk: the tokenizer's model_max_length (77 for CLIP), 77 when it has none."""
+    length = tokenizer.model_max_length
+    return 77 if length is None or length > 10_000 else int(length)
+
+
+def class_token_weight(mode: str, weight: float | None = None) -> float:
+    """`weight` when given, else the default of context `mode` (:data:`CLASS_TOKEN_WEIGHT`)."""
+    if weight is not None:
+        return float(weight)
+    if mode not in CLASS_TOKEN_WEIGHT:
+        raise ValueError(f"context mode {mode!r} is not one of {', '.join(CLASS_TOKEN_WEIGHT)}")
+    return CLASS_TOKEN_WEIGHT[mode]
+
+
+def upweight_class_tokens(context: torch.Tensor, empty: torch.Tensor, spans: list[list[list[int]]],
+                          weight: float) -> torch.Tensor:
+    """Compel's up-weighting of the class tokens: ``z' = z_empty + weight * (z - z_empty)``.
+
+    context: (P, L, D) encoded prompts (L = chunks x chunk length); empty: (chunk, D) the encoding of the
+    empty prompt (start, end, padding) of one chunk, so position p compares with ``empty[p % chunk]``;
+    spans: per prompt, its classes' token positions (:attr:`EncodedPrompt.spans`). Every other token is
+    left as it is; ``weight = 1`` returns `context` unchanged. Returns (P, L, D) in context's dtype.
+    """
+    if weight == 1.0:
+        return context
+    out = context.clone()
+    chunk = empty.shape[0]
+    for row, row_spans in enumerate(spans):
+        positions = torch.tensor(sorted({p for span in row_spans for p in span}), dtype=torch.long)
+        z = context[row, positions].float()
+        z0 = empty[positions % chunk].to(z.device, torch.float32)
+        out[row, positions] = (z0 + weight * (z - z0)).to(context.dtype)
+    return out
+
+
+@torch.no_grad()
+def encode_context(text_encoder, tokenizer, prompt: EncodedPrompt, device, dtype,
+                   weight: float = 1.0) -> torch.Tensor:
+    """(P, L, D) text context of `prompt`, its class tokens up-weighted by `weight` as Compel does
+    (:func:`upweight_class_tokens`; the empty prompt is encoded with the same tokenizer and encoder)."""
+    chunk = context_length(tokenizer)
+    context = encode_text(text_encoder, prompt.input_ids, chunk, device, torch.float32)
+    if weight != 1.0:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = [tokenizer.bos_token_id, tokenizer.eos_token_id]
+        empty_ids = torch.tensor([ids + [pad] * (chunk - len(ids))])
+        empty = encode_text(text_encoder, empty_ids, chunk, device, torch.float32)[0]
+        context = upweight_class_tokens(context, empty, prompt.spans, weight)
+    return context.to(dtype)

@@ -1,6 +1,14 @@
 import pytest
+import torch
 
-from diffseg.vocabulary import Vocabulary
+from diffseg.vocabulary import (
+    Vocabulary,
+    class_token_weight,
+    context_length,
+    encode_context,
+    encode_text,
+    upweight_class_tokens,
+)
 
 
 def _tokens_at(tokenizer, ids, span):
@@ -98,3 +106,66 @@ def test_a_class_longer_than_one_context_is_refused_wherever_it_stands(tiny_pipe
     for names in ([long_name], ["cat", long_name], ["cat", long_name, "dog"]):
         with pytest.raises(ValueError, match="'potted potted .* is longer than one 77-token context"):
             Vocabulary(names).encode(tiny_pipe.tokenizer)
+
+
+# --- class-token up-weighting (Compel) --------------------------------------------------------------
+
+
+class StubEncoder(torch.nn.Module):
+    """A text encoder whose every output holds a large shared component (dimension 0, as CLIP's) plus a
+    per-token part that also depends on the preceding token (a causal encoder's context)."""
+
+    def __init__(self, vocab_size: int, dim: int = 6):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.table = torch.randn(vocab_size, dim, generator=g)
+        self.table[:, 0] = 0.0
+
+    def forward(self, ids):
+        own = self.table[ids]
+        previous = torch.cat([torch.zeros_like(own[:, :1]), own[:, :-1]], 1)
+        hidden = own + 0.5 * previous
+        hidden[..., 0] = 30.0  # the shared component every token carries
+        return (hidden,)
+
+
+def test_class_token_weight_defaults_to_the_paper_in_per_class_mode_only():
+    assert class_token_weight("per_class") == 1.21 and class_token_weight("joint") == 1.0
+    assert class_token_weight("joint", 1.5) == 1.5
+    with pytest.raises(ValueError, match="'both'"):
+        class_token_weight("both")
+
+
+@pytest.mark.parametrize("mode", ["joint", "per_class"])
+def test_compel_upweighting_on_a_stub_encoder(tiny_pipe, mode):
+    tok = tiny_pipe.tokenizer
+    prompt = Vocabulary(["cat", "potted plant", "tv monitor"]).encode(tok, mode)
+    encoder = StubEncoder(len(tok))
+    plain = encode_context(encoder, tok, prompt, "cpu", torch.float32)
+    assert torch.equal(encode_context(encoder, tok, prompt, "cpu", torch.float32, weight=1.0), plain)
+    w = 1.21
+    weighted = encode_context(encoder, tok, prompt, "cpu", torch.float32, weight=w)
+    chunk = context_length(tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    empty = encoder(torch.tensor([[tok.bos_token_id, tok.eos_token_id] + [pad] * (chunk - 2)]))[0][0]
+    for row, spans in enumerate(prompt.spans):
+        positions = sorted({p for span in spans for p in span})
+        others = [p for p in range(plain.shape[1]) if p not in positions]
+        z, z0 = plain[row, positions], empty[[p % chunk for p in positions]]
+        assert torch.allclose(weighted[row, positions], z0 + w * (z - z0), atol=1e-6)
+        assert torch.equal(weighted[row, others], plain[row, others])  # only the class tokens move
+        # CLIP's shared component is not scaled (scaling z would multiply it by w)
+        assert torch.allclose(weighted[row, positions, 0], plain[row, positions, 0])
+        assert not torch.allclose(weighted[row, positions, 1:], plain[row, positions, 1:])
+
+
+def test_compel_upweighting_keeps_the_real_encoder_output_at_weight_one(tiny_pipe):
+    prompt = Vocabulary(["cat", "dog"]).encode(tiny_pipe.tokenizer, "joint")
+    chunk = context_length(tiny_pipe.tokenizer)
+    plain = encode_text(tiny_pipe.text_encoder, prompt.input_ids, chunk, "cpu", torch.float32)
+    same = encode_context(tiny_pipe.text_encoder, tiny_pipe.tokenizer, prompt, "cpu", torch.float32)
+    assert torch.equal(same, plain)
+    empty = torch.zeros(chunk, plain.shape[-1])
+    doubled = upweight_class_tokens(plain, empty, prompt.spans, 2.0)  # an all-zero empty: a plain scale
+    cat = prompt.spans[0][0]
+    assert torch.allclose(doubled[0, cat], 2 * plain[0, cat])
