@@ -41,9 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--iters", type=int, default=3, help="timed rounds per configuration (after 1 warm-up)")
     p.add_argument("--vocab-size", type=int, default=20, help="classes in the vocabulary (max 20 built in)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU: torch threads (default: every core; 1 is steadier when other work shares the cores)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="U-Net and VAE in channels_last memory format (default: on GPU only)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (capture processors in place)")
+    p.add_argument("--configs", type=lambda v: [c.strip() for c in v.split(",") if c.strip()], default=None,
+                   help="comma list of the configurations timed against the floor (default: all of "
+                        "diffsegmenter, seediff, maskdiffusion, 'all three')")
     p.add_argument("--designs", action="store_true", help="instead: the design comparisons (naive capture, per_class)")
     p.add_argument("--method", default="diffsegmenter", help="--designs: the method timed")
     p.add_argument("--skip", default="", help="--designs: comma list of comparisons to skip: capture, context")
@@ -113,13 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     channels_last = cuda if args.channels_last is None else args.channels_last
     speed_up(pipe, channels_last=channels_last, compile=args.compile)
     if not cuda:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
     vocab = Vocabulary([c.replace("-", " ") for c in CLASSES20[: args.vocab_size]])
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     figures = {"model": args.model, "device": str(device), "device_name": device_name, "dtype": dtype,
                "resolution": args.resolution, "batch_size": args.batch_size, "vocab_size": len(vocab),
                "channels_last": channels_last, "compile": args.compile, "torch": torch.__version__}
-    setup = (f"{args.model} {args.resolution}px batch={args.batch_size} {dtype} on {device_name}, {len(vocab)} classes, "
+    setup = (f"{args.model} {args.resolution}px batch={args.batch_size} {dtype} on {device_name} "
+             f"({torch.get_num_threads()} threads), {len(vocab)} classes, "
              f"channels_last={channels_last} compile={args.compile}")
     if args.scaling:
         from jobs.bench.scaling import run_scaling
@@ -137,17 +143,22 @@ def main(argv: list[str] | None = None) -> int:
         print(format_row(base), flush=True)
         run_designs(pipe, vocab, args, jpegs, base, set(filter(None, args.skip.split(","))), figures)
     else:
-        from jobs.bench.floor import print_floor, run_floor
+        from jobs.bench.floor import count_host_syncs, print_floor, run_floor
 
         print(f"floor: {setup}; best of {args.iters} interleaved rounds after a warm-up", flush=True)
         images = [decode_image(b) for b in sample_jpegs(args.batch_size * args.iters)]
         figures["configs"] = run_floor(pipe, vocab, args, images)
         print_floor(figures["configs"], device.type)
+        syncs = count_host_syncs(pipe, vocab, args, images)
+        figures["host_syncs_per_capture_forward"] = syncs
+        if syncs is not None:
+            print(f"  implicit host syncs during one capture forward (all three methods): {syncs}")
         flops = flops_per_image(pipe, vocab, args)
         peak = device_peak(pipe, args.peak_tflops)
-        rate = figures["configs"]["diffsegmenter"]["images_per_s"]
+        named = "diffsegmenter" if "diffsegmenter" in figures["configs"] else list(figures["configs"])[-1]
+        rate = figures["configs"][named]["images_per_s"]
         figures["flops_per_image"], figures["share_of_peak"] = flops, (flops * rate / peak if peak else None)
-        print(f"  floor FLOPs/image (VAE encode + U-Net forward): {flops / 1e9:.1f} GFLOP; diffsegmenter: "
+        print(f"  floor FLOPs/image (VAE encode + U-Net forward): {flops / 1e9:.1f} GFLOP; {named}: "
               f"{rate:.2f} img/s = " + (f"{figures['share_of_peak']:.1%} of the device's {peak / 1e12:.0f} TFLOP/s peak"
                                         if peak else f"{flops * rate / 1e9:.0f} GFLOP/s (pass --peak-tflops for a share)"))
     if args.json:
