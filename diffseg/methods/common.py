@@ -27,6 +27,42 @@ def span_maps(cross: torch.Tensor, spans: list[list[int]]) -> torch.Tensor:
     return torch.stack(cols, 1).view(b, len(spans), side, side)
 
 
+CHUNK_LENGTH = 77  # tokens per text chunk of the joint context (CLIP's model_max_length)
+
+
+def chunk_starts(tokens: int, spans: list[list[int]], chunk_length: int) -> list[int] | None:
+    """The start-token column of each span's chunk, or None when the token axis holds no start tokens.
+
+    The joint context is ``tokens / chunk_length`` chunks, each opening with a start token at a multiple
+    of `chunk_length` that no span covers (diffseg.vocabulary.build_chunks); a class never straddles
+    two chunks, so its chunk is ``span[0] // chunk_length``. A token axis that is no multiple of
+    `chunk_length`, or whose spans cover a chunk start (the per-class capture merged to class columns
+    only), has no start tokens: None.
+    """
+    if chunk_length < 1 or tokens % chunk_length:
+        return None
+    if any(p % chunk_length == 0 for span in spans for p in span):
+        return None
+    return [span[0] // chunk_length * chunk_length for span in spans]
+
+
+def evidence_maps(cross: torch.Tensor, spans: list[list[int]], chunk_length: int = CHUNK_LENGTH,
+                  eps: float = 1e-12) -> torch.Tensor:
+    """(B, r*r, T) cross-attention -> (B, K, r, r): each class's span mean divided, per pixel, by the
+    attention its own chunk's start token receives (the category filter's evidence).
+
+    The start token is the same embedding in every chunk (first position of a causal encoder), so the
+    ratio a_k / a_start = exp(l_k - l_start) does not depend on how many end/pad tokens or other chunks
+    share the softmax: a class in a later, shorter chunk is not diluted by its position. Without start
+    tokens on the axis (:func:`chunk_starts` is None) the span means are returned unchanged.
+    """
+    maps = span_maps(cross, spans)
+    starts = chunk_starts(cross.shape[-1], spans, chunk_length)
+    if starts is None:
+        return maps
+    return maps / span_maps(cross, [[s] for s in starts]).clamp_min(eps)
+
+
 def resize_maps(x: torch.Tensor, side: int, mode: str = "bilinear") -> torch.Tensor:
     """(B, C, r, r) -> (B, C, side, side); identity when already that size."""
     if x.shape[-1] == side:

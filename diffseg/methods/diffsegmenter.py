@@ -8,8 +8,11 @@ self-attention of the finest level, m = S·c; min-max; background = the constant
 Category filter (the paper's BLIP+CLIP filter was never released and needs weights SD lacks): an
 attention-evidence test measured BEFORE min-max, so min-max cannot turn an absent class's faint,
 uniform attention into a full-strength map. A class's evidence is the mean of the top
-``evidence_fraction`` of its raw, level-weighted cross-attention; it is kept when its evidence is at
-least ``filter_ratio`` x the strongest class's evidence in that image. ``filter_ratio = 0`` disables it.
+``evidence_fraction`` of its raw, level-weighted cross-attention, each level's map divided per pixel by
+the attention of its chunk's start token (diffseg.methods.common.evidence_maps: so a class's place in
+the vocabulary, e.g. in a later, shorter 77-token chunk, does not change its evidence); it is kept when
+its evidence is at least ``filter_ratio`` x the strongest class's evidence in that image.
+``filter_ratio = 0`` disables it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 
 from diffseg.capture import CapturedMaps, Needs
 from diffseg.methods.common import (
+    CHUNK_LENGTH,
     assemble_scores,
+    evidence_maps,
     minmax,
     rank_weights,
     relative_evidence_keep,
@@ -37,18 +42,23 @@ class DiffSegmenterParams:
     filter_ratio: float = 0.2  # keep a class if its evidence >= this x the best class's; 0 = no filter
     evidence_fraction: float = 0.02  # evidence = mean of this top fraction of the raw map
     propagate: bool = True  # m = S·c through the finest level's mean self-attention
+    chunk_length: int = CHUNK_LENGTH  # tokens per text chunk (evidence is taken relative to each chunk)
 
 
-def weighted_cross(maps: CapturedMaps, spans: list[list[int]], weights: tuple[float, ...]):
-    """Returns (raw, normalised) level-weighted class maps, each (B, K, R, R) at the finest level R."""
+def weighted_cross(maps: CapturedMaps, spans: list[list[int]], weights: tuple[float, ...],
+                   chunk_length: int = CHUNK_LENGTH):
+    """Returns (evidence, normalised) level-weighted class maps, each (B, K, R, R) at the finest level
+    R: evidence from the raw maps relative to their chunk's start token (evidence_maps), normalised =
+    the min-maxed span means."""
     sides = maps.levels
     finest = sides[0]
     w = rank_weights(sides, weights)
     raw = normed = None
     for side in sides:
-        level = resize_maps(span_maps(maps.cross[side], spans), finest)
-        raw = level * w[side] if raw is None else raw + level * w[side]
-        normed_level = minmax(level) * w[side]
+        cross = maps.cross[side]
+        evidence = resize_maps(evidence_maps(cross, spans, chunk_length), finest) * w[side]
+        raw = evidence if raw is None else raw + evidence
+        normed_level = minmax(resize_maps(span_maps(cross, spans), finest)) * w[side]
         normed = normed_level if normed is None else normed + normed_level
     return raw, normed
 
@@ -56,7 +66,7 @@ def weighted_cross(maps: CapturedMaps, spans: list[list[int]], weights: tuple[fl
 def diffsegmenter(maps: CapturedMaps, spans: list[list[int]], params: DiffSegmenterParams | None = None):
     """Captured maps + K class spans -> scores (B, 1 + K, R, R) float32; channel 0 = tau."""
     p = params or DiffSegmenterParams()
-    raw, c = weighted_cross(maps, spans, p.level_weights)
+    raw, c = weighted_cross(maps, spans, p.level_weights, p.chunk_length)
     b, k, side, _ = c.shape
     if p.propagate:
         values = c.flatten(2).transpose(1, 2)  # (B, R*R, K)

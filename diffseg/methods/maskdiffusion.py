@@ -21,7 +21,8 @@
 - Background: none by default (channel 0 = -inf), as the paper takes the argmax over classes.
   ``background = t`` makes channel 0 the constant t: a pixel is background when its best cosine is
   below lo + t (hi - lo), i.e. in the lowest fraction t of the image's range of best cosines.
-- Category filter (our addition): DiffSegmenter's evidence test on the raw class attention.
+- Category filter (our addition): DiffSegmenter's evidence test on the raw class attention, each
+  map relative to its chunk's start token (diffseg.methods.common.evidence_maps).
 Scores come at the features' common size (the finest feature level used).
 """
 
@@ -34,7 +35,9 @@ import torch.nn.functional as F
 
 from diffseg.capture import CapturedMaps, Needs
 from diffseg.methods.common import (
+    CHUNK_LENGTH,
     assemble_scores,
+    evidence_maps,
     relative_evidence_keep,
     resize_maps,
     span_maps,
@@ -50,6 +53,7 @@ class MaskDiffusionParams:
     skip_finest_features: int = 1  # feature levels left out, finest first (paper: 8/16/32; 0 adds 64)
     cross_levels: int = 2  # cross-attention from this many coarsest levels (paper: <= 16x16 on SD 1.5)
     background: float | None = None  # None: no background (paper); t: relative threshold (docstring)
+    chunk_length: int = CHUNK_LENGTH  # tokens per text chunk (evidence is taken relative to each chunk)
     feature_norm: str = "per_level"  # "per_level": each level unit-length before concatenating; "concat": raw
     filter_ratio: float = 0.2  # keep a class if its evidence >= this x the best class's; 0 = no filter
     evidence_fraction: float = 0.02  # evidence = mean of this top fraction of the raw class attention
@@ -83,14 +87,20 @@ def decoder_features(maps: CapturedMaps, skip_finest: int = 1, feature_norm: str
     return F.normalize(torch.cat(levels, 1), dim=1)
 
 
-def class_attention(maps: CapturedMaps, spans: list[list[int]], levels: int, side: int) -> torch.Tensor:
+def class_attention(maps: CapturedMaps, spans: list[list[int]], levels: int, side: int,
+                    chunk_length: int | None = None) -> torch.Tensor:
     """(B, K, side, side) float32: mean over the cross-attention layers of the `levels` coarsest levels
-    of each class's span-mean map, bilinear to `side` (raw: not normalised)."""
+    of each class's span-mean map, bilinear to `side` (raw: not normalised). With `chunk_length`, each
+    map is the filter's evidence instead: relative to its chunk's start token (evidence_maps)."""
     coarse = maps.levels[-levels:]
     missing = [r for r in coarse if r not in maps.cross_layers]
     if missing:
         raise ValueError(f"per-layer cross-attention missing at {missing} (Needs.cross_layers)")
-    layers = [resize_maps(span_maps(x, spans), side) for r in coarse for x in maps.cross_layers[r]]
+
+    def per_class(x):
+        return span_maps(x, spans) if chunk_length is None else evidence_maps(x, spans, chunk_length)
+
+    layers = [resize_maps(per_class(x), side) for r in coarse for x in maps.cross_layers[r]]
     return torch.stack(layers, 0).mean(0)
 
 
@@ -125,7 +135,8 @@ def maskdiffusion(maps: CapturedMaps, spans: list[list[int]], params: MaskDiffus
     raw = class_attention(maps, spans, p.cross_levels, f.shape[-1])
     keep = None
     if p.filter_ratio > 0:
-        keep = relative_evidence_keep(top_fraction_mean(raw, p.evidence_fraction), p.filter_ratio)
+        evidence = class_attention(maps, spans, p.cross_levels, f.shape[-1], p.chunk_length)
+        keep = relative_evidence_keep(top_fraction_mean(evidence, p.evidence_fraction), p.filter_ratio)
     scores = relative_scores(prototype_scores(f, raw), keep)
     background = float("-inf") if p.background is None else p.background
     return assemble_scores(background, scores, None)

@@ -23,8 +23,8 @@ Refinement runs at every finer level with a first decoder self-attention layer. 
 finest captured level.
 
 Category filter (our addition; the paper knows its class is present): the same attention-evidence
-test as DiffSegmenter, on the raw seed-level cross-attention before any min-max. ``filter_ratio = 0``
-disables it.
+test as DiffSegmenter, on the raw seed-level cross-attention before any min-max, relative to each
+chunk's start token (diffseg.methods.common.evidence_maps). ``filter_ratio = 0`` disables it.
 """
 
 from __future__ import annotations
@@ -36,8 +36,10 @@ import torch.nn.functional as F
 
 from diffseg.capture import CapturedMaps, Needs
 from diffseg.methods.common import (
+    CHUNK_LENGTH,
     assemble_scores,
     cosine_sums,
+    evidence_maps,
     minmax,
     otsu_threshold,
     pamr,
@@ -71,6 +73,7 @@ class SeeDiffParams:
     threshold: float | None = None  # background score; None = 0.3 without PAMR, 0.8 with it (paper)
     filter_ratio: float = 0.2  # keep a class if its evidence >= this x the best class's; 0 = no filter
     evidence_fraction: float = 0.02  # evidence = mean of this top fraction of the raw seed-level map
+    chunk_length: int = CHUNK_LENGTH  # tokens per text chunk (evidence is taken relative to each chunk)
     row_budget: int = 1 << 25  # values in one chunk of self-attention logits (bounds memory)
 
     def __post_init__(self):
@@ -174,6 +177,6 @@ def seediff(maps: CapturedMaps, spans: list[list[int]], params: SeeDiffParams | 
         e = minmax(pamr(image, e, p.pamr_iterations, p.pamr_dilations, p.pamr_temperature))
     keep = None
     if p.filter_ratio > 0:
-        raw = span_maps(maps.cross[seed_side], spans)
+        raw = evidence_maps(maps.cross[seed_side], spans, p.chunk_length)
         keep = relative_evidence_keep(top_fraction_mean(raw, p.evidence_fraction), p.filter_ratio)
     return assemble_scores(p.background, e, keep)
