@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from diffseg.capture import CapturedMaps, Needs
-from diffseg.methods.common import relative_evidence_keep, top_fraction_mean
+from diffseg.methods.common import CHUNK_LENGTH, relative_evidence_keep, top_fraction_mean
 from diffseg.methods.maskdiffusion import class_attention, decoder_features
 
 NEEDS = Needs(cross=True, cross_layers=True, features=True)  # cross-attention only names segments
@@ -45,6 +45,7 @@ class UnsupervisedParams:
     name_threshold: float = 0.5  # naming: least mean normalised attention over the segment to name it
     filter_ratio: float = 0.2  # naming: classes with evidence < this x the best class's never name
     evidence_fraction: float = 0.02  # naming: evidence = mean of this top fraction of the raw attention
+    chunk_length: int = CHUNK_LENGTH  # naming: tokens per text chunk (evidence relative to each chunk)
 
     def __post_init__(self):
         if self.k is not None and self.k < 1:
@@ -158,7 +159,8 @@ def name_segments(maps: CapturedMaps, spans: list[list[int]], scores: torch.Tens
     a = raw.flatten(2) / raw.flatten(2).amax(-1, keepdim=True).clamp_min(1e-12)
     keep = torch.ones(raw.shape[:2], dtype=torch.bool, device=raw.device)
     if p.filter_ratio > 0:
-        keep = relative_evidence_keep(top_fraction_mean(raw, p.evidence_fraction), p.filter_ratio)
+        evidence = class_attention(maps, spans, p.cross_levels, s, p.chunk_length).to(scores.device)
+        keep = relative_evidence_keep(top_fraction_mean(evidence, p.evidence_fraction), p.filter_ratio)
     masks = (scores[:, 1:].flatten(2) > 0.5).to(a.dtype)  # (B, K_max, N)
     overlap = (masks @ a.transpose(1, 2)) / masks.sum(-1, keepdim=True).clamp_min(1)  # (B, K_max, K)
     overlap = overlap.masked_fill(~keep[:, None, :], float("-inf"))
