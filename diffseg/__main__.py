@@ -28,6 +28,9 @@ EPILOG = """examples:
 'sd21-random' (full-size random weights, for timing), a local folder, or an fsspec URL of a
 diffusers-format Stable Diffusion 1.x/2.x checkpoint. --vocab is a comma-separated list or a file
 with one class per line ('name: alias, alias' allowed).
+
+exit codes: 0 every image segmented, 1 no image could be segmented, 2 bad option (model, vocabulary,
+thresholds), 3 some images failed (their errors are printed; the others were written).
 """
 
 

@@ -132,3 +132,24 @@ def redacted_output(uris: Iterable[str] = ()) -> Iterator[None]:
         for handler in saved_handlers:
             handler.removeFilter(log_filter)
         sys.stdout, sys.stderr = saved
+
+
+def redacting(main):
+    """Decorates a command's ``main(argv=None)`` so that everything it prints or logs is redacted
+    (:func:`redacted_output` with the command's own arguments), and an unexpected exception becomes one
+    redacted ``error: Type: message`` line and exit code 1 instead of a traceback (which Python would
+    print unredacted). One line per command entry point."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapper(argv=None, *args, **kwargs):
+        uris = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+        with redacted_output(uris):
+            try:
+                return main(argv, *args, **kwargs)
+            except Exception as exc:  # a traceback printed after this block would not be redacted
+                logging.getLogger(main.__module__).debug("unexpected error", exc_info=True)
+                print(f"error: {describe_error(exc, uris)}", file=sys.stderr)
+                return 1
+
+    return wrapper

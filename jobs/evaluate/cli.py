@@ -61,6 +61,7 @@ from diffseg.eval.compare import compare_runs, parse_runs, winner_fits
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.evaluate import evaluate_output
 from diffseg.eval.protocol import DEFAULT_GRID, Split, parse_grid, read_stems
+from diffseg.redact import redacting
 from jobs.evaluate.markdown import comparison_markdown, to_markdown
 
 
@@ -170,6 +171,7 @@ or unusable input (no manifest, no ground truth matched, unknown class names, --
 """
 
 
+@redacting
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

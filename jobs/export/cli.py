@@ -21,6 +21,7 @@ from diffseg.export.source import select
 from diffseg.export.voc import write_voc
 from diffseg.lake.read import OutputError
 from diffseg.model import redact_uri
+from diffseg.redact import redacting
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # format -> (what it writes, the files whose presence means DEST already holds an export of it)
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@redacting
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

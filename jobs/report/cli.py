@@ -35,6 +35,7 @@ import argparse
 import sys
 
 from diffseg.lake.read import OutputError
+from diffseg.redact import redacting
 from jobs.report.page import ReportOptions, build_report
 
 DEFAULTS = ReportOptions()
@@ -95,6 +96,7 @@ def options_of(args) -> ReportOptions:
     )
 
 
+@redacting
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -14,6 +14,7 @@ import sys
 
 from diffseg.lake.read import OutputError
 from diffseg.model import redact_uri
+from diffseg.redact import redacting
 from jobs.status.state import DEFAULT_STALE_AFTER_S, EXIT_MISSING, read_run_status
 
 EPILOG = """\
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@redacting
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -50,3 +50,25 @@ def test_redacted_output_cleans_prints_and_log_records(capsys, caplog):
     assert "error: s3://***@bucket/x failed" in out and "key *** alone" in err
     print(f"after: {KEY}")  # outside the context nothing is changed
     assert KEY in capsys.readouterr().out
+
+
+def test_every_reading_command_redacts_credentials_in_its_arguments(tmp_path, capsys):
+    """evaluate, report, export and status print no URL password they were given, even in errors."""
+    from jobs.evaluate.cli import main as evaluate
+    from jobs.export.cli import main as export
+    from jobs.report.cli import main as report
+    from jobs.status.cli import main as status
+
+    output = "s3://AKIDSECRETKEY:wJalrXUtnFEMIsecret@lake/seg/"
+    for main, argv in ((report, [output, "--out", str(tmp_path / "r.html")]),
+                       (status, [output]),
+                       (export, [output, "--format", "coco", str(tmp_path / "x")]),
+                       (evaluate, [output, "--gt", str(tmp_path), "--class-map", "voc21"])):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+        out = capsys.readouterr()
+        printed = out.out + out.err
+        assert printed.strip(), main.__module__  # it said why it failed
+        assert "wJalrXUtnFEMIsecret" not in printed and "AKIDSECRETKEY" not in printed, (main.__module__, printed)

@@ -16,7 +16,7 @@ from jobs.cli import COMMANDS, main
 ROOT = Path(__file__).resolve().parents[2]
 
 # Commands whose --help lacks exit codes or examples today (their owners add them; then drop them here).
-NO_EXIT_CODES = {"bench", "image"}
+NO_EXIT_CODES = {"bench"}
 NO_EXAMPLES = {"bench"}
 
 
