@@ -27,8 +27,10 @@ def read_fitted(uri: str) -> dict[str, dict]:
         fs, path = url_to_fs(uri)
         with fs.open(path, "rt") as handle:
             data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read fitted values {redact_uri(uri)!r}: {exc}") from exc
+    except Exception as exc:  # OSError, bad JSON, and object-store client errors (botocore's are no OSError)
+        from diffseg.redact import describe_error
+
+        raise ValueError(f"cannot read fitted values {redact_uri(uri)!r}: {describe_error(exc, [uri])}") from exc
     if isinstance(data, dict) and "method" in data:
         data = {data["method"]: data}
     if not isinstance(data, dict) or not data or not all(
