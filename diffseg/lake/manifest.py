@@ -6,13 +6,15 @@ starts (``status: running``) and rewritten when it ends. URLs are written withou
 part and no environment variable is ever recorded, so it never holds credentials.
 
 A run's identity is what changes its masks: model, vocabulary hash, methods and resolution. It is
-recorded the first time a run id is used; a later job under the same OUTPUT and run id with another
-identity is refused (:class:`RunConflictError`) unless it names a new ``--run-id``.
+recorded when the run's first unit is committed; a later job under the same OUTPUT and run id with
+another identity is refused (:class:`RunConflictError`) unless it names a new ``--run-id``. A run that
+committed nothing (its first invocation failed before any commit) may be redefined.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Mapping
@@ -21,6 +23,8 @@ from importlib import metadata
 
 from diffseg.lake.store import OutputStore
 from diffseg.model import redact_uri
+
+log = logging.getLogger("diffseg.lake.manifest")
 
 MANIFEST = "manifest.json"
 RUNS = "_runs"
@@ -57,29 +61,39 @@ def run_identity(model: str, vocab_hash: str, methods: list[str] | tuple[str, ..
     return identity
 
 
-def check_run_identity(store: OutputStore, run_id: str, identity: dict, vocab_names: list[str]) -> bool:
-    """Records the run's identity, or checks it against the recorded one. Returns True for a new run.
+def check_run_identity(store: OutputStore, run_id: str, identity: dict, has_commits: bool = True) -> bool:
+    """Checks the run's identity against the recorded one. Returns True when the run is new (nothing
+    recorded, or a recorded identity that no committed unit uses yet: it may be redefined).
 
-    Raises RunConflictError naming every difference when the run id already exists with another one.
+    Raises RunConflictError naming every difference when the run id already exists with another one and
+    has committed units. Nothing is written: :func:`record_run_identity` records it at the first commit.
     """
     rel = f"{RUNS}/{run_id}.json"
-    if store.exists(rel):
-        recorded = store.get_json(rel)
-        old = recorded.get("identity", {})
-        diffs = [f"{key}: {old.get(key)!r} there, {identity[key]!r} now" for key in identity if old.get(key) != identity[key]]
-        if diffs:
-            classes = recorded.get("classes")
-            hint = f" (its classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})" if classes else ""
-            raise RunConflictError(
-                f"OUTPUT {redact_uri(store.output)!r} already holds run {run_id!r} made with other settings"
-                f"{hint}: {'; '.join(diffs)}. Masks of different settings must not mix in one run: pass "
-                f"--run-id NEW_ID to start a new run in this OUTPUT (rows carry their run_id), or use "
-                f"another OUTPUT."
-            )
+    if not store.exists(rel):
+        return True
+    recorded = store.get_json(rel)
+    old = recorded.get("identity", {})
+    diffs = [f"{key}: {old.get(key)!r} there, {identity[key]!r} now" for key in identity if old.get(key) != identity[key]]
+    if not diffs:
         return False
-    store.put_json(rel, {"run_id": run_id, "identity": identity, "classes": list(vocab_names),
-                         "created_at": now()})
-    return True
+    if not has_commits:
+        log.info("run %r was recorded with other settings but committed nothing: it is redefined (%s)", run_id,
+                 "; ".join(diffs))
+        return True
+    classes = recorded.get("classes")
+    hint = f" (its classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})" if classes else ""
+    raise RunConflictError(
+        f"OUTPUT {redact_uri(store.output)!r} already holds run {run_id!r} made with other settings"
+        f"{hint}: {'; '.join(diffs)}. Masks of different settings must not mix in one run: pass "
+        f"--run-id NEW_ID to start a new run in this OUTPUT (rows carry their run_id), or use "
+        f"another OUTPUT."
+    )
+
+
+def record_run_identity(store: OutputStore, run_id: str, identity: dict, vocab_names: list[str]) -> None:
+    """Records what the run is (``_runs/<run_id>.json``): called before its first unit is committed."""
+    store.put_json(f"{RUNS}/{run_id}.json", {"run_id": run_id, "identity": identity, "classes": list(vocab_names),
+                                             "created_at": now()})
 
 
 def now() -> str:

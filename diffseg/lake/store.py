@@ -79,6 +79,57 @@ class OutputStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def put_if(self, rel: str, data: bytes, expected: bytes | None) -> bool:
+        """Conditional write: `data` to `rel` only if `rel` is absent (`expected` None) or still holds
+        exactly `expected`. Returns False when the condition failed (someone else wrote or removed it).
+
+        S3 (s3fs): an ``If-None-Match: *`` / ``If-Match: <etag>`` put, atomic on the server. Local disks:
+        ``O_CREAT | O_EXCL`` for a new object (atomic, NFS included); a replacement compares and renames,
+        which leaves a window of one read between two processes. Other stores: write, then read back
+        (the last writer wins; docs/job.md "The lease" says what that means)."""
+        path = self.path(rel)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        if protocol in ("s3", "s3a"):
+            bucket, key, _ = self.fs.split_path(path)
+            condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": self._etag(path, expected)}
+            if condition.get("IfMatch") is None and expected is not None:
+                return False
+            try:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+            except (FileExistsError, FileNotFoundError):
+                return False
+            except OSError as exc:
+                if "PreconditionFailed" in str(exc) or "pre-conditions" in str(exc):
+                    return False
+                raise
+            self.invalidate()
+            return True
+        if self.local and expected is None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        current = self.get(rel) if self.exists(rel) else None
+        if current != expected:
+            return False
+        self.put(rel, data)
+        return self.get(rel) == data
+
+    def _etag(self, path: str, expected: bytes) -> str | None:
+        """The ETag of the S3 object at `path` when it still holds `expected`, else None."""
+        self.invalidate()
+        try:
+            info = self.fs.info(path)
+            if self.fs.cat_file(path) != expected:
+                return None
+        except FileNotFoundError:
+            return None
+        return info.get("ETag") or info.get("etag")
+
     def put_json(self, rel: str, obj) -> None:
         self.put(rel, (json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n").encode())
 

@@ -42,7 +42,8 @@ log = logging.getLogger("diffseg.lake.units")
 
 COMMITS = "_commits"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_PART = re.compile(r"^part-.*\.parquet$")
+STAGING = "_staging"  # _staging/<run_id>/<unit_id>/<table>-<tag>.parquet: parts of units (diffseg.lake.commit)
+_PART = re.compile(r"^part-(?P<run>[A-Za-z0-9][A-Za-z0-9._-]{0,63})-(?P<unit>[0-9a-f]{16})\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,15 @@ def load_commits(store: OutputStore, run_id: str | None = None) -> list[dict]:
     """
     rels = [r for r in store.list(COMMITS if run_id is None else f"{COMMITS}/{run_id}")
             if r.endswith(".json") and not r.rsplit("/", 1)[-1].startswith(".")]
+    return _parse_markers(store, rels)
+
+
+def load_markers(store: OutputStore, run_id: str, unit_ids: list[str]) -> list[dict]:
+    """The valid commit markers of these units of a run (see :func:`load_commits`)."""
+    return _parse_markers(store, [marker_path(run_id, u) for u in unit_ids])
+
+
+def _parse_markers(store: OutputStore, rels: list[str]) -> list[dict]:
     markers = []
     for rel, data in store.get_many(rels).items():
         try:
@@ -116,27 +126,60 @@ def done_set(markers: list[dict]) -> set[str]:
     return {u for m in markers for u in m["uris"]}
 
 
-def find_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[str]:
-    """Files a killed run left behind: part files no valid marker lists, temporaries, broken markers.
+def known_runs(store: OutputStore, markers: list[dict]) -> set[str]:
+    """Run ids this OUTPUT knows: recorded under ``_runs/`` or named by a commit marker."""
+    recorded = {r.rsplit("/", 1)[-1].removesuffix(".json") for r in store.list("_runs") if r.endswith(".json")}
+    return recorded | {m["run_id"] for m in markers}
 
-    Only the table folders named by `schemas` are searched (another job's tables are left alone)."""
+
+def listed_commits(store: OutputStore, schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[dict]:
+    """Light markers ``{run_id, unit_id, files}`` of every commit marker under OUTPUT, from one listing
+    (names only, nothing read: a unit's files follow from its run and id, :func:`unit_files`)."""
+    light = []
+    for rel in store.list(COMMITS):
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[2].endswith(".json") and not parts[2].startswith("."):
+            run_id, unit_id = parts[1], parts[2][:-5]
+            light.append({"run_id": run_id, "unit_id": unit_id, "files": unit_files(run_id, unit_id, schemas)})
+    return light
+
+
+def find_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS,
+                runs: set[str] | None = None, busy: set[str] = frozenset()) -> list[str]:
+    """Files a killed run left behind: part files no valid marker lists, staging parts, temporaries,
+    broken markers.
+
+    Only what this job's naming scheme and run ids could have produced counts (``part-<run>-<16 hex>``
+    with a run id of `runs`, default :func:`known_runs`, in the table folders of `schemas`); any other
+    file is left alone and logged as foreign (another job's tables are not searched at all). Files of
+    the `busy` runs (another invocation holds their lease) are not touched."""
+    runs = known_runs(store, markers) if runs is None else runs
     keep = {rel for m in markers for rel in m["files"].values()}
     keep |= {marker_path(m["run_id"], m["unit_id"]) for m in markers}
-    debris = []
+    debris, foreign = [], []
     for table in schemas:
         for rel in store.list(table):
             name = rel.rsplit("/", 1)[-1]
-            if rel not in keep and (_PART.match(name) or name.startswith(TMP_PREFIX)):
+            part = _PART.match(name)
+            if rel in keep or (part and part["run"] in busy):
+                continue
+            if name.startswith(TMP_PREFIX) or (part and part["run"] in runs and rel.count("/") == 1):
                 debris.append(rel)
-    for rel in store.list(COMMITS):
-        if rel not in keep:
-            debris.append(rel)
+            else:
+                foreign.append(rel)
+    debris += [rel for rel in store.list(STAGING) + store.list(COMMITS)
+               if rel not in keep and rel.split("/")[1] not in busy]
+    if foreign:
+        log.warning("leaving %d file(s) under the tables' folders that this job did not write (not part-<run>-<unit> "
+                    "names of a run of this OUTPUT): %s%s. A plain read of the folder includes them", len(foreign),
+                    ", ".join(foreign[:5]), " ..." if len(foreign) > 5 else "")
     return debris
 
 
-def remove_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[str]:
-    """Removes (and returns) the debris of killed runs. Run it only when no other job writes OUTPUT."""
-    debris = find_debris(store, markers, schemas)
+def remove_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS,
+                  runs: set[str] | None = None, busy: set[str] = frozenset()) -> list[str]:
+    """Removes (and returns) the debris of killed runs (see :func:`find_debris`)."""
+    debris = find_debris(store, markers, schemas, runs, busy)
     if debris:
         log.info("removing %d file(s) a killed run left half-written: %s%s", len(debris),
                  ", ".join(debris[:5]), " ..." if len(debris) > 5 else "")
@@ -147,7 +190,8 @@ def remove_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str,
 def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa.Table],
                schemas: Mapping[str, pa.Schema] = SCHEMAS) -> dict:
     """Writes a unit's files (masks, stats and errors; or the tables of `schemas`), then its commit
-    marker (last). Returns the marker."""
+    marker (last). Returns the marker. (The jobs' workers write the files themselves:
+    diffseg.lake.commit; this serves tests and tools that hold a unit's tables in one process.)"""
     files = unit_files(run_id, unit.unit_id, schemas)
     rows = {}
     for table, schema in schemas.items():
@@ -158,6 +202,11 @@ def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa
         pq.write_table(data, buf, compression="zstd")
         store.put(files[table], buf.getvalue())
         rows[table] = data.num_rows
+    return write_marker(store, run_id, unit, files, rows)
+
+
+def write_marker(store: OutputStore, run_id: str, unit: Unit, files: dict[str, str], rows: dict[str, int]) -> dict:
+    """Writes (and returns) the commit marker of `unit` whose `files` exist: the unit's commit point."""
     marker = {
         "format": 1,
         "run_id": run_id,

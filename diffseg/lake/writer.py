@@ -1,81 +1,124 @@
-"""The driver-side unit writer: buffers result rows per unit and commits each unit once it is complete.
+"""The driver's side of "workers write, the driver commits": :class:`UnitCommitter`.
 
-Rows reach the driver in Ray Data's streaming order, which is not the input order, so the writer keeps
-the rows of every unit still in flight (small: encoded PNGs and statistics, never images) keyed by URI.
-When a unit's last URI arrives, its three Parquet files are written and then its commit marker
-(diffseg.lake.units.write_unit). Keying by URI also makes a row delivered twice (a retried task) harmless.
+The workers write every row themselves (diffseg.lake.commit.write_results) and send the driver one small
+metadata row per (batch, unit): the positions of the unit's items the batch holds, the files written,
+counts. The committer keeps, per unit in flight, which positions are covered (one boolean array) and
+which parts it accepted, first come first served: a part that repeats positions already accepted (a
+retried batch) only contributes its new ones. When a unit is covered:
 
-The writer serves any job that writes units: its ``tables`` (a diffseg.lake.schemas.TableSet; the segment job's
-by default) say which result column keys a row, how rows become tables and what to count. (Issue 15 moves
-the writes to the workers; the driver will then only commit.)
+- by one part holding the whole unit (the common case: input blocks are cut along units), its files are
+  already the unit's final files: the committer writes the marker at once;
+- by several parts, it returns a :class:`diffseg.lake.commit.Compaction` that the job runs in the cluster
+  (diffseg.lake.commit.compact_unit); :meth:`UnitCommitter.compacted` then writes the marker.
+
+After a marker is written the unit's staging files are deleted (late parts of committed units too, at
+:meth:`UnitCommitter.finish`). The driver's work is per unit and per batch, never per row of a table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 
+from diffseg.lake.commit import STAGING, Compaction, Part, part_files
 from diffseg.lake.schemas import SEGMENT_TABLES, TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, write_unit
+from diffseg.lake.units import Unit, write_marker
 
 log = logging.getLogger("diffseg.lake.writer")
 
 
-class UnitWriter:
-    """Consumes result batches (``tables.result_schema`` rows); commits units as they complete; counts
-    what it wrote: ``items`` (work items committed), ``done`` (those without an error row), ``errors``,
-    ``errors_<stage>`` and the tables' row counters (``tables.row_counters``)."""
+class UnitCommitter:
+    """Consumes worker metadata (diffseg.lake.commit.META_SCHEMA batches) and commits complete units;
+    counts what it committed: ``items``, ``done`` (items without an error row), ``errors``,
+    ``errors_<stage>`` and the tables' row counters (``tables.row_counters``).
 
-    def __init__(self, store: OutputStore, run_id: str, units: list[Unit], model: str, vocab_hash: str,
-                 progress_every_s: float = 10.0, tables: TableSet = SEGMENT_TABLES):
-        self.store, self.run_id, self.model, self.vocab_hash = store, run_id, model, vocab_hash
-        self.tables = tables
+    `before_commit`: called before each marker is written (the job checks it still holds the run's lease).
+    """
+
+    def __init__(self, store: OutputStore, run_id: str, units: list[Unit], tables: TableSet = SEGMENT_TABLES,
+                 progress_every_s: float = 10.0, before_commit: Callable[[], None] | None = None):
+        self.store, self.run_id, self.tables = store, run_id, tables
         self.units = {u.unit_id: u for u in units}
-        self.pending: dict[str, dict[str, pa.Table]] = {}  # unit_id -> uri -> its one-row result table
+        self.covered: dict[str, np.ndarray] = {}  # unit_id -> bool per position, for units in flight
+        self.parts: dict[str, list[Part]] = {}
         self.committed: list[str] = []
+        self.markers: list[dict] = []  # the markers written (what the done index merges at the end)
         self.committed_ids: set[str] = set()
-        self.counts = Counter()  # items, done, errors, <table>_rows, errors_<stage>
+        self.compacting: set[str] = set()  # units whose Compaction was handed out
+        self.stale: list[str] = []  # staging files no commit needs (repeats, parts of units committed whole)
+        self.counts = Counter()
+        self.bytes_received = 0
         self.total_items = sum(len(u.uris) for u in units)
         self.started = time.monotonic()
         self.progress_every_s = progress_every_s
+        self.before_commit = before_commit
         self._last_progress = 0.0
 
-    def add(self, batch: pa.Table) -> None:
-        """Takes one batch of result rows; writes every unit it completes."""
-        units = batch.column("unit_id").to_pylist()
-        uris = batch.column(self.tables.key_column).to_pylist()
-        touched = set()
-        for i, (unit_id, uri) in enumerate(zip(units, uris)):
-            if unit_id not in self.units or unit_id in self.committed_ids:
-                continue  # a late duplicate of a committed unit's row
-            rows = self.pending.setdefault(unit_id, {})
-            if uri in self.units[unit_id].uris and uri not in rows:
-                rows[uri] = batch.slice(i, 1)
-                touched.add(unit_id)
-        for unit_id in sorted(touched):
-            if len(self.pending[unit_id]) == len(self.units[unit_id].uris):
-                self._commit(unit_id)
+    def add(self, meta: pa.Table) -> list[Compaction]:
+        """Takes one batch of metadata rows; commits the units they complete with one final part and
+        returns the compactions of units completed by several parts."""
+        self.bytes_received += meta.nbytes
+        todo = []
+        columns = (meta.column(c).to_pylist() for c in ("unit_id", "positions", "counts", "final"))
+        for unit_id, positions, counts, final in zip(*columns):
+            files = part_files(self.run_id, unit_id, np.asarray(positions, np.int32), final, self.tables.schemas)
+            unit = self.units.get(unit_id)
+            if unit is None or unit_id in self.committed_ids or unit_id in self.compacting:
+                self._discard(files, final)
+                continue
+            if final:
+                self.stale += [f for p in self.parts.pop(unit_id, []) for f in p.files.values()]
+                self.covered.pop(unit_id, None)
+                self._commit(unit, files, json.loads(counts))
+                continue
+            covered = self.covered.setdefault(unit_id, np.zeros(len(unit.uris), dtype=bool))
+            pos = np.unique(np.asarray(positions, dtype=np.int64))
+            new = pos[~covered[pos]]
+            if not len(new):
+                self._discard(files, final)
+                continue
+            covered[new] = True
+            self.parts.setdefault(unit_id, []).append(Part(files, tuple(int(p) for p in new)))
+            if covered.all():
+                del self.covered[unit_id]
+                self.compacting.add(unit_id)
+                todo.append(Compaction(self.store.output, self.run_id, unit_id, unit.uris, tuple(self.parts[unit_id])))
+        return todo
 
-    def _commit(self, unit_id: str) -> None:
-        unit = self.units[unit_id]
-        rows = self.pending.pop(unit_id)
-        results = pa.concat_tables([rows[u] for u in unit.uris], promote_options="default")
-        tables = self.tables.split(results, self.run_id, self.model, self.vocab_hash)
-        write_unit(self.store, self.run_id, unit, tables, self.tables.schemas)
-        self.committed.append(unit_id)
-        self.committed_ids.add(unit_id)
-        errors = tables["errors"]
-        self.counts["items"] += len(unit.uris)
-        self.counts["errors"] += errors.num_rows
-        self.counts["done"] += len(unit.uris) - errors.num_rows
-        for table, counter in self.tables.row_counters.items():
-            self.counts[counter] += tables[table].num_rows
-        for stage in errors.column("stage").to_pylist():
-            self.counts[f"errors_{stage}"] += 1
+    def compacted(self, spec: Compaction, counts: dict) -> None:
+        """Commits a unit whose parts :func:`diffseg.lake.commit.compact_unit` merged (`counts`: its result)."""
+        from diffseg.lake.units import unit_files
+
+        parts = self.parts.pop(spec.unit_id, [])
+        self.compacting.discard(spec.unit_id)
+        self._commit(self.units[spec.unit_id], unit_files(self.run_id, spec.unit_id, self.tables.schemas), counts)
+        self.store.remove([f for p in parts for f in p.files.values()])
+
+    def finish(self) -> list[str]:
+        """Removes staging files no commit needs (late repeats of committed units); returns them."""
+        stale, self.stale = self.stale, []
+        self.store.remove(stale)
+        return stale
+
+    def _discard(self, files: dict, final: bool) -> None:
+        if not final:
+            self.stale += [f for f in files.values() if f.startswith(STAGING + "/")]
+
+    def _commit(self, unit: Unit, files: dict[str, str], counts: dict) -> None:
+        if self.before_commit is not None:
+            self.before_commit()
+        rows = {t: int(counts.get(c, 0)) for t, c in self.tables.row_counters.items()} | {"errors": int(counts["errors"])}
+        self.markers.append(write_marker(self.store, self.run_id, unit, files, rows))
+        self.committed.append(unit.unit_id)
+        self.committed_ids.add(unit.unit_id)
+        self.counts.update({k: int(v) for k, v in counts.items()})
         self._progress(force=len(self.committed) in (1, len(self.units)))
 
     def _progress(self, force: bool = False) -> None:

@@ -5,6 +5,9 @@ loads the pipeline once, in ``__init__`` (heavy imports stay in the actor; the d
 model); it turns a batch into work items, runs the model on groups of them "batch first, then one by
 one" (so one bad item never fails its neighbours), frees accelerator memory after a failure, encodes
 each result and makes an error row of whatever fails (``model`` or ``encode``), one result row per item.
+With a write target (the jobs) it then writes those rows to OUTPUT itself and returns only small metadata
+per unit of the batch (diffseg.lake.commit.write_results: workers write, the driver commits); without one
+(a stage dropped into another pipeline) it returns the result rows.
 
 A job supplies only what differs: how a batch becomes items (:meth:`ModelActor.items`), which items go
 through the model together (:meth:`ModelActor.groups`), one model call (:meth:`ModelActor.compute`), how
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffseg.lake.commit import WriteTarget, write_results
 from diffseg.lake.schemas import TableSet
+from diffseg.lake.store import OutputStore
 
 log = logging.getLogger("jobs.common.actor")
 
@@ -30,12 +35,15 @@ class ActorConfig:
     dtype: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
     device: str = "cpu"  # "cuda" when the actor holds a GPU
     torch_threads: int = 1  # intra-op threads of this actor (its CPU share)
+    batch_size: int = 8  # items per model call (a batch of the pipeline may hold a whole unit)
+    target: WriteTarget | None = None  # write the rows to OUTPUT and return metadata; None: return the rows
 
     @classmethod
-    def placed(cls, dtype: str, resources, **fields):
+    def placed(cls, config, resources, target: WriteTarget | None = None, **fields):
         """The actor config for `resources` (a jobs.common.config.Resources: device, threads) with the
-        job's `dtype` and the actor's own `fields`."""
-        return cls(dtype=dtype, device=resources.device, torch_threads=resources.torch_threads, **fields)
+        job `config`'s dtype and batch size, its write `target` and the actor's own `fields`."""
+        return cls(dtype=config.dtype, device=resources.device, torch_threads=resources.torch_threads,
+                   batch_size=config.batch_size, target=target, **fields)
 
 
 def describe(exc: BaseException) -> str:
@@ -61,6 +69,7 @@ class ModelActor:
         torch.set_num_threads(max(1, int(config.torch_threads)))
         self.config = config
         self.pipe = load_pipeline(model_uri, dtype=config.dtype, device=config.device)
+        self.store = None if config.target is None else OutputStore(config.target.output)
 
     # -- what each job supplies ----------------------------------------------------------------------
     def items(self, batch: dict[str, np.ndarray]) -> list[dict]:
@@ -68,8 +77,10 @@ class ModelActor:
         raise NotImplementedError
 
     def groups(self, items: list[dict], todo: list[int]) -> list[list[int]]:
-        """Indices (of `todo`, the items without an error) that one model call serves; default: all."""
-        return [todo] if todo else []
+        """Indices (of `todo`, the items without an error) that one model call serves; default: runs of
+        ``config.batch_size``."""
+        size = max(1, self.config.batch_size)
+        return [todo[i : i + size] for i in range(0, len(todo), size)]
 
     def compute(self, items: list[dict]) -> list:
         """One model call on `items`: one result per item (raises when the call fails)."""
@@ -85,6 +96,15 @@ class ModelActor:
 
     # -- shared ---------------------------------------------------------------------------------------
     def __call__(self, batch: dict[str, np.ndarray]):
+        """With a write target: the batch's rows written to OUTPUT, diffseg.lake.commit.META_SCHEMA rows
+        returned (the batch carries ``pos`` and ``unit_rows``: each item's position in its unit and the
+        unit's size). Without one: the result rows (``tables.result_schema``), one per item, in row order."""
+        results = self.results(batch)
+        if self.config.target is None:
+            return results
+        return write_results(self.store, self.config.target, self.tables, results, batch["pos"], batch["unit_rows"])
+
+    def results(self, batch: dict[str, np.ndarray]):
         """Result rows (``tables.result_schema``), one per item, in the batch's row order."""
         items = self.items(batch)
         rows: list[dict | None] = [None] * len(items)

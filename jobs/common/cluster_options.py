@@ -22,8 +22,9 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
                    help="when no alive node can hold one actor, wait for nodes (started by hand) instead of exiting 2")
     g.add_argument("--break-lease", action="store_true",
                    help="take over the run's lease although its holder looks alive (only when that holder is gone)")
-    g.add_argument("--lease-stale-minutes", type=float, default=10.0,
-                   help="a lease without a heartbeat for this long is taken over without --break-lease (default 10)")
+    g.add_argument("--lease-stale-minutes", type=float, default=2.0,
+                   help="a lease without a heartbeat (every 30 s) for this long is taken over without --break-lease "
+                   "(default 2)")
 
 
 def cluster_fields(args: argparse.Namespace) -> dict:

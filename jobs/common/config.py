@@ -41,7 +41,7 @@ class RunOptions:
     shared_output: bool = False  # a local OUTPUT path that every node sees (NFS): allowed on a multi-node cluster
     wait_for_nodes: bool = False  # a request no node can hold waits for nodes instead of exiting 2
     break_lease: bool = False  # take over the run's lease although its holder's heartbeat is fresh
-    lease_stale_s: float = 600.0  # a lease whose heartbeat is older than this may be taken over
+    lease_stale_s: float = 120.0  # a lease whose heartbeat (every 30 s) is older than this is taken over
     placement_warn_s: float = 60.0  # log when pool actors have waited this long for a node
 
     def to_dict(self) -> dict:
@@ -126,9 +126,9 @@ class Resources:
 
 def decode_memory_bytes(config: RunOptions) -> int:
     """Peak memory of one decode task: the largest accepted image decoded (RGB) plus a converted copy,
-    and the batch of resized model inputs it returns (default settings: about 400 MB). A config without
-    ``max_pixels`` (a job that decodes no input images) counts only the batch."""
-    return 2 * 3 * getattr(config, "max_pixels", 0) + 3 * config.batch_size * config.resolution**2 + (64 << 20)
+    and the unit of resized model inputs it returns (one task decodes one unit; default settings: about
+    600 MB). A config without ``max_pixels`` (a job that decodes no input images) counts only the unit."""
+    return 2 * 3 * getattr(config, "max_pixels", 0) + 3 * config.unit_size * config.resolution**2 + (64 << 20)
 
 
 def read_reserve(node_cpus: float, decode_cpus: float = 1.0) -> float:

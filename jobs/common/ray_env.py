@@ -115,3 +115,28 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
         num_cpus=resources.cpus_per_actor,
         num_gpus=resources.gpus_per_actor,
     )
+
+
+def commit_stream(committer, dataset, tables) -> None:
+    """Feeds the metadata batches of `dataset` to `committer` (a diffseg.lake.writer.UnitCommitter), runs
+    the compactions it asks for as Ray tasks in the cluster and commits their units as they finish."""
+    import ray
+
+    from diffseg.lake.commit import compact_unit
+
+    compact = ray.remote(num_cpus=0, max_retries=3)(compact_unit)
+    running: dict = {}
+
+    def collect(block: bool) -> None:
+        ready, _ = ray.wait(list(running), num_returns=len(running), timeout=None if block else 0)
+        for ref in ready:
+            committer.compacted(running.pop(ref), ray.get(ref))
+
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        for spec in committer.add(batch):
+            running[compact.remote(spec, tables)] = spec
+        if running:
+            collect(block=False)
+    if running:
+        collect(block=True)
+    committer.finish()

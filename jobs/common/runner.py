@@ -3,11 +3,15 @@ Ray -> commit -> manifest -> summary.
 
 1. Checks that need no model work (the job's :meth:`Job.check`, then the run identity). Any failure
    exits 2 with a message naming the option, before an input is read.
-2. Reads the commit markers, removes a killed run's debris, and lets the job cut what the run does not
-   have yet (its done set) into units (:meth:`Job.plan`). Nothing left: says so, exits 0 without Ray.
-3. Starts or joins Ray, sizes the actor pool and streams the job's dataset (:meth:`Job.dataset`) into
-   the UnitWriter (diffseg.lake.writer), which commits units as they complete.
-4. Rewrites manifest.json, prints a one-line summary, returns the exit code.
+2. Takes the run's lease (diffseg.lake.lease: a second invocation of the run exits 2), reads the run's
+   done index (diffseg.lake.done_index), checks the run identity, removes a killed run's debris, and lets
+   the job cut what the run does not have yet into units (:meth:`Job.plan`). Nothing left: reports the
+   run's recorded outcome without Ray (exit 0, or 3 when its error fraction is over the limit).
+3. Starts or joins Ray, sizes the actor pool from the alive nodes and runs the job's dataset
+   (:meth:`Job.dataset`): its actors write the rows to OUTPUT and the driver receives only metadata,
+   which the UnitCommitter (diffseg.lake.writer) turns into commits (compacting a unit that arrived in
+   several parts with a Ray task in the cluster).
+4. Rewrites manifest.json, compacts the done index, prints a one-line summary, returns the exit code.
 
 A job supplies only what differs: a :class:`Job` subclass (its tables, words, checks, planning, dataset
 and manifest extras). Exit codes: 0 success (also "nothing to do"); 1 the run failed (committed units
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from diffseg.lake.manifest import RunInfo, build_manifest, check_run_identity, write_manifest
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, check_run_id, done_set, load_commits, remove_debris
+from diffseg.lake.units import Unit, check_run_id, known_runs, listed_commits, remove_debris, unit_files
 from jobs.common.config import ConfigError, Resources, resolve_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
@@ -72,12 +76,14 @@ class Job:
         """All checks that read no input (raise ValueError naming the option: exit 2)."""
         raise NotImplementedError
 
-    def plan(self, config, checked: Checked, done: set[str]) -> Planned:
-        """The units of the work items not in `done` (the run's committed items)."""
+    def plan(self, config, checked: Checked, done) -> Planned:
+        """The units of the work items not in `done` (the run's committed items: a
+        diffseg.lake.done_index.DoneSet; ``key in done``, ``done.exclude(keys)``)."""
         raise NotImplementedError
 
-    def dataset(self, config, checked: Checked, units: list[Unit], resources: Resources):
-        """The lazy Ray dataset of the units' result rows (``tables.result_schema``)."""
+    def dataset(self, config, checked: Checked, units: list[Unit], resources: Resources, target):
+        """The lazy Ray dataset whose actors write the units' rows to `target` (a
+        diffseg.lake.commit.WriteTarget) and return diffseg.lake.commit.META_SCHEMA rows."""
         raise NotImplementedError
 
     def manifest_extra(self, manifest: dict, config, checked: Checked) -> dict:
@@ -93,7 +99,7 @@ class _Invocation:
     config: object
     checked: Checked
     planned: Planned
-    run_markers: list[dict]
+    done_set: object  # diffseg.lake.done_index.DoneSet: the run's committed items before this invocation
     done: int  # items the run had before this invocation
     started_at: str
     t0: float
@@ -101,7 +107,8 @@ class _Invocation:
     t_ray: float = 0.0
     t_run: float = 0.0
     resources: Resources | None = None
-    writer: object = None  # diffseg.lake.writer.UnitWriter once the pipeline runs
+    writer: object = None  # diffseg.lake.writer.UnitCommitter once the pipeline runs
+    before_commit: object = None  # called before every commit marker (lease check, identity record)
 
     def counts(self) -> dict:
         words, w = self.job.words, self.writer
@@ -110,7 +117,8 @@ class _Invocation:
             counts.update({"processed": w.counts["items"], words.done: w.counts["done"], "errors": w.counts["errors"],
                            "errors_by_stage": w.errors_by_stage(),
                            **{key: w.counts[key] for key in self.job.tables.row_counters.values()},
-                           "units_committed": len(w.committed), "units_incomplete": len(w.incomplete)})
+                           "units_committed": len(w.committed), "units_incomplete": len(w.incomplete),
+                           "driver_bytes_received": w.bytes_received})
         counts[words.run_done] = self.done + (w.counts["items"] if w else 0)
         return counts
 
@@ -126,7 +134,7 @@ class _Invocation:
 
     def write_manifest(self, status: str, error: str | None = None) -> dict:
         c, config = self.checked, self.config
-        committed = sorted({m["unit_id"] for m in self.run_markers} | set(self.writer.committed if self.writer else []))
+        committed = sorted(self.done_set.unit_ids | set(self.writer.committed if self.writer else []))
         res = None if self.resources is None else {k: getattr(self.resources, k) for k in self.resources.__dataclass_fields__}
         timings = {} if status == "running" else self.timings()
         info = RunInfo(run_id=config.run_id, output=config.output, config=config.to_dict(), model=config.model,
@@ -139,40 +147,110 @@ class _Invocation:
 
 def run(job: Job, config) -> int:
     """Runs `job` as `config` says; returns the process exit code (see the module docstring)."""
-    from diffseg.model import redact_uri
+    from diffseg.lake.lease import acquire
 
     t0 = time.monotonic()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
         check_run_id(config.run_id)
         checked = job.check(config)
-        check_run_identity(checked.store, config.run_id, checked.identity, checked.vocab.names)
-    except ValueError as exc:  # ConfigError, ModelLoadError, OutputError, InputError, RunConflictError...
-        job.log.error("%s", exc)
-        print(f"diffseg: error: {exc}")
-        return EXIT_USAGE
-    all_markers = load_commits(checked.store)
-    debris = remove_debris(checked.store, all_markers, job.tables.schemas)
-    run_markers = [m for m in all_markers if m["run_id"] == config.run_id]
-    done = done_set(run_markers)
+        lease = acquire(checked.store, config.run_id, config.lease_stale_s, config.break_lease)
+    except ValueError as exc:  # ConfigError, ModelLoadError, OutputError, InputError, LeaseHeldError...
+        return _usage_error(job, exc)
+    try:
+        return _run_leased(job, config, checked, lease, t0, started_at)
+    finally:
+        lease.release()
+
+
+def _usage_error(job: Job, exc: Exception) -> int:
+    job.log.error("%s", exc)
+    print(f"diffseg: error: {exc}")
+    return EXIT_USAGE
+
+
+def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at: str) -> int:
+    """Everything after the lease is taken: identity, debris, planning, Ray, index."""
+    from diffseg.lake.done_index import describe_done, load_done
+    from diffseg.lake.lease import lease_path
+    from diffseg.lake.manifest import record_run_identity
+    from diffseg.model import redact_uri
+
+    store, run_id = checked.store, config.run_id
+    done = load_done(store, run_id)
+    try:
+        new_run = check_run_identity(store, run_id, checked.identity, has_commits=len(done.units) > 0)
+    except ValueError as exc:  # RunConflictError
+        return _usage_error(job, exc)
+    if new_run and len(done.units):  # committed units but no identity (written by another tool): record it now
+        record_run_identity(store, run_id, checked.identity, checked.vocab.names)
+        new_run = False
+    markers = [m for m in listed_commits(store, job.tables.schemas) if m["run_id"] != run_id]
+    markers += [{"run_id": run_id, "unit_id": u, "files": unit_files(run_id, u, job.tables.schemas)}
+                for u in done.unit_ids]
+    runs = known_runs(store, markers) | {run_id}
+    busy = {r for r in runs if r != run_id and store.exists(lease_path(r))}
+    debris = remove_debris(store, markers, job.tables.schemas, runs, busy)
     planned = job.plan(config, checked, done)
-    planned.counts["debris_files_removed"] = len(debris)
-    run = _Invocation(job, config, checked, planned, run_markers, len(done), started_at, t0, time.monotonic())
+    planned.counts.update(debris_files_removed=len(debris), **describe_done(done))
+    if planned.counts["duplicate_items"]:
+        job.log.warning("run %r holds %d item(s) in two committed units (written by a version before the run lease); "
+                        "a plain read sees them twice: read with diffseg.lake.units.read_committed and drop duplicate "
+                        "URIs, or rerun into a new --run-id", run_id, planned.counts["duplicate_items"])
+    run = _Invocation(job, config, checked, planned, done, len(done), started_at, t0, time.monotonic())
+
+    def before_commit() -> None:
+        nonlocal new_run
+        lease.check()
+        if new_run:  # the run identity is recorded with its first commit (issue 14.6)
+            record_run_identity(store, run_id, checked.identity, checked.vocab.names)
+            new_run = False
+
+    run.before_commit = before_commit
     if not planned.units:
-        run.write_manifest("nothing to do")
-        print(f"diffseg: nothing to do: all {planned.everything} are already committed in run "
-              f"{config.run_id!r} of {redact_uri(config.output)} (no model work)")
-        return EXIT_OK
+        return _nothing_to_do(run, redact_uri(config.output))
     run.write_manifest("running")
-    return _run_on_ray(run)
+    try:
+        return _run_on_ray(run)
+    finally:
+        _merge_index(run)
+
+
+def _merge_index(run: _Invocation) -> None:
+    """Compacts the run's done index with this invocation's commits (a failure only costs re-reads)."""
+    from diffseg.lake.done_index import merge_index
+
+    w = run.writer
+    try:
+        merge_index(run.checked.store, run.config.run_id, run.done_set, w.markers if w else [])
+    except Exception as exc:
+        run.job.log.warning("could not compact the done index of run %r (%s); the next run reads its markers",
+                            run.config.run_id, exc)
+
+
+def _nothing_to_do(run: _Invocation, output: str) -> int:
+    """A rerun of a finished run: reports the run's recorded outcome (exit 3 when its error fraction is over
+    --max-error-fraction, as its last invocation exited)."""
+    config, planned = run.config, run.planned
+    items, errors = run.done_set.error_fraction()
+    fraction = errors / items if items else 0.0
+    too_many = fraction > config.max_error_fraction
+    planned.counts.update(run_items=items, run_errors=errors)
+    _merge_index(run)
+    run.write_manifest("nothing to do")
+    print(f"diffseg: nothing to do: all {planned.everything} are already committed in run {config.run_id!r} of "
+          f"{output} (no model work); the run has {errors} errors in {items} {run.job.words.items} = {fraction:.1%}"
+          + (f", above --max-error-fraction {config.max_error_fraction:g}" if too_many else ""))
+    return EXIT_TOO_MANY_ERRORS if too_many else EXIT_OK
 
 
 def _run_on_ray(run: _Invocation) -> int:
     """The Ray part: resources, pipeline, unit writer, final manifest and summary."""
     import ray
 
-    from diffseg.lake.writer import UnitWriter
-    from jobs.common.ray_env import PlacementWatchdog, alive_nodes, init_ray
+    from diffseg.lake.commit import WriteTarget
+    from diffseg.lake.writer import UnitCommitter
+    from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
 
     job, config, log = run.job, run.config, run.job.log
     started_ray = not ray.is_initialized()
@@ -197,12 +275,12 @@ def _run_on_ray(run: _Invocation) -> int:
                  res.cluster_cpus, res.cluster_gpus, res.actors, res.cpus_per_actor, res.gpus_per_actor, res.device,
                  config.batch_size)
         run.t_run = time.monotonic()
-        run.writer = UnitWriter(run.checked.store, config.run_id, run.planned.units, run.checked.identity["model"],
-                                run.checked.run_hash, tables=job.tables)
-        dataset = job.dataset(config, run.checked, run.planned.units, res)
+        target = WriteTarget(config.output, config.run_id, run.checked.identity["model"], run.checked.run_hash)
+        run.writer = UnitCommitter(run.checked.store, config.run_id, run.planned.units, job.tables,
+                                   before_commit=run.before_commit)
+        dataset = job.dataset(config, run.checked, run.planned.units, res, target)
         with PlacementWatchdog("MapWorker", res, after_s=config.placement_warn_s):
-            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                run.writer.add(batch)
+            commit_stream(run.writer, dataset, job.tables)
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
     except Exception as exc:

@@ -52,9 +52,9 @@ def make_method_params(values: Mapping[str, Mapping], methods) -> dict | None:
 def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int) -> dict[str, np.ndarray]:
     """Reads, decodes and resizes a batch of URIs (the ``read`` and ``decode`` stages; a CPU task).
 
-    In: ``uri``, ``unit_id`` (N,) strings. Out: the same plus ``image`` (N, r, r, 3) uint8 (zeros on
-    error), ``height``/``width`` (N,) int32 original size, and ``stage``/``error_type``/``message``
-    strings ("" when the image is fine).
+    In: ``uri``, ``unit_id`` (N,) strings (and ``pos``, ``unit_rows``, passed on). Out: the same plus
+    ``image`` (N, r, r, 3) uint8 (zeros on error), ``height``/``width`` (N,) int32 original size, and
+    ``stage``/``error_type``/``message`` strings ("" when the image is fine).
     """
     from diffseg.codecs.images import decode_image, resize_square
     from diffseg.lake.inputs import read_uris
@@ -87,6 +87,7 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int)
         "stage": np.array(stage, dtype=object),
         "error_type": np.array(etype, dtype=object),
         "message": np.array(message, dtype=object),
+        **{k: batch[k] for k in ("pos", "unit_rows") if k in batch},
     }
 
 

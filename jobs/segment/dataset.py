@@ -1,9 +1,12 @@
 """The segment job's Ray Data pipeline::
 
-    from_arrow(URI blocks, each inside one unit)
+    from_arrow(URI blocks, one per unit)
       -> map_batches(decode_batch)             CPU tasks: read + decode + resize (jobs.segment.actor)
-      -> map_batches(SegmentUDF, ActorPool)    actors: model, masks, stats, error rows (jobs.segment.actor)
-      -> iter_batches() in the driver          UnitWriter commits each unit when complete (diffseg.lake.writer)
+      -> map_batches(SegmentUDF, ActorPool)    actors: model, masks, stats, error rows, written to OUTPUT
+      -> iter_batches() in the driver          metadata only: UnitCommitter commits units (diffseg.lake.writer)
+
+One block per unit, so a unit usually reaches an actor as one batch and its rows go straight to the
+unit's final files; the actor runs the model on runs of ``--batch-size`` images inside it.
 """
 
 from __future__ import annotations
@@ -16,25 +19,27 @@ from jobs.common.ray_env import configure_progress, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 
-def input_blocks(units: list[Unit], block_rows: int) -> list[pa.Table]:
-    """Arrow tables of (uri, unit_id) rows: each unit cut into blocks of at most `block_rows` rows, so
-    decode tasks are small and a block never mixes units."""
-    blocks = []
-    for unit in units:
-        for start in range(0, len(unit.uris), block_rows):
-            uris = list(unit.uris[start : start + block_rows])
-            blocks.append(pa.table({"uri": uris, "unit_id": [unit.unit_id] * len(uris)}))
-    return blocks
+def input_blocks(units: list[Unit]) -> list[pa.Table]:
+    """Arrow tables of (uri, unit_id, pos, unit_rows) rows, one per unit (``pos``: the URI's position in
+    the unit, ``unit_rows``: the unit's size; what the actor's write step needs)."""
+    return [pa.table({"uri": list(unit.uris), "unit_id": [unit.unit_id] * len(unit.uris),
+                      "pos": pa.array(range(len(unit.uris)), pa.int32()),
+                      "unit_rows": pa.array([len(unit.uris)] * len(unit.uris), pa.int32())}) for unit in units]
 
 
-def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab):
-    """The lazy Ray Data pipeline whose output rows are diffseg.lake.schemas.RESULT_SCHEMA rows."""
+def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab, target=None,
+                  actor_class=SegmentUDF):
+    """The lazy Ray Data pipeline. With a write `target` (diffseg.lake.commit.WriteTarget) its rows are
+    diffseg.lake.commit.META_SCHEMA metadata (the actors wrote the tables); without one they are
+    diffseg.lake.schemas.RESULT_SCHEMA rows. `actor_class`: SegmentUDF or a stand-in (the benchmark's
+    null model, jobs.bench.null_model)."""
     import ray
 
     configure_progress()
-    udf_config = UdfConfig.placed(config.dtype, resources, methods=tuple(config.methods), resolution=config.resolution,
-                                  save_scores=config.save_scores, method_params=config.method_params)
-    ds = ray.data.from_arrow(input_blocks(units, block_rows=max(config.batch_size, 16)))
+    udf_config = UdfConfig.placed(config, resources, target, methods=tuple(config.methods),
+                                  resolution=config.resolution, save_scores=config.save_scores,
+                                  method_params=config.method_params)
+    ds = ray.data.from_arrow(input_blocks(units))
     ds = ds.map_batches(
         decode_batch,
         batch_size=config.batch_size,
@@ -46,4 +51,4 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         # equal resources), so decoding stays on parallel CPU tasks.
         memory=resources.decode_memory,
     )
-    return map_actors(ds, SegmentUDF, (config.model, vocab, udf_config), resources, config.batch_size)
+    return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, None)

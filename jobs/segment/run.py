@@ -40,11 +40,11 @@ class SegmentJob(Job):
         identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params)
         return Checked(store, vocab, config.vocab, vocab_hash, identity, uris)
 
-    def plan(self, config: JobConfig, checked: Checked, done: set[str]) -> Planned:
+    def plan(self, config: JobConfig, checked: Checked, done) -> Planned:
         from diffseg.model import redact_uri
 
         uris = checked.inputs
-        todo = [u for u in uris if u not in done]
+        todo = done.exclude(uris)
         limited_out = 0
         if config.limit is not None and len(todo) > config.limit:
             limited_out = len(todo) - config.limit
@@ -56,10 +56,10 @@ class SegmentJob(Job):
                       redact_uri(config.input), len(uris), counts["already_done"], config.run_id, len(todo), len(units))
         return Planned(units, counts, f"{len(uris)} input images")
 
-    def dataset(self, config: JobConfig, checked: Checked, units, resources):
+    def dataset(self, config: JobConfig, checked: Checked, units, resources, target):
         from jobs.segment.dataset import build_dataset
 
-        return build_dataset(units, config, resources, checked.vocab)
+        return build_dataset(units, config, resources, checked.vocab, target)
 
 
 def run(config: JobConfig) -> int:

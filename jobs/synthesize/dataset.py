@@ -1,8 +1,10 @@
 """The synthesize job's Ray Data pipeline (nothing to read or decode)::
 
     from_arrow(work-item blocks, one generation group each)
-      -> map_batches(SynthUDF, ActorPool)      actors: generate + mask + encode (jobs.synthesize.actor)
-      -> iter_batches() in the driver          the same UnitWriter, with SYNTH_TABLES
+      -> map_batches(SynthUDF, ActorPool)      actors: generate + mask + encode, written to OUTPUT
+      -> iter_batches() in the driver          metadata only: the same UnitCommitter, with SYNTH_TABLES
+
+One block per unit (its generation groups inside), so a unit reaches an actor as one batch.
 """
 
 from __future__ import annotations
@@ -15,35 +17,43 @@ from jobs.common.ray_env import configure_progress, map_actors
 
 
 def generation_blocks(units: list[Unit], batch_size: int, class_ids: dict[str, int]) -> list[pa.Table]:
-    """Arrow tables of work items (key, unit_id, group, class_name, class_id, seed): one block per
-    generation group (jobs.synthesize.config.generation_groups), so one actor call generates one group."""
+    """Arrow tables of work items (key, unit_id, group, class_name, class_id, seed, pos, unit_rows): one
+    block per unit; ``group`` names its generation group (jobs.synthesize.config.generation_groups: the
+    actor generates a group in one call), ``pos`` the key's position in the unit."""
     from jobs.synthesize.config import generation_groups, item_key
 
     blocks = []
     for unit in units:
+        position = {key: i for i, key in enumerate(unit.uris)}
+        columns = {"key": [], "group": [], "class_name": [], "seed": []}
         for g, (class_name, seeds) in enumerate(generation_groups(unit, batch_size)):
-            n = len(seeds)
-            blocks.append(pa.table({
-                "key": [item_key(class_name, s) for s in seeds],
-                "unit_id": [unit.unit_id] * n,
-                "group": [f"{unit.unit_id}/{g}"] * n,
-                "class_name": [class_name] * n,
-                "class_id": pa.array([class_ids[class_name]] * n, pa.int32()),
-                "seed": pa.array(seeds, pa.int64()),
-            }))
+            columns["key"] += [item_key(class_name, s) for s in seeds]
+            columns["group"] += [f"{unit.unit_id}/{g}"] * len(seeds)
+            columns["class_name"] += [class_name] * len(seeds)
+            columns["seed"] += seeds
+        n = len(columns["key"])
+        blocks.append(pa.table({
+            "key": columns["key"], "unit_id": [unit.unit_id] * n, "group": columns["group"],
+            "class_name": columns["class_name"],
+            "class_id": pa.array([class_ids[c] for c in columns["class_name"]], pa.int32()),
+            "seed": pa.array(columns["seed"], pa.int64()),
+            "pos": pa.array([position[k] for k in columns["key"]], pa.int32()),
+            "unit_rows": pa.array([len(unit.uris)] * n, pa.int32()),
+        }))
     return blocks
 
 
-def build_generation_dataset(units: list[Unit], config, resources: Resources, class_ids: dict[str, int]):
-    """The lazy Ray Data pipeline of ``jobs.synthesize`` (`config`: a jobs.synthesize.config.SynthConfig) whose
-    output rows are diffseg.lake.schemas.SYNTH_RESULT_SCHEMA rows."""
+def build_generation_dataset(units: list[Unit], config, resources: Resources, class_ids: dict[str, int],
+                             target=None):
+    """The lazy Ray Data pipeline of ``jobs.synthesize`` (`config`: a jobs.synthesize.config.SynthConfig). With
+    a write `target` its rows are diffseg.lake.commit.META_SCHEMA metadata, else SYNTH_RESULT_SCHEMA rows."""
     import ray
 
     from jobs.synthesize.actor import SynthUDF, SynthUdfConfig
 
     configure_progress()
-    udf_config = SynthUdfConfig.placed(config.dtype, resources, steps=config.steps, guidance=config.guidance,
+    udf_config = SynthUdfConfig.placed(config, resources, target, steps=config.steps, guidance=config.guidance,
                                        resolution=config.resolution, prompt=config.prompt, pamr=config.pamr)
     ds = ray.data.from_arrow(generation_blocks(units, config.batch_size, class_ids))
-    # whole blocks (batch_size None): one generation group per call (the actor also groups by "group")
+    # whole blocks (batch_size None): one unit per call, one generation per group (the actor groups by "group")
     return map_actors(ds, SynthUDF, (config.model, udf_config), resources, None)

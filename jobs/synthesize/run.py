@@ -65,7 +65,7 @@ class SynthesizeJob(Job):
         names_hash = classes_hash(vocab.names, config.prompt, model)
         return Checked(store, vocab, config.classes, names_hash, synth_identity(config, model, names_hash))
 
-    def plan(self, config: SynthConfig, checked: Checked, done: set[str]) -> Planned:
+    def plan(self, config: SynthConfig, checked: Checked, done) -> Planned:
         names = checked.vocab.names
         requested = len(names) * config.per_class
         units = make_synth_units(names, config.seeds, config.unit_size, done)
@@ -77,10 +77,10 @@ class SynthesizeJob(Job):
                       todo, len(units))
         return Planned(units, counts, f"{requested} (class, seed) samples")
 
-    def dataset(self, config: SynthConfig, checked: Checked, units, resources):
+    def dataset(self, config: SynthConfig, checked: Checked, units, resources, target):
         from jobs.synthesize.dataset import build_generation_dataset
 
-        return build_generation_dataset(units, config, resources, class_ids(checked.vocab.names))
+        return build_generation_dataset(units, config, resources, class_ids(checked.vocab.names), target)
 
     def manifest_extra(self, manifest: dict, config: SynthConfig, checked: Checked) -> dict:
         manifest["job"] = JOB

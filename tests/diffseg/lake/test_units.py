@@ -72,16 +72,25 @@ def test_debris_of_a_killed_run_is_found_and_removed(tmp_path):
     store.put(f"masks/part-default-{units[1].unit_id}.parquet", b"half a parquet file")
     store.put("stats/.tmp-123-part-default-x.parquet", b"tmp")
     store.put("_commits/default/ffffffffffffffff.json", b'{"unit_id": "ffff')
-    store.put("masks/README.txt", b"a user's file is never touched")
+    store.put(f"_staging/default/{units[1].unit_id}/masks-0123456789abcdef.parquet", b"a part never compacted")
+    # files this job could not have written: other names, runs this OUTPUT never had, sub-folders
+    foreign = ["masks/README.txt", "masks/part-0.parquet", "masks/part-elsewhere-0123456789abcdef.parquet",
+               f"masks/2024/part-default-{units[1].unit_id}.parquet"]
+    for rel in foreign:
+        store.put(rel, b"a user's file is never touched")
     markers = load_commits(store)
     assert [m["unit_id"] for m in markers] == [units[0].unit_id]
     debris = find_debris(store, markers)
     assert sorted(debris) == sorted([f"masks/part-default-{units[1].unit_id}.parquet",
                                      "stats/.tmp-123-part-default-x.parquet",
+                                     f"_staging/default/{units[1].unit_id}/masks-0123456789abcdef.parquet",
                                      "_commits/default/ffffffffffffffff.json"])
     assert sorted(remove_debris(store, markers)) == sorted(debris)
     assert find_debris(store, load_commits(store)) == []
-    assert store.exists("masks/README.txt")
+    assert all(store.exists(rel) for rel in foreign)
+    # a run whose first invocation was killed before its first commit: the runner names it
+    store.put(f"masks/part-first-{units[1].unit_id}.parquet", b"half")
+    assert find_debris(store, load_commits(store), runs={"first"}) == [f"masks/part-first-{units[1].unit_id}.parquet"]
 
 
 def test_committed_helper_reads_only_committed_rows_of_a_run(tmp_path, bucket):

@@ -1,16 +1,19 @@
-"""The driver-side unit writer: rows arrive in any order, possibly twice; each unit is committed once,
-when complete, with every image exactly once."""
+"""Workers write, the driver commits: parts of units arrive in any order, some twice or overlapping (a
+retried batch); each unit is committed once, when covered, with every image exactly once in a plain read
+of the tables, and no staging file is left."""
 
 from __future__ import annotations
 
 import random
 
-import pyarrow as pa
+import numpy as np
+import pyarrow.dataset as pads
 
-from diffseg.lake.schemas import error_result, results_to_table
+from diffseg.lake.commit import WriteTarget, compact_unit, write_results
+from diffseg.lake.schemas import SEGMENT_TABLES, error_result, results_to_table
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import load_commits, make_units, read_committed
-from diffseg.lake.writer import UnitWriter
+from diffseg.lake.writer import UnitCommitter
 
 
 def result_row(uri: str, unit_id: str, ok: bool) -> dict:
@@ -25,33 +28,57 @@ def result_row(uri: str, unit_id: str, ok: bool) -> dict:
             "masks": [mask], "stats": [stat]}
 
 
-def test_units_commit_when_complete_whatever_the_order(tmp_path):
+def worker_batch(store, target, units, picks):
+    """What an actor returns for a batch holding `picks` [(unit index, position)]: it writes the rows."""
+    rows = [result_row(units[u].uris[p], units[u].unit_id, ok=not units[u].uris[p].endswith("3.jpg")) for u, p in picks]
+    positions = np.array([p for _, p in picks])
+    sizes = np.array([len(units[u].uris) for u, _ in picks])
+    return write_results(store, target, SEGMENT_TABLES, results_to_table(rows), positions, sizes)
+
+
+def test_parts_in_any_order_and_retried_batches_commit_each_image_once(tmp_path):
     uris = [f"s3://lake/{i:02d}.jpg" for i in range(10)]
-    units = make_units(uris, 4)
-    rows = [result_row(u, unit.unit_id, ok=not u.endswith("3.jpg")) for unit in units for u in unit.uris]
-    random.Random(0).shuffle(rows)
-    rows += rows[:3]  # a retried task delivers some rows again
+    units = make_units(uris, 4)  # 4 + 4 + 2 images
     store = OutputStore(str(tmp_path))
-    writer = UnitWriter(store, "default", units, model="tiny", vocab_hash="h")
-    for start in range(0, len(rows), 3):
-        writer.add(results_to_table(rows[start : start + 3]))
-        committed = {m["unit_id"] for m in load_commits(store)}
-        assert committed == set(writer.committed)  # markers appear exactly when units complete
-    assert writer.incomplete == [] and sorted(writer.committed) == sorted(u.unit_id for u in units)
-    assert writer.pending == {}
-    masks, errors = read_committed(str(tmp_path), "masks"), read_committed(str(tmp_path), "errors")
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h")
+    batches = [[(0, 0), (0, 1)], [(0, 2), (0, 3)], [(0, 1), (0, 2)],  # unit 0 in parts; a retry overlaps two
+               [(1, p) for p in range(4)],  # unit 1 whole: its final files at once
+               [(2, 1)], [(2, 1)], [(2, 0)]]  # unit 2: one part delivered twice
+    random.Random(0).shuffle(batches)
+    committer = UnitCommitter(store, "default", units)
+    compactions = 0
+    for picks in batches:
+        for spec in committer.add(worker_batch(store, target, units, picks)):
+            compactions += 1
+            committer.compacted(spec, compact_unit(spec, SEGMENT_TABLES))
+        assert {m["unit_id"] for m in load_commits(store)} == set(committer.committed)  # markers when complete
+    late = worker_batch(store, target, units, [(0, 3)])  # a straggler after its unit was committed
+    committer.add(late)
+    committer.finish()
+    assert committer.incomplete == [] and compactions == 2 and store.list("_staging") == []
+    assert sorted(committer.committed) == sorted(u.unit_id for u in units)
+    # a plain dataset read (what DuckDB or pandas do) sees every image once, one file per table and unit
+    masks = pads.dataset(str(tmp_path / "masks"), format="parquet").to_table()
+    errors = pads.dataset(str(tmp_path / "errors"), format="parquet").to_table()
     assert sorted(masks["uri"].to_pylist() + errors["uri"].to_pylist()) == uris
+    assert len(store.list("masks")) == 3 and read_committed(str(tmp_path), "masks").num_rows == 9
     assert errors["uri"].to_pylist() == ["s3://lake/03.jpg"] and errors["stage"].to_pylist() == ["decode"]
     assert set(masks["run_id"].to_pylist()) == {"default"} and set(masks["vocab_hash"].to_pylist()) == {"h"}
-    assert read_committed(str(tmp_path), "stats").num_rows == 9
-    assert dict(writer.counts) == {"items": 10, "done": 9, "errors": 1, "mask_rows": 9, "stats_rows": 9,
-                                  "errors_decode": 1}
+    for unit in units:  # rows of a unit keep the unit's order, whatever parts it came in
+        rows = pads.dataset(str(tmp_path / f"masks/part-default-{unit.unit_id}.parquet")).to_table()["uri"].to_pylist()
+        assert rows == [u for u in unit.uris if not u.endswith("3.jpg")]
+    assert dict(committer.counts) == {"items": 10, "done": 9, "errors": 1, "mask_rows": 9, "stats_rows": 9,
+                                      "errors_decode": 1}
+    assert committer.bytes_received < 256 * 10  # metadata only: never masks
 
 
-def test_rows_of_unknown_units_are_ignored(tmp_path):
+def test_metadata_of_unknown_units_is_ignored(tmp_path):
     units = make_units(["s3://lake/a.jpg"], 4)
-    writer = UnitWriter(OutputStore(str(tmp_path)), "default", units, model="tiny", vocab_hash="h")
-    writer.add(results_to_table([result_row("s3://lake/z.jpg", "feedfeedfeedfeed", ok=True)]))
-    assert writer.committed == [] and writer.incomplete == [units[0].unit_id]
-    writer.add(pa.concat_tables([results_to_table([result_row("s3://lake/a.jpg", units[0].unit_id, ok=True)])]))
-    assert writer.committed == [units[0].unit_id]
+    store = OutputStore(str(tmp_path))
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h")
+    committer = UnitCommitter(store, "default", units)
+    other = make_units(["s3://lake/z.jpg"], 4)
+    committer.add(worker_batch(store, target, other, [(0, 0)]))
+    assert committer.committed == [] and committer.incomplete == [units[0].unit_id]
+    committer.add(worker_batch(store, target, units, [(0, 0)]))
+    assert committer.committed == [units[0].unit_id]

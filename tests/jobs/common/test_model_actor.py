@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from diffseg.lake.schemas import TableSet
-from jobs.common.actor import ModelActor, describe
+from jobs.common.actor import ActorConfig, ModelActor, describe
 
 SCHEMA = pa.schema([("key", pa.string()), ("stage", pa.string()), ("message", pa.string()), ("value", pa.int64())])
 TABLES = TableSet({}, SCHEMA, split=lambda *a: {}, key_column="key")
@@ -19,6 +19,7 @@ class Doubler(ModelActor):
     tables = TABLES
 
     def __init__(self):  # no model to load
+        self.config = ActorConfig()
         self.calls, self.freed = [], 0
 
     def items(self, batch):

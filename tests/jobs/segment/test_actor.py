@@ -121,14 +121,14 @@ def test_fitted_threshold_reaches_the_actor(sample_photos, tmp_path):
     from jobs.segment.cli import build_parser, config_from_args
 
     fitted = tmp_path / "fitted.json"
-    fitted.write_text(json.dumps({"diffsegmenter": {"tau": 1.01, "fit_miou": 0.4, "fit_stems": ["a"]}}))
+    fitted.write_text(json.dumps({"diffsegmenter": {"tau": 1.0, "fit_miou": 0.4, "fit_stems": ["a"]}}))
     args = build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", "--fitted", str(fitted)])
     config = config_from_args(args)
-    assert config.method_params == {"diffsegmenter": {"tau": 1.01}}  # typed values, not JSON text
+    assert config.method_params == {"diffsegmenter": {"tau": 1.0}}  # typed values, not JSON text
     actor = SegmentUDF("tiny", "cat, person", UdfConfig(resolution=RESOLUTION, method_params=config.method_params))
     tables = split_results(actor(segment_rows(actor, sample_photos, ["coffee"])), "r1", "tiny", "hash")
     (mask,) = tables["masks"].to_pylist()
-    assert decode_label_png(mask["label_map_png"]).max() == 0  # above every score: all background
+    assert decode_label_png(mask["label_map_png"]).max() == 0  # no score is above it (ties go to background)
     bad = build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", "--fitted", str(tmp_path / "no.json")])
     with pytest.raises(ValueError, match="fitted"):
         config_from_args(bad)
