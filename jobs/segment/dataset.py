@@ -51,4 +51,5 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         # equal resources), so decoding stays on parallel CPU tasks.
         memory=resources.decode_memory,
     )
-    return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, None)
+    # a batch of a unit's size: one unit per call (Ray Data also requires a batch size with GPUs)
+    return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)

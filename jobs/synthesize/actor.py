@@ -52,6 +52,14 @@ class SynthUDF(ModelActor):
         log.info("actor ready: model %s on %s (%s), %d steps, guidance %g, %d px", self.pipe.name, self.pipe.device,
                  self.pipe.dtype, config.steps, config.guidance, config.resolution)
 
+    def __call__(self, batch: dict[str, np.ndarray]):
+        """A batch of unit rows (jobs.synthesize.dataset.generation_blocks) or of item rows."""
+        from jobs.synthesize.dataset import unit_items
+
+        if len(batch["key"]) and not isinstance(batch["key"][0], str):
+            batch = unit_items(batch)
+        return super().__call__(batch)
+
     def items(self, batch: dict[str, np.ndarray]) -> list[dict]:
         return [
             {"key": str(batch["key"][i]), "unit_id": str(batch["unit_id"][i]), "group": str(batch["group"][i]),

@@ -4,7 +4,10 @@
       -> map_batches(SynthUDF, ActorPool)      actors: generate + mask + encode, written to OUTPUT
       -> iter_batches() in the driver          metadata only: the same UnitCommitter, with SYNTH_TABLES
 
-One block per unit (its generation groups inside), so a unit reaches an actor as one batch.
+One row per unit (its items as list columns, its generation groups inside) and batches of one row, so
+a unit reaches an actor whole, however Ray Data bundles blocks: a generation group is never split
+across calls (what keeps a resumed run's images bit-identical), and the unit is written straight to its
+final files. (Ray Data requires a batch size on GPUs; with item rows, batches would straddle units.)
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from diffseg.lake.units import Unit
 from jobs.common.config import Resources
 from jobs.common.ray_env import configure_progress, map_actors
 
+_TYPES = {"class_id": pa.int32(), "seed": pa.int64(), "pos": pa.int32(), "unit_rows": pa.int32()}
+
 
 def generation_blocks(units: list[Unit], batch_size: int, class_ids: dict[str, int]) -> list[pa.Table]:
-    """Arrow tables of work items (key, unit_id, group, class_name, class_id, seed, pos, unit_rows): one
-    block per unit; ``group`` names its generation group (jobs.synthesize.config.generation_groups: the
-    actor generates a group in one call), ``pos`` the key's position in the unit."""
+    """Arrow tables of one row each, one per unit: ``unit_id`` and its work items as list columns (key, group,
+    class_name, class_id, seed, pos, unit_rows; see :func:`unit_items`). ``group`` names an item's
+    generation group (jobs.synthesize.config.generation_groups: the actor generates a group in one call),
+    ``pos`` its key's position in the unit."""
     from jobs.synthesize.config import generation_groups, item_key
 
     blocks = []
@@ -32,15 +38,20 @@ def generation_blocks(units: list[Unit], batch_size: int, class_ids: dict[str, i
             columns["class_name"] += [class_name] * len(seeds)
             columns["seed"] += seeds
         n = len(columns["key"])
-        blocks.append(pa.table({
-            "key": columns["key"], "unit_id": [unit.unit_id] * n, "group": columns["group"],
-            "class_name": columns["class_name"],
-            "class_id": pa.array([class_ids[c] for c in columns["class_name"]], pa.int32()),
-            "seed": pa.array(columns["seed"], pa.int64()),
-            "pos": pa.array([position[k] for k in columns["key"]], pa.int32()),
-            "unit_rows": pa.array([len(unit.uris)] * n, pa.int32()),
-        }))
+        items = {"key": columns["key"], "unit_id": [unit.unit_id] * n, "group": columns["group"],
+                 "class_name": columns["class_name"], "class_id": [class_ids[c] for c in columns["class_name"]],
+                 "seed": columns["seed"], "pos": [position[k] for k in columns["key"]], "unit_rows": [n] * n}
+        blocks.append(pa.table({name: pa.array([values], pa.list_(_TYPES.get(name, pa.string())))
+                                for name, values in items.items()}))
     return blocks
+
+
+def unit_items(batch: dict) -> dict:
+    """A batch of unit rows (list columns, see :func:`generation_blocks`) -> one entry per work item."""
+    import numpy as np
+
+    return {name: np.concatenate([np.asarray(v) for v in values]) if len(values) else np.array([])
+            for name, values in batch.items()}
 
 
 def build_generation_dataset(units: list[Unit], config, resources: Resources, class_ids: dict[str, int],
@@ -55,5 +66,5 @@ def build_generation_dataset(units: list[Unit], config, resources: Resources, cl
     udf_config = SynthUdfConfig.placed(config, resources, target, steps=config.steps, guidance=config.guidance,
                                        resolution=config.resolution, prompt=config.prompt, pamr=config.pamr)
     ds = ray.data.from_arrow(generation_blocks(units, config.batch_size, class_ids))
-    # whole blocks (batch_size None): one unit per call, one generation per group (the actor groups by "group")
-    return map_actors(ds, SynthUDF, (config.model, udf_config), resources, None)
+    # one unit row per call: one generation per group (the actor groups by "group")
+    return map_actors(ds, SynthUDF, (config.model, udf_config), resources, 1)
