@@ -198,6 +198,9 @@ def foreground_from_scores(
     k = scores.shape[0] - 1
     if k < 1:
         raise ValueError(f"scores need a background channel and at least one class, got shape {scores.shape}")
+    # a class removed by the category filter is -inf; bilinear weights would turn it into NaN and NaN
+    # compares false everywhere, so make it a large finite negative first (it never wins a pixel)
+    scores = np.where(np.isneginf(scores), np.float32(-1e9), scores)
     scale = min(1.0, max_side / max(height, width))
     work = (max(1, round(height * scale)), max(1, round(width * scale)))
     best = np.full(work, -np.inf, dtype=np.float32)

@@ -35,8 +35,6 @@ def test_argmax_of_the_saved_scores_reproduces_the_job_labels(results, method):
         assert agreement(s, decoded, seg.config.max_label_side) >= 0.999, method
 
 
-@pytest.mark.xfail(strict=True, reason="diffseg.eval.metrics.foreground_from_scores turns a -inf channel into "
-                   "NaN when it resizes (its owner: replace -inf by a large negative value first)")
 def test_evaluation_reads_saved_scores_with_a_filtered_class_as_the_job_does():
     from diffseg.eval.metrics import foreground_from_scores
 
