@@ -7,6 +7,7 @@ VAE posterior mean -> seeded noise added at t -> U-Net under capture -> method s
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,17 +21,47 @@ from diffseg import methods as method_registry
 from diffseg.capture import CapturedMaps, Needs, SelfAttention, capture
 from diffseg.codecs.images import resize_square, to_rgb_array
 from diffseg.model import Pipeline
-from diffseg.vocabulary import Vocabulary, encode_text
+from diffseg.vocabulary import (
+    DEFAULT_CLASS_TEMPLATE,
+    DEFAULT_TEMPLATE,
+    SEPARATOR,
+    EncodedPrompt,
+    Vocabulary,
+    class_token_weight,
+    encode_context,
+)
+
+# Each paper's own recipe when its method runs alone (METHODS.md); several methods share DiffSegmenter's.
+# template: the joint prompt ("{classes}"), class_template: per_class ("{class}"); class_token_weight None:
+# the context mode's default (diffseg.vocabulary.CLASS_TOKEN_WEIGHT); noise False: the U-Net sees the
+# posterior-mean latent itself. SeeDiff is a generation method: for segmenting a real image it takes
+# DiffSegmenter's one forward at t=100 (its paper averages over the generation steps) and its own prompt.
+RECIPES = {
+    "diffsegmenter": {"timesteps": (100,), "template": DEFAULT_TEMPLATE, "class_template": DEFAULT_CLASS_TEMPLATE,
+                      "separator": SEPARATOR, "class_token_weight": None, "noise": True},
+    "seediff": {"timesteps": (100,), "template": "a photo of {classes}", "class_template": "a photo of a {class}",
+                "separator": SEPARATOR, "class_token_weight": 1.0, "noise": True},
+    "maskdiffusion": {"timesteps": (0,), "template": "{classes}", "class_template": "{class}",
+                      "separator": " and ", "class_token_weight": 1.0, "noise": False},
+}
+RECIPES["maskdiffusion-unsupervised"] = RECIPES["maskdiffusion"]
+SHARED_RECIPE = "diffsegmenter"  # the recipe of several methods in one forward (DESIGN.md "Prompts")
 
 
 @dataclass(frozen=True)
 class SegmenterConfig:
+    """Options of a Segmenter. None: the recipe's value (diffseg.recipes: each paper's own when its method
+    runs alone, DiffSegmenter's when several share the forward); a value given overrides the recipe."""
+
     resolution: int = 512  # model input side (square; the paper ignores aspect ratio, results are resized back)
-    timesteps: tuple[int, ...] = (100,)  # DiffSegmenter: one forward at t=100; several are averaged
+    timesteps: tuple[int, ...] | None = None  # one U-Net forward per timestep, maps averaged
     context: str = "joint"  # "joint": one context for the vocabulary; "per_class": the paper's protocol
     seed: int = 0  # mixed into every image's noise seed (the key decides the rest)
     max_label_side: int = 1024  # argmax at most this long side, then nearest-resize to the original size
-    class_token_weight: float = 1.0  # scale of class tokens' embeddings (the paper's "++" is ~1.21)
+    class_token_weight: float | None = None  # Compel's up-weighting of class tokens (1.21 per_class, 1.0 joint)
+    template: str | None = None  # "{classes}" (joint) or "{class}" (per_class) is replaced by the class(es)
+    separator: str | None = None  # between classes (and aliases) in a joint prompt
+    noise: bool | None = None  # add seeded noise at t (False: the posterior-mean latent itself, MaskDiffusion)
 
 
 @dataclass
@@ -72,10 +103,14 @@ class Segmenter:
             overrides["timesteps"] = (overrides["timesteps"],)
         self.config = replace(config, **overrides)
         self.pipe = pipe
-        self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary(list(vocab))
         self.methods = [method] if isinstance(method, str) else list(method)
         if not self.methods:
             raise ValueError("method list is empty; available: " + ", ".join(method_registry.available()))
+        if self.config.context not in ("joint", "per_class"):
+            raise ValueError(f"context {self.config.context!r} is not 'joint' or 'per_class'")
+        vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary(list(vocab))
+        self.recipe = resolve_recipe(self.methods, self.config, vocab)  # what the job records in its manifest
+        self.vocab = vocab_with_template(vocab, self.recipe)
         self.fns = {m: method_registry.get(m) for m in self.methods}
         params = dict(params or {})
         unknown = sorted(set(params) - set(self.methods))
@@ -86,8 +121,10 @@ class Segmenter:
         for m in self.methods:
             self.needs = self.needs.union(method_registry.needs(m))
         self._check_resolution()
-        self.prompt = self.vocab.encode(pipe.tokenizer, self.config.context)
-        self.context = self._encode_context()  # once per Segmenter, never per batch
+        self.prompt = encode_prompt(self.vocab, pipe.tokenizer, self.config.context, self.recipe["separator"])
+        self.context = encode_context(  # once per Segmenter, never per batch
+            pipe.text_encoder, pipe.tokenizer, self.prompt, pipe.device, pipe.dtype, self.recipe["class_token_weight"]
+        )
         self.label_dtype = np.uint8 if len(self.vocab) < 256 else np.uint16
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
         # One capture per Segmenter: the same processor objects at every call, so a compiled U-Net
@@ -108,23 +145,9 @@ class Segmenter:
         step = scale * 2 ** (levels - 1)
         if res <= 0 or res % step:
             raise ValueError(f"resolution {res} must be a positive multiple of {step} for this model")
-        if self.config.context not in ("joint", "per_class"):
-            raise ValueError(f"context {self.config.context!r} is not 'joint' or 'per_class'")
-        for t in self.config.timesteps:
+        for t in self.recipe["timesteps"]:
             if not 0 <= t < self.pipe.scheduler.config.num_train_timesteps:
                 raise ValueError(f"timestep {t} is outside 0..{self.pipe.scheduler.config.num_train_timesteps - 1}")
-
-    def _encode_context(self) -> torch.Tensor:
-        tok_len = self.pipe.tokenizer.model_max_length
-        chunk = tok_len if tok_len and tok_len < 10_000 else 77
-        ctx = encode_text(self.pipe.text_encoder, self.prompt.input_ids, chunk, self.pipe.device, self.pipe.dtype)
-        w = self.config.class_token_weight
-        if w != 1.0:
-            ctx = ctx.clone()
-            for row, spans in enumerate(self.prompt.spans):
-                for span in spans:
-                    ctx[row, span] *= w
-        return ctx
 
     @torch.no_grad()
     def segment(
@@ -220,20 +243,23 @@ class Segmenter:
         latents = pipe.vae.encode((x01 * 2 - 1).to(pipe.dtype)).latent_dist.mean
         latents = latents * pipe.vae.config.scaling_factor
         self._tick("vae_encode", t0)
-        noise = torch.stack([seeded_noise(k, self.config.seed, latents.shape[1:]) for k in keys])
-        noise = noise.to(pipe.device, latents.dtype, non_blocking=True)
+        noise = None
+        if self.recipe["noise"]:
+            noise = torch.stack([seeded_noise(k, self.config.seed, latents.shape[1:]) for k in keys])
+            noise = noise.to(pipe.device, latents.dtype, non_blocking=True)
         b = len(arrays)
         prompts = self.context.shape[0]
         if self.config.context == "per_class":  # batch rows: image-major, one row per (image, class)
             latents = latents.repeat_interleave(prompts, 0)
-            noise = noise.repeat_interleave(prompts, 0)
+            noise = noise.repeat_interleave(prompts, 0) if noise is not None else None
             ctx = self.context.repeat(b, 1, 1)
         else:
             ctx = self.context.expand(b, -1, -1)
         forwards = []
-        for t in self.config.timesteps:
+        for t in self.recipe["timesteps"]:
             tt = torch.full((latents.shape[0],), t, device=pipe.device, dtype=torch.long)
-            forwards.append((pipe.scheduler.add_noise(latents, noise, tt), tt, ctx))
+            noisy = pipe.scheduler.add_noise(latents, noise, tt) if self.recipe["noise"] else latents
+            forwards.append((noisy, tt, ctx))
         return x01, forwards
 
     def _to_segmentation(
@@ -249,6 +275,61 @@ class Segmenter:
             method=method,
             class_ids=ids,
         )
+
+
+def resolve_recipe(methods: Sequence[str], config: SegmenterConfig, vocab: Vocabulary) -> dict:
+    """The recipe a Segmenter runs: {"name", "timesteps", "template", "separator", "context",
+    "class_token_weight", "noise"} (plain values, for a manifest).
+
+    The paper's own recipe (:data:`RECIPES`) when one method runs alone (a user-registered method:
+    DiffSegmenter's), the shared one (DiffSegmenter's) for several; each option set in `config` (not
+    None) overrides its entry, and a `vocab` whose template is not the default keeps its template.
+    Explicit timesteps without an explicit `noise` add noise (``noise`` False only means t's own latent).
+    """
+    name = methods[0] if len(methods) == 1 and methods[0] in RECIPES else SHARED_RECIPE
+    base = RECIPES[name]
+    mode = config.context
+    key, default = ("template", DEFAULT_TEMPLATE) if mode == "joint" else ("class_template", DEFAULT_CLASS_TEMPLATE)
+    template = config.template or (getattr(vocab, key) if getattr(vocab, key) != default else base[key])
+    noise = config.noise if config.noise is not None else (base["noise"] or config.timesteps is not None)
+    separator = config.separator if config.separator is not None else base["separator"]
+    if separator != SEPARATOR and not separator_supported():
+        if config.separator is not None:
+            raise ValueError(f"separator {separator!r}: this version of diffseg.vocabulary joins classes with "
+                             f"{SEPARATOR!r} only; leave the separator out")
+        separator = SEPARATOR  # the recipe's wish, not yet honoured: the record says what ran
+    return {
+        "name": name if len(methods) == 1 else f"shared ({SHARED_RECIPE})",
+        "timesteps": [int(t) for t in (config.timesteps if config.timesteps is not None else base["timesteps"])],
+        "template": template,
+        "separator": separator,
+        "context": mode,
+        "class_token_weight": class_token_weight(
+            mode, config.class_token_weight if config.class_token_weight is not None else base["class_token_weight"]
+        ),
+        "noise": bool(noise),
+    }
+
+
+def vocab_with_template(vocab: Vocabulary, recipe: dict) -> Vocabulary:
+    """`vocab` with the recipe's template for its context mode (the same object when it already has it)."""
+    key = "template" if recipe["context"] == "joint" else "class_template"
+    if getattr(vocab, key) == recipe["template"]:
+        return vocab
+    return Vocabulary(vocab.names, vocab.aliases, **{
+        "template": vocab.template, "class_template": vocab.class_template, key: recipe["template"]})
+
+
+def separator_supported() -> bool:
+    """Whether Vocabulary.encode takes a separator (until it does, every joint prompt uses ", ")."""
+    return "separator" in inspect.signature(Vocabulary.encode).parameters
+
+
+def encode_prompt(vocab: Vocabulary, tokenizer, mode: str, separator: str) -> EncodedPrompt:
+    """``vocab.encode(tokenizer, mode)`` with classes joined by `separator` in a joint prompt."""
+    if separator == SEPARATOR or mode != "joint":
+        return vocab.encode(tokenizer, mode)
+    return vocab.encode(tokenizer, mode, separator=separator)
 
 
 def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:
