@@ -152,7 +152,8 @@ class CapturedMaps:
     cross[r]: (B, r*r, T) float32; cross_layers[r]: list of (B, r*r, T), one per layer; self_attn[r]:
     SelfAttention; features[r]: (B, C_r, r, r) float32; image: (B, 3, H, W) in [0, 1] or None;
     first_up[r]: the name of the first decoder self-attention layer at r (captured or not: check
-    ``self_attn[r].layers``; SeeDiff reads it).
+    ``self_attn[r].layers``; SeeDiff reads it); heads[r]: the attention head count of the cross-attention
+    layers at r (SD 1.x: 8 everywhere; SD 2.x: 5/10/20/20 from 64 to 8; SeeDiff's flat-layer test reads it).
     """
 
     cross: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -161,6 +162,7 @@ class CapturedMaps:
     features: dict[int, torch.Tensor] = field(default_factory=dict)
     image: torch.Tensor | None = None
     first_up: dict[int, str] = field(default_factory=dict)
+    heads: dict[int, int] = field(default_factory=dict)
 
     @property
     def levels(self) -> list[int]:
@@ -341,6 +343,7 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         self._originals = None
         self._hooks = []
         self._first_up: dict[int, str] = {}
+        self._heads: dict[int, int] = {}  # level index (0 = finest) -> heads of its cross-attention layers
         self._made: dict[str, object] = {}  # capturing processors, made once and reused at every entry
 
     def __enter__(self) -> capture:
@@ -349,6 +352,8 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         self.recorder.clear()  # a capture context averages the forwards run inside it, and only those
         cross, keep, first_up = locate_layers(self.unet, self.needs)
         self._first_up = first_up
+        n_levels = len(self.unet.down_blocks)
+        self._heads = {layer_level(n, n_levels): int(self.unet.get_submodule(n).heads) for n in sorted(cross)}
         self._originals = dict(self.unet.attn_processors)
         for name in (cross | keep) - set(self._made):
             self._made[name] = self.make_processor(name, is_cross=name in cross)
@@ -395,4 +400,5 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         finest = max(out.cross or out.self_attn, default=None)
         if finest is not None:
             out.first_up = {finest >> lvl: name for lvl, name in self._first_up.items()}
+            out.heads = {finest >> lvl: h for lvl, h in self._heads.items()}
         return out

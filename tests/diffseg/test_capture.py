@@ -157,3 +157,23 @@ def test_a_capture_entered_again_starts_empty_with_the_same_processors(tiny_pipe
         assert torch.equal(maps.cross[16], fresh.maps().cross[16])  # this entry's forward only
         assert len(maps.self_attn[32].entries) == 5
     assert all(seen[0][k] is seen[1][k] for k in seen[0])
+
+
+def test_captured_maps_record_each_levels_cross_attention_head_count(tiny_pipe):
+    """SeeDiff's flat-layer threshold depends on the head count at its seed level (SD 2.x: 20 at 16x16)."""
+    import torch
+
+    from diffseg.capture import Needs, capture
+
+    unet = tiny_pipe.unet
+    expected = {}
+    for name, module in unet.named_modules():
+        if name.endswith("attn2"):
+            expected.setdefault(name, module.heads)
+    latent = torch.zeros(1, unet.config.in_channels, 16, 16)
+    text = torch.zeros(1, 77, unet.config.cross_attention_dim)
+    with capture(unet, Needs(cross=True)) as cap, torch.no_grad():
+        unet(latent, 100, encoder_hidden_states=text)
+    maps = cap.maps()
+    assert set(maps.heads) == set(maps.cross)  # one count per captured level
+    assert sorted(set(maps.heads.values())) == sorted(set(expected.values()))
