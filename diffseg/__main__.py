@@ -23,6 +23,13 @@ from diffseg.argtypes import finite_float, positive_int
 EPILOG = """examples:
   python -m diffseg photo.jpg street.png --vocab "person, car, potted plant, road" --model tiny --out out/
   python -m diffseg s3://bucket/img.jpg --vocab classes.txt --model s3://models/sd15/ --dtype fp16
+  python -m diffseg a.jpg --vocab "cat, dog" --method maskdiffusion --method diffsegmenter \
+      --tau diffsegmenter=0.45 --tau maskdiffusion=0.3 --timesteps 100 --template "a photo of {classes}"
+
+Recipe: alone, each method runs its paper's recipe (diffsegmenter: t=100, "a photograph of {classes}"
+joined ", "; seediff: t=100, "a photo of {classes}"; maskdiffusion: one pass at t=0 on the noise-free
+latent, "{classes}" joined " and "); several methods share DiffSegmenter's. --timesteps, --template,
+--separator and --class-token-weight override it; the recipe used is printed.
 
 --model takes 'tiny' (an offline random pipeline: its masks are meaningless), 'sd15-random' /
 'sd21-random' (full-size random weights, for timing), a local folder, or an fsspec URL of a
@@ -36,6 +43,7 @@ thresholds), 3 some images failed (their errors are printed; the others were wri
 
 def build_parser() -> argparse.ArgumentParser:
     from diffseg import methods
+    from diffseg.eval.fitted import tau_option
 
     p = argparse.ArgumentParser(
         prog="python -m diffseg",
@@ -51,11 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method; repeat for several from one forward (default: diffsegmenter)")
     p.add_argument("--resolution", type=positive_int, default=512,
                    help="model input side in pixels, a multiple of 64 for Stable Diffusion (default: 512)")
-    p.add_argument("--timesteps", default="100", help="comma-separated timesteps, averaged (default: 100)")
+    p.add_argument("--timesteps", type=timesteps_option, default=None,
+                   help="comma-separated timesteps, one forward each, maps averaged (default: the recipe's)")
     p.add_argument("--context", choices=("joint", "per_class"), default="joint",
                    help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
-    p.add_argument("--tau", type=finite_float, default=None,
-                   help="background threshold for every method used (DiffSegmenter default 0.4, provisional)")
+    p.add_argument("--template", default=None,
+                   help="prompt template with {classes} (joint context) or {class} (per_class) (default: the recipe's)")
+    p.add_argument("--separator", default=None, help="between classes in a joint prompt (default: the recipe's)")
+    p.add_argument("--class-token-weight", type=finite_float, default=None,
+                   help="Compel up-weighting of class tokens (default: 1.21 per_class, 1.0 joint)")
+    p.add_argument("--tau", type=tau_option, action="append", default=None, metavar="[METHOD=]X",
+                   help="background threshold; METHOD=X per method (repeat), a bare X only when the methods' "
+                   "thresholds share a scale (DiffSegmenter default 0.4, provisional)")
     p.add_argument("--fitted", default=None,
                    help="fitted.json from `python -m jobs.evaluate --fit tau`: use its background thresholds")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
@@ -86,8 +101,28 @@ def output_stems(uris: list[str]) -> list[str]:
     return out
 
 
-def method_params(methods: list[str], tau: float | None, fitted_uri: str | None) -> dict:
-    """Per-method params from --tau (every method with a background score) or a fitted.json.
+def timesteps_option(text: str) -> tuple[int, ...]:
+    """argparse type of ``--timesteps``: comma-separated whole numbers >= 0 ("100" or "20,100,200")."""
+    try:
+        values = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be comma-separated whole numbers >= 0, e.g. 100 or 50,150")
+    return values
+
+
+def recipe_options(args: argparse.Namespace) -> dict:
+    """The Segmenter options of --timesteps, --template, --separator, --class-token-weight and --context
+    (those not given are left to the recipe: diffseg.segmenter.RECIPES)."""
+    given = {"timesteps": args.timesteps, "template": args.template, "separator": args.separator,
+             "class_token_weight": args.class_token_weight}
+    return {"context": args.context, **{k: v for k, v in given.items() if v is not None}}
+
+
+def method_params(methods: list[str], tau, fitted_uri: str | None) -> dict:
+    """Per-method params from --tau (parsed [(method or None, x)]; diffseg.eval.fitted.tau_values) or a
+    fitted.json.
 
     Reads through :func:`diffseg.eval.fitted.background_values`, the one reader the job uses too.
     """
@@ -115,15 +150,15 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         vocab = Vocabulary.from_spec(args.vocab)
-        timesteps = tuple(int(t) for t in args.timesteps.split(","))
         pipe = load_pipeline(args.model, dtype=args.dtype, device=args.device)
         methods = args.method or ["diffsegmenter"]
         params = method_params(methods, args.tau, args.fitted)
         seg = Segmenter(pipe, vocab, method=methods, params=params, resolution=args.resolution,
-                        timesteps=timesteps, context=args.context)
+                        **recipe_options(args))
     except (ValueError, ModelLoadError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print("recipe: " + ", ".join(f"{k} {v!r}" for k, v in seg.recipe.items()), file=sys.stderr)
     title = None
     if pipe.is_random:
         title = f"model '{args.model}' has RANDOM weights: these masks are meaningless"

@@ -8,10 +8,32 @@ command (``python -m diffseg --fitted``) and the job (``jobs.segment --fitted``)
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+from collections.abc import Mapping
 
 from diffseg.methods import BACKGROUND_FIELD
+
+# The scale each method's background threshold lives on: one bare --tau serves only methods of one scale.
+BACKGROUND_SCALE = {
+    "diffsegmenter": "min-max normalised scores in [0, 1]",
+    "seediff": "min-max normalised scores in [0, 1]",
+    "maskdiffusion": "cosines rescaled per image, relative to the image's best class, in [0, 1]",
+}
+
+
+def tau_option(text: str) -> tuple[str | None, float]:
+    """argparse type of ``--tau``: ``METHOD=X`` (one method's threshold) or a bare ``X`` -> (method or
+    None, X); a value that is not a finite number is a usage error naming it."""
+    from diffseg.argtypes import finite_float
+
+    method, sep, value = text.rpartition("=")
+    method = method.strip().lower() if sep else None
+    if sep and method not in BACKGROUND_FIELD:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {method!r} has no background threshold; methods with one: {', '.join(sorted(BACKGROUND_FIELD))}")
+    return method, finite_float(value.strip())
 
 
 def read_fitted(uri: str) -> dict[str, dict]:
@@ -41,16 +63,54 @@ def read_fitted(uri: str) -> dict[str, dict]:
     return data
 
 
-def background_values(methods, tau: float | None = None, fitted_uri: str | None = None) -> dict[str, dict]:
-    """method -> ``{"tau": x}`` for the methods in `methods` that have a background score, from a
-    threshold for all (`tau`) or a fitted.json (`fitted_uri`); ``{}`` when neither is given.
+def tau_values(methods, tau) -> dict[str, dict]:
+    """method -> ``{"tau": x}`` from `tau`: a number for every method of `methods` with a background
+    score, a mapping method -> number, or ``--tau`` options as :func:`tau_option` parses them
+    ([(method or None, x)]: a bare value serves the methods not named).
 
-    Raises ValueError when both are given, or when the fitted.json holds none of `methods`.
+    Raises ValueError when a bare value would serve methods whose thresholds live on different scales
+    (:data:`BACKGROUND_SCALE`; the message names them and the per-method form), or when a method named
+    is not among `methods`.
     """
+    if isinstance(tau, Mapping):
+        pairs = list(tau.items())
+    elif isinstance(tau, (int, float)):
+        pairs = [(None, tau)]
+    else:
+        pairs = list(tau)
+    thresholded = [m for m in methods if m in BACKGROUND_FIELD]
+    named = {m: float(v) for m, v in pairs if m is not None}
+    unused = sorted(set(named) - set(thresholded))
+    if unused:
+        raise ValueError(f"--tau {unused[0]}=...: method {unused[0]} is not in use; thresholds apply to "
+                         f"{', '.join(thresholded) or 'no method in use'}")
+    bare = [float(v) for m, v in pairs if m is None]
+    if len(bare) > 1:
+        raise ValueError(f"--tau given {len(bare)} bare values ({', '.join(map(str, bare))}); give one, or one "
+                         "METHOD=X per method")
+    rest = [m for m in thresholded if m not in named]
+    scales = {BACKGROUND_SCALE.get(m, m) for m in rest}
+    if bare and len(scales) > 1:
+        listed = "; ".join(f"{BACKGROUND_SCALE.get(m, 'its own scale')} for method {m}" for m in rest)
+        raise ValueError(f"--tau {bare[0]:g} would set thresholds on different scales ({listed}); give one per "
+                         f"method instead, e.g. " + " ".join(f"--tau {m}=X" for m in rest))
+    return {m: {"tau": named[m] if m in named else bare[0]} for m in thresholded if m in named or bare}
+
+
+def background_values(methods, tau=None, fitted_uri: str | None = None) -> dict[str, dict]:
+    """method -> ``{"tau": x}`` for the methods in `methods` that have a background score, from `tau`
+    (:func:`tau_values`: a number, a per-method mapping or parsed ``--tau`` options) or a fitted.json
+    (`fitted_uri`); ``{}`` when neither is given.
+
+    Raises ValueError when both are given, when a bare threshold would serve methods of different
+    scales, or when the fitted.json holds none of `methods`.
+    """
+    if tau is not None and not isinstance(tau, (int, float)) and not tau:
+        tau = None
     if tau is not None and fitted_uri:
         raise ValueError("give --tau or --fitted, not both")
     if tau is not None:
-        return {m: {"tau": float(tau)} for m in methods if m in BACKGROUND_FIELD}
+        return tau_values(methods, tau)
     if not fitted_uri:
         return {}
     fitted = read_fitted(fitted_uri)

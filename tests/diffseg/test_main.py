@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffseg.__main__ import main
@@ -74,3 +75,44 @@ def test_make_params_maps_tau_to_each_methods_background_field():
     assert make_params("maskdiffusion", {"tau": 0.3}).background == 0.3
     with pytest.raises(ValueError, match="no parameter"):
         make_params("diffsegmenter", {"bogus": 1})
+
+
+def test_a_bare_tau_is_refused_when_the_methods_thresholds_differ_in_scale(capsys):
+    """diffsegmenter's tau is on min-max scores, maskdiffusion's relative to its best cosine: one bare
+    value for both is refused (exit 2 naming the methods and scales); one per method is accepted."""
+    from diffseg.__main__ import build_parser, method_params
+
+    argv = ["x.jpg", "--vocab", "cup", "--method", "diffsegmenter", "--method", "maskdiffusion", "--tau", "0.4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--tau 0.4 would set thresholds on different scales" in err
+    assert "[0, 1] for method diffsegmenter" in err and "for method maskdiffusion" in err
+    assert "--tau diffsegmenter=X --tau maskdiffusion=X" in err
+    args = build_parser().parse_args([*argv[:-2], "--tau", "diffsegmenter=0.4", "--tau", "maskdiffusion=0.2"])
+    params = method_params(args.method, args.tau, None)
+    assert (params["diffsegmenter"].tau, params["maskdiffusion"].background) == (0.4, 0.2)
+    args = build_parser().parse_args(["x.jpg", "--vocab", "c", "--method", "seediff", "--method", "diffsegmenter",
+                                      "--tau", "0.3"])  # one scale: a bare value serves both
+    params = method_params(args.method, args.tau, None)
+    assert (params["seediff"].threshold, params["diffsegmenter"].tau) == (0.3, 0.3)
+    assert main(["x.jpg", "--vocab", "cup", "--tau", "seediff=0.3"]) == 2
+    assert "method seediff is not in use" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["x.jpg", "--vocab", "c", "--tau", "nosuch=0.3"])
+    assert exit_.value.code == 2 and "'nosuch' has no background threshold" in capsys.readouterr().err
+
+
+def test_recipe_options_reach_the_segmenter(tmp_path, capsys, sample_photos):
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(sample_photos["coffee"]).save(photo)
+    base = [str(photo), "--vocab", "cup, table", "--resolution", "64", "--out", str(tmp_path)]
+    assert main([*base, "--method", "maskdiffusion"]) == 0
+    assert "recipe: name 'maskdiffusion', timesteps [0]" in capsys.readouterr().err
+    assert main([*base, "--timesteps", "20,200", "--template", "a photo of {classes}", "--separator", ", ",
+                 "--class-token-weight", "1.1"]) == 0
+    err = capsys.readouterr().err
+    assert "timesteps [20, 200], template 'a photo of {classes}', separator ', '" in err
+    assert "class_token_weight 1.1" in err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--timesteps", "-3"])
+    assert exit_.value.code == 2 and "'-3': must be comma-separated whole numbers >= 0" in capsys.readouterr().err
