@@ -80,9 +80,18 @@ class JobConfig(RunOptions):
     method_params: Mapping[str, Mapping] = field(default_factory=dict)  # {method: {field: value}} over the
     # methods' defaults (e.g. a fitted tau: diffseg.eval.fitted.background_values)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images become decode errors (checked from the header)
+    # the recipe (diffseg.segmenter.RECIPES); None: the methods' own (each paper's alone, DiffSegmenter's shared)
+    context: str = "joint"  # "joint": one prompt for the vocabulary; "per_class": one per class (the paper's)
+    timesteps: tuple[int, ...] | None = None  # one U-Net forward per timestep, maps averaged
+    template: str | None = None  # "{classes}" (joint) / "{class}" (per_class) replaced by the class(es)
+    separator: str | None = None  # between classes in a joint prompt
+    class_token_weight: float | None = None  # Compel up-weighting of class tokens (1.21 per_class, 1.0 joint)
 
     def __post_init__(self):
         check_options([
+            (self.context in ("joint", "per_class"), "--context", self.context, "joint or per_class"),
+            (self.timesteps is None or (len(self.timesteps) > 0 and min(self.timesteps) >= 0), "--timesteps",
+             self.timesteps, "whole numbers >= 0"),
             (self.resolution >= 8, "--resolution", self.resolution, "at least 8"),
             (self.limit is None or self.limit >= 1, "--limit", self.limit, "at least 1"),
             (self.max_pixels >= 1, "--max-pixels", self.max_pixels, "at least 1"),
@@ -91,7 +100,14 @@ class JobConfig(RunOptions):
         ])
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "methods": list(self.methods)}
+        timesteps = list(self.timesteps) if self.timesteps is not None else None
+        return {**super().to_dict(), "methods": list(self.methods), "timesteps": timesteps}
+
+    def recipe_kwargs(self) -> dict:
+        """The Segmenter keyword options of the recipe fields given (the others: the methods' recipe)."""
+        given = {"timesteps": self.timesteps, "template": self.template, "separator": self.separator,
+                 "class_token_weight": self.class_token_weight}
+        return {"context": self.context, **{k: v for k, v in given.items() if v is not None}}
 
 
 @dataclass(frozen=True)
