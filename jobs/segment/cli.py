@@ -20,6 +20,16 @@ from jobs.common.cli import (
 )
 from jobs.common.config import ConfigError, JobConfig
 
+RECIPE_HELP = """\
+recipe: alone, each method runs its paper's recipe (diffsegmenter: t=100, "a photograph of {classes}"
+joined ", "; seediff: t=100, "a photo of {classes}"; maskdiffusion: one pass at t=0 on the noise-free
+latent, "{classes}" joined " and "); several methods share DiffSegmenter's. --timesteps, --template,
+--separator and --class-token-weight override it; the manifest records the recipe that ran.
+thresholds: --tau diffsegmenter=0.45 --tau maskdiffusion=0.3 (one per method); a bare --tau X only when
+the methods' thresholds share a scale (diffsegmenter and seediff: min-max scores; maskdiffusion: relative
+to the image's best class).
+"""
+
 EXAMPLES = """\
 examples:
   # local demo: a folder of photos, the offline tiny model (random weights: meaningless masks)
@@ -29,6 +39,10 @@ examples:
   ray job submit --working-dir . -- python -m jobs.segment s3://lake/images/ s3://lake/seg/ \\
       --vocab s3://lake/classes.txt --model s3://models/stable-diffusion-v1-5/ --actors 4 --batch-size 16
 
+  # the paper's per-class protocol, two methods with one threshold each
+  python -m jobs.segment ./photos/ ./out/ --vocab voc.txt --model ./sd15/ --context per_class \\
+      --method diffsegmenter --method maskdiffusion --tau diffsegmenter=0.45 --tau maskdiffusion=0.3 --run-id pc
+
 exit codes: 0 done (or nothing to do), 1 run failed (rerun to finish), 2 bad option or failed check
 before any image was read, 3 finished but more errors than --max-error-fraction.
 Rerunning the same command is safe: committed images are skipped, a killed run's leftovers removed.
@@ -36,12 +50,15 @@ Rerunning the same command is safe: committed images are skipped, a killed run's
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diffseg.__main__ import timesteps_option
+    from diffseg.eval.fitted import tau_option
+
     p = argparse.ArgumentParser(
         prog="python -m jobs.segment",
         description="Training-free open-vocabulary semantic segmentation of an image lake with a frozen Stable "
         "Diffusion U-Net, as a Ray Data batch job. Writes Parquet masks/, stats/ and errors/ tables and a "
         "manifest.json under OUTPUT; exactly once per image, resumable, incremental.",
-        epilog=EXAMPLES,
+        epilog=EXAMPLES + "\n" + RECIPE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", metavar="INPUT",
@@ -78,9 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--fitted", metavar="PATH",
                    help="fitted.json written by `python -m jobs.evaluate --fit tau`: segment with its background "
                         "thresholds (local path or URL)")
-    m.add_argument("--tau", type=finite_float, default=None,
-                   help="background threshold for every method used, on its score's scale: [0, 1] for diffsegmenter "
-                   "and seediff, [-1, 1] (a cosine) for maskdiffusion (DiffSegmenter's default 0.4 is provisional)")
+    m.add_argument("--tau", type=tau_option, action="append", default=None, metavar="[METHOD=]X",
+                   help="background threshold, METHOD=X per method (repeat); a bare X for every method only when "
+                   "their thresholds share a scale (see 'thresholds' below; DiffSegmenter's default 0.4 is provisional)")
+    rc = p.add_argument_group("recipe (default: the methods' own, see 'recipe' below)")
+    rc.add_argument("--context", choices=("joint", "per_class"), default="joint",
+                    help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
+    rc.add_argument("--timesteps", type=timesteps_option, default=None, metavar="T[,T...]",
+                    help="U-Net timesteps, one forward each, maps averaged (e.g. 100 or 20,100,200)")
+    rc.add_argument("--template", default=None,
+                    help="prompt template with {classes} (joint) or {class} (per_class), e.g. 'a photo of {classes}'")
+    rc.add_argument("--separator", default=None, help="between classes in a joint prompt, e.g. ' and '")
+    rc.add_argument("--class-token-weight", type=finite_float, default=None, metavar="W",
+                    help="Compel up-weighting of class tokens (default 1.21 per_class, 1.0 joint)")
     m.add_argument("--max-read-bytes", type=positive_int, default=None, metavar="N",
                    help="inputs larger than N bytes become 'read' error rows, unread (default 268435456 = 256 MB)")
     m.add_argument("--read-timeout", type=positive_float, default=None, metavar="S",
@@ -96,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def method_params(args: argparse.Namespace) -> dict[str, dict]:
-    """{method: {"tau": x}} from --tau or --fitted ({} when neither is given; ConfigError when unusable)."""
+    """{method: {"tau": x}} from --tau (METHOD=X or a bare X) or --fitted ({} when neither is given; ConfigError when unusable)."""
     from diffseg.eval.fitted import background_values
     from diffseg.redact import describe_error, redact_uri
     from jobs.common.checks import check_background
@@ -109,6 +136,20 @@ def method_params(args: argparse.Namespace) -> dict[str, dict]:
         raise ConfigError(f"--fitted {redact_uri(args.fitted)!r} cannot be read: {describe_error(exc)}") from exc
     check_background(values, "--fitted" if args.fitted else "--tau")
     return values
+
+
+def check_recipe(config: JobConfig) -> JobConfig:
+    """`config` when its recipe options build (a template with {classes}/{class}, a separator this
+    version supports); ConfigError naming the option otherwise, before Ray starts."""
+    from diffseg import Vocabulary
+    from diffseg.segmenter import SegmenterConfig, resolve_recipe, vocab_with_template
+
+    try:
+        vocab_with_template(Vocabulary(["x"]), resolve_recipe(
+            config.methods, SegmenterConfig(**config.recipe_kwargs()), Vocabulary(["x"])))
+    except ValueError as exc:
+        raise ConfigError(f"--template/--separator: {exc}") from exc
+    return config
 
 
 def read_limits(args: argparse.Namespace) -> dict:
@@ -126,7 +167,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
     """The JobConfig for parsed arguments (raises ConfigError for bad values)."""
     from diffseg.codecs.images import DEFAULT_MAX_PIXELS
 
-    return JobConfig(
+    return check_recipe(JobConfig(
         input=args.input, output=args.output, vocab=args.vocab, model=args.model,
         methods=tuple(args.methods or ("diffsegmenter",)), batch_size=args.batch_size, actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, resolution=args.resolution,
@@ -134,8 +175,10 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         save_scores=args.save_scores, unit_size=args.unit_size,
         method_params=method_params(args),
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS, **read_limits(args),
+        context=args.context, timesteps=args.timesteps, template=args.template, separator=args.separator,
+        class_token_weight=args.class_token_weight,
         address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
-    )
+    ))
 
 
 def main(argv: list[str] | None = None) -> int:
