@@ -44,12 +44,15 @@ def add_actor_options(g) -> None:
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Adds the "ray" option group and ``-q`` (after the job's own options, as ``--help`` lists them)."""
+    """Adds the "ray" and "cluster" option groups and ``-q`` (after the job's own options, as ``--help`` lists them)."""
+    from jobs.common.cluster_options import add_cluster_options
+
     c = p.add_argument_group("ray")
     c.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, as set by `ray job submit`, else "
                    "a new local runtime; 'local' forces one)")
     c.add_argument("--num-cpus", type=positive_int, help="CPUs of a local Ray runtime started by the job (>= 1)")
     c.add_argument("--object-store-mb", type=positive_int, help="object store size (MB) of a local Ray runtime")
+    add_cluster_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only (the summary line is always printed)")
 
 

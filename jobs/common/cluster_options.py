@@ -19,7 +19,8 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shared-output", action="store_true",
                    help="OUTPUT is a local path every node sees (NFS): allow it on a cluster of several nodes")
     g.add_argument("--wait-for-nodes", action="store_true",
-                   help="when no alive node can hold one actor, wait for nodes (started by hand) instead of exiting 2")
+                   help="when no alive node can hold one actor, wait for nodes (an autoscaler or an operator adds them) "
+                   "instead of exiting 2")
     g.add_argument("--break-lease", action="store_true",
                    help="take over the run's lease although its holder looks alive (only when that holder is gone)")
     g.add_argument("--lease-stale-minutes", type=float, default=2.0,

@@ -18,6 +18,7 @@ from jobs.common.cli import (
     run_main,
     vocab_spec,
 )
+from jobs.common.cluster_options import cluster_fields
 from jobs.common.config import ConfigError, JobConfig
 
 RECIPE_HELP = """\
@@ -177,7 +178,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS, **read_limits(args),
         context=args.context, timesteps=args.timesteps, template=args.template, separator=args.separator,
         class_token_weight=args.class_token_weight,
-        address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
+        address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb, **cluster_fields(args),
     ))
 
 

@@ -1,7 +1,7 @@
 """``python -m jobs.synthesize OUTPUT --classes VOCAB --per-class N --model MODEL``: synthetic annotated data.
 
 SeeDiff's original use, as a Ray batch job: for every class and seed, generate an image from
-"a photograph of a {class}" with the frozen Stable Diffusion pipeline, read its mask from the attention
+"a photo of a {class}" (SeeDiff's recipe: guidance 7, 50 DDIM steps) with the frozen Stable Diffusion pipeline, read its mask from the attention
 averaged over the denoising steps (diffseg.generate), and write (image, mask) pairs as a Parquet
 training set. Thin entry point: argument parsing; the flow is jobs.synthesize.run, the work items and
 units jobs.synthesize.config, the actor jobs.synthesize.actor, the tables diffseg.lake.schemas. docs/synthesize.md
@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from jobs.common.cli import add_actor_options, add_common_options, run_main, vocab_spec
+from jobs.common.cluster_options import cluster_fields
 from jobs.synthesize.config import SynthConfig
 
 EXAMPLES = """\
@@ -55,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'tiny' (offline random test model), 'sd15-random'/'sd21-random' (random weights, "
                    "benchmarks), or a folder or URL (s3://...) of a diffusers-format Stable Diffusion checkpoint")
     g = p.add_argument_group("generation")
-    g.add_argument("--prompt", default="a photograph of a {}",
-                   help="prompt template; '{}' is replaced by the class name (default 'a photograph of a {}')")
+    g.add_argument("--prompt", default="a photo of a {}",
+                   help="prompt template; '{}' is replaced by the class name (default SeeDiff's 'a photo of a {}')")
     g.add_argument("--steps", type=int, default=50, help="DDIM denoising steps (default 50, as SeeDiff)")
-    g.add_argument("--guidance", type=float, default=7.5,
-                   help="classifier-free guidance scale, >= 1; 1 = none (default 7.5; SeeDiff used 7)")
+    g.add_argument("--guidance", type=float, default=7.0,
+                   help="classifier-free guidance scale, >= 1; 1 = none (default SeeDiff's 7; SD's usual is 7.5)")
     g.add_argument("--resolution", type=int, default=512,
                    help="image side in pixels, a multiple of 64 (default 512)")
     g.add_argument("--seed", type=int, default=0,
@@ -95,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, dtype=args.dtype, run_id=args.run_id, unit_size=args.unit_size,
         max_error_fraction=args.max_error_fraction, address=args.address, num_cpus=args.num_cpus,
-        object_store_mb=args.object_store_mb,
+        object_store_mb=args.object_store_mb, **cluster_fields(args),
     )
 
 
