@@ -22,8 +22,25 @@ import json
 import os
 import sys
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-    os.environ.setdefault(_k, _v)
+# No HF_HUB_OFFLINE here: models never touch a hub, and setting it breaks `datasets` on s3:// in the
+# same process (the scaling mode runs the job in-process).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+EPILOG = """\
+examples:
+  # the floor and the three methods on a lent GPU, the papers' size (SD 1.5 architecture, random weights)
+  python -m jobs.bench --resolution 512 --batch-size 8 --json bench.json
+
+  # CPU, steadier on shared cores: one thread, two configurations
+  python -m jobs.bench --model tiny --threads 1 --configs diffsegmenter,maskdiffusion
+
+  # design comparisons (naive capture, joint vs per_class), then the Ray job's scaling on 20 and 200 images
+  python -m jobs.bench --designs --method seediff
+  python -m jobs.bench --scaling 20 --model tiny
+
+exit codes: 0 the figures were printed (and written to --json), 1 a run failed (its error is printed),
+2 bad option or a model that cannot be loaded.
+"""
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) of common GPUs, for the "share of peak" line.
 KNOWN_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "V100": 125.0, "T4": 65.0}
@@ -32,7 +49,7 @@ CLASSES20 = ("aeroplane bicycle bird boat bottle bus car cat chair cow dining-ta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sd15-random", help="sd15-random, sd21-random, tiny, or a checkpoint")
     p.add_argument("--resolution", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
@@ -106,15 +123,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffseg import Vocabulary, load_pipeline
     from diffseg.codecs.images import decode_image
-    from diffseg.model import resolve_device, speed_up
+    from diffseg.model import ModelLoadError, resolve_device, speed_up
 
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
-    if args.resolution is None:
-        args.resolution = 512 if cuda else 256
-    dtype = args.dtype if args.dtype != "auto" else ("bf16" if cuda else "fp32")
-    print(f"loading {args.model} on {device} ({dtype}) ...", flush=True)
-    pipe = load_pipeline(args.model, dtype=dtype, device=device)
+    try:
+        device = resolve_device(args.device)
+        cuda = device.type == "cuda"
+        if args.resolution is None:
+            args.resolution = 512 if cuda else 256
+        dtype = args.dtype if args.dtype != "auto" else ("bf16" if cuda else "fp32")
+        print(f"loading {args.model} on {device} ({dtype}) ...", flush=True)
+        pipe = load_pipeline(args.model, dtype=dtype, device=device)
+    except (ModelLoadError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     channels_last = cuda if args.channels_last is None else args.channels_last
     speed_up(pipe, channels_last=channels_last, compile=args.compile)
     if not cuda:
