@@ -8,6 +8,8 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= ghcr.io/your-org/diffseg:$(VERSION)
 export RAY_USAGE_STATS_ENABLED=0
 export AWS_EC2_METADATA_DISABLED=true
+# Ray's loopback mode: local runtimes and test clusters bind to 127.0.0.1, never the machine's own address
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 .PHONY: install demo test test-fast lint image
 

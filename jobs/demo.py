@@ -16,7 +16,9 @@ from pathlib import Path
 
 # No HF_HUB_OFFLINE: the tiny model is built in code and checkpoints load from a folder or object storage,
 # never from a hub (setting it would only break `datasets.load_dataset("parquet", data_files="s3://...")`).
-for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's loopback mode: the demo's local runtime binds to 127.0.0.1.
+for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "AWS_EC2_METADATA_DISABLED": "true",
+                   "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
     os.environ.setdefault(key, value)
 
 VOCAB = "person, cat, coffee cup, rocket, sky"

@@ -11,6 +11,9 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Ray binds every node it starts (local runtimes, ray.cluster_utils.Cluster raylets, `ray start`) to
+# 127.0.0.1 in this mode instead of the machine's own address: the tests' traffic never leaves loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import logging  # noqa: E402
 import uuid  # noqa: E402
