@@ -6,6 +6,7 @@ import pytest
 from diffseg import Segmenter
 from diffseg.methods.seediff import SeeDiffParams
 from diffseg.methods.unsupervised import UnsupervisedParams
+from diffseg.segmenter import RECIPES, SHARED_RECIPE
 
 VOCAB = ["cat", "potted plant", "tv monitor"]
 COMPARED = ["diffsegmenter", "seediff", "maskdiffusion"]
@@ -28,8 +29,9 @@ def together(tiny_pipe, sample_photos):
 
 def test_one_capture_gives_each_method_the_masks_it_gives_alone(tiny_pipe, together):
     photos, results = together
-    for method in COMPARED:
-        alone = Segmenter(tiny_pipe, VOCAB, method=method, resolution=128).segment_method(photos)
+    shared = {k: RECIPES[SHARED_RECIPE][k] for k in ("timesteps", "template", "separator", "noise")}
+    for method in COMPARED:  # alone, with the recipe several methods share (each paper's own differs)
+        alone = Segmenter(tiny_pipe, VOCAB, method=method, resolution=128, **shared).segment_method(photos)
         for a, b in zip(alone, results[method]):
             assert np.allclose(a.scores, b.scores, atol=1e-5), method
             assert np.array_equal(a.label_map, b.label_map), method
