@@ -282,12 +282,25 @@ def _read_one(uri: str, max_bytes: int) -> bytes:
             data = fs.cat_file(path, start=0, end=max_bytes + 1)
             break
         except Exception as exc:
+            if _empty_object(fs, path, exc):
+                return b""  # S3 answers a ranged read of a zero-byte object with 416: it is empty, not unreadable
             if not _transient(exc) or attempt + 1 == READ_ATTEMPTS:
                 raise
             time.sleep(0.2 * 2**attempt)
     if len(data) > max_bytes:
         raise _too_large(uri, max_bytes)
     return data
+
+
+def _empty_object(fs, path: str, exc: Exception) -> bool:
+    """True when `exc` is an object store refusing a byte range because the object at `path` is empty."""
+    text = str(exc).lower()
+    if "range" not in text or "satisfiable" not in text and "invalidrange" not in text:
+        return False
+    try:
+        return fs.size(path) == 0
+    except Exception:
+        return False
 
 
 def _check_local(uri: str, path: str, max_bytes: int) -> None:

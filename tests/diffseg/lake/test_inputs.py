@@ -222,3 +222,14 @@ def test_every_read_has_a_byte_cap_and_a_timeout(tmp_path, bucket, monkeypatch):
     assert isinstance(got["memory:///lake/slow.jpg"], ReadLimitError)
     assert "read timeout of 0.5 s (--read-timeout)" in str(got["memory:///lake/slow.jpg"])
     assert got["memory:///lake/fast.jpg"] == b"on time"
+
+
+def test_a_zero_byte_object_on_s3_reads_as_empty_not_as_a_read_error(s3_endpoint, bucket):
+    """A ranged GET of an empty S3 object is refused with 416; the image is empty (a decode error later), not unreadable."""
+    import boto3
+
+    from diffseg.lake.inputs import read_uris
+
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="empty.jpg", Body=b"")
+    uri = f"s3://{bucket}/empty.jpg"
+    assert read_uris([uri]) == {uri: b""}
