@@ -88,7 +88,8 @@ def read_index(store: OutputStore, run_id: str) -> tuple[pa.Table, pa.Table]:
         units = _read(store, f"{INDEX}/{run_id}/units.parquet", UNITS_SCHEMA)
         uris = _read(store, f"{INDEX}/{run_id}/uris.parquet", URIS_SCHEMA) if units is not None else None
         if units is not None and uris is not None:  # URIs of units the units file does not hold: a cut merge
-            return uris.filter(pc.is_in(uris.column("unit_id"), value_set=units.column("unit_id"))), units
+            held = pc.is_in(uris.column("unit_id"), value_set=units.column("unit_id").combine_chunks())
+            return (uris if pc.all(held).as_py() is not False else uris.filter(held)), units
     except Exception as exc:
         log.warning("ignoring the unreadable done index of run %r (%s): reading its markers instead", run_id, exc)
     return URIS_SCHEMA.empty_table(), UNITS_SCHEMA.empty_table()
@@ -123,7 +124,9 @@ def load_done(store: OutputStore, run_id: str) -> DoneSet:
         uris, units, indexed = URIS_SCHEMA.empty_table(), UNITS_SCHEMA.empty_table(), set()
     new = load_markers(store, run_id, sorted(listed - indexed))
     more_uris, more_units = markers_to_tables(new)
-    return DoneSet(pa.concat_tables([uris, more_uris]), pa.concat_tables([units, more_units]), len(new), len(new))
+    if new:
+        uris, units = pa.concat_tables([uris, more_uris]), pa.concat_tables([units, more_units])
+    return DoneSet(uris, units, len(new), len(new))
 
 
 def merge_index(store: OutputStore, run_id: str, done: DoneSet, committed: list[dict]) -> None:

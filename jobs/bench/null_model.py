@@ -133,34 +133,44 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int) -> di
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def replan(n: int) -> dict:
-    """Planning with `n` URIs done: the index synthesised directly, a listing of n + 1000 URIs."""
+def _uri(i: int) -> str:
+    return f"s3://lake/images/{i // 1000:05d}/{i:09d}.jpg"
+
+
+def write_index(folder: str, n: int) -> None:
+    """A run "r" under `folder` with `n` URIs done: its done index and its markers' names (empty files:
+    planning only lists them, as they are all in the index)."""
     import pyarrow as pa
 
-    from diffseg.lake.done_index import UNITS_SCHEMA, URIS_SCHEMA, DoneSet, load_done, merge_index
+    from diffseg.lake.done_index import UNITS_SCHEMA, URIS_SCHEMA, DoneSet, merge_index
     from diffseg.lake.store import OutputStore
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = OutputStore(tmp)
-        unit_ids = [f"{i // 256:016x}" for i in range(n)]
-        uris = [f"s3://lake/images/{i // 1000:05d}/{i:09d}.jpg" for i in range(n)]
-        units = sorted(set(unit_ids))
-        for u in units:  # the markers the index covers (names only are listed)
-            os.makedirs(os.path.join(tmp, "_commits", "r"), exist_ok=True)
-            open(os.path.join(tmp, "_commits", "r", f"{u}.json"), "w").close()
-        done = DoneSet(pa.table({"uri": uris, "unit_id": unit_ids}, schema=URIS_SCHEMA),
-                       pa.table({"unit_id": units, "items": [256] * len(units), "errors": [0] * len(units)},
-                                schema=UNITS_SCHEMA), 0, 1)
-        merge_index(store, "r", done, [])
-        listing = uris + [f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)]
-        del done, unit_ids, uris
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        todo = load_done(store, "r").exclude(listing)
-        seconds = time.perf_counter() - t0
+    unit_ids = [f"{i // 256:016x}" for i in range(n)]
+    units = sorted(set(unit_ids))
+    os.makedirs(os.path.join(folder, "_commits", "r"), exist_ok=True)
+    for u in units:
+        open(os.path.join(folder, "_commits", "r", f"{u}.json"), "w").close()
+    done = DoneSet(pa.table({"uri": [_uri(i) for i in range(n)], "unit_id": unit_ids}, schema=URIS_SCHEMA),
+                   pa.table({"unit_id": units, "items": [256] * len(units), "errors": [0] * len(units)},
+                            schema=UNITS_SCHEMA), 0, 1)
+    merge_index(OutputStore(folder), "r", done, [])
+
+
+def replan(folder: str, n: int) -> dict:
+    """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as a
+    Python list, as diffseg.lake.inputs.list_inputs returns it; the process's peak RSS includes it."""
+    from diffseg.lake.done_index import load_done
+    from diffseg.lake.store import OutputStore
+
+    listing = [_uri(i) for i in range(n)] + [f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    todo = load_done(OutputStore(folder), "r").exclude(listing)
+    seconds = time.perf_counter() - t0
     assert len(todo) == 1000
-    return {"done": n, "replan_s": round(seconds, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_before_mb": round(rss0 / 1024, 1), "listing": n + 1000, "todo": len(todo)}
+    return {"done": n, "replan_s": round(seconds, 2), "listing": n + 1000, "todo": len(todo),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_with_listing_mb": round(rss0 / 1024, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replan:
         for n in args.replan:
-            out = subprocess.run([sys.executable, "-c", f"import json; from jobs.bench.null_model import replan; "
-                                  f"print(json.dumps(replan({n})))"], capture_output=True, text=True, check=True)
-            print(out.stdout.strip().splitlines()[-1])
+            with tempfile.TemporaryDirectory() as tmp:  # the index is written by one process, planned by another
+                for step in (f"write_index({tmp!r}, {n})", f"print(json.dumps(replan({tmp!r}, {n})))"):
+                    out = subprocess.run([sys.executable, "-c", "import json; from jobs.bench.null_model import "
+                                          f"write_index, replan; {step}"], capture_output=True, text=True, check=True)
+                print(out.stdout.strip().splitlines()[-1], flush=True)
         return 0
     n = args.scaling or 1000
     rows = []
