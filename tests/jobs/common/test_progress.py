@@ -111,7 +111,11 @@ def test_meta_counts_sum_the_workers_counts():
 
 @pytest.mark.slow
 def test_ray_data_prints_no_progress_or_banners_unless_verbose(ray_local):
+    import importlib
+
     ray = ray_local
+    importlib.import_module("ray.data")  # importing it installs Ray Data's console handler
+
     # Ray Data's console handler keeps the stream it was created with: read what it writes from here
     console = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
     assert console, "Ray Data has no console handler to quiet"
@@ -119,13 +123,17 @@ def test_ray_data_prints_no_progress_or_banners_unless_verbose(ray_local):
     try:
         for verbose in (False, True):
             out = io.StringIO()
-            saved = [h.setStream(out) for h in console]
+            # swap streams without setStream: it flushes the old stream, which an earlier test's capture
+            # may have closed already
+            saved = [h.stream for h in console]
+            for h in console:
+                h.stream = out
             configure_ray_data(verbose=verbose)
             try:
                 assert ray.data.range(6).map_batches(lambda b: b, batch_size=2).count() == 6
             finally:
                 for h, stream in zip(console, saved):
-                    h.setStream(stream)
+                    h.stream = stream
             outputs.append(out.getvalue())
     finally:
         configure_ray_data(verbose=True)  # Ray Data's defaults for the tests after this one
