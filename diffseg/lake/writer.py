@@ -127,7 +127,7 @@ class UnitCommitter:
             return
         self._last_progress = now
         elapsed = max(now - self.started, 1e-9)
-        log.info(
+        log.debug(  # the runner's jobs.common.progress lines are what users read
             "committed %d/%d units: %d/%d %s (%d errors), %.2f %s/s",
             len(self.committed), len(self.units), self.counts["items"], self.total_items, self.tables.item_name,
             self.counts["errors"], self.counts["items"] / elapsed, self.tables.item_name,

@@ -44,7 +44,7 @@ def add_actor_options(g) -> None:
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Adds the "ray" and "cluster" option groups and ``-q`` (after the job's own options, as ``--help`` lists them)."""
+    """Adds the "ray" and "cluster" option groups and ``-q``/``-v`` (after the job's own options, as ``--help`` lists them)."""
     from jobs.common.cluster_options import add_cluster_options
 
     c = p.add_argument_group("ray")
@@ -53,7 +53,10 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--num-cpus", type=positive_int, help="CPUs of a local Ray runtime started by the job (>= 1)")
     c.add_argument("--object-store-mb", type=positive_int, help="object store size (MB) of a local Ray runtime")
     add_cluster_options(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only (the summary line is always printed)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="log warnings only (the summary line is always printed)")
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="also show Ray Data's own progress bars or lines and execution banners")
 
 
 def run_main(parser: argparse.ArgumentParser, config_from_args: Callable[[argparse.Namespace], object],

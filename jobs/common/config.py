@@ -43,6 +43,7 @@ class RunOptions:
     break_lease: bool = False  # take over the run's lease although its holder's heartbeat is fresh
     lease_stale_s: float = 120.0  # a lease whose heartbeat (every 30 s) is older than this is taken over
     placement_warn_s: float = 60.0  # log when pool actors have waited this long for a node
+    verbose: bool = False  # also Ray Data's own progress bars/lines and execution banners (-v)
 
     def to_dict(self) -> dict:
         """The config as plain values: the job's own options first, then these."""

@@ -250,6 +250,7 @@ def _run_on_ray(run: _Invocation) -> int:
 
     from diffseg.lake.commit import WriteTarget
     from diffseg.lake.writer import UnitCommitter
+    from jobs.common.progress import Progress, configure_ray_data
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
 
     job, config, log = run.job, run.config, run.job.log
@@ -279,8 +280,13 @@ def _run_on_ray(run: _Invocation) -> int:
         run.writer = UnitCommitter(run.checked.store, config.run_id, run.planned.units, job.tables,
                                    before_commit=run.before_commit)
         dataset = job.dataset(config, run.checked, run.planned.units, res, target)
-        with PlacementWatchdog("MapWorker", res, after_s=config.placement_warn_s):
-            commit_stream(run.writer, dataset, job.tables)
+        configure_ray_data(config.verbose)  # before it executes (the dataset may have set it already)
+        progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
+        try:
+            with PlacementWatchdog("MapWorker", res, after_s=config.placement_warn_s):
+                commit_stream(_Counted(run.writer, progress), dataset, job.tables)
+        finally:
+            progress.close()
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
     except Exception as exc:
@@ -295,6 +301,23 @@ def _run_on_ray(run: _Invocation) -> int:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     return _finish(run)
+
+
+class _Counted:
+    """The run's UnitCommitter, with every metadata batch it receives also counted by a
+    jobs.common.progress.Progress (the lines users read while the job runs)."""
+
+    def __init__(self, committer, progress):
+        self._committer, self._progress = committer, progress
+
+    def add(self, batch):
+        from jobs.common.progress import meta_counts
+
+        self._progress.add(*meta_counts(batch))
+        return self._committer.add(batch)
+
+    def __getattr__(self, name):  # compacted, finish... of the committer
+        return getattr(self._committer, name)
 
 
 def check_output_visible(store, config, nodes: int) -> None:

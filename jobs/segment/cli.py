@@ -189,7 +189,8 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS, **read_limits(args),
         context=args.context, timesteps=args.timesteps, template=args.template, separator=args.separator,
         class_token_weight=args.class_token_weight,
-        address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb, **cluster_fields(args),
+        address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb, verbose=args.verbose,
+        **cluster_fields(args),
     ))
 
 

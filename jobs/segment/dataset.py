@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
-from jobs.common.ray_env import configure_progress, map_actors
+from jobs.common.progress import configure_ray_data
+from jobs.common.ray_env import map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 
@@ -35,7 +36,7 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     null model, jobs.bench.null_model)."""
     import ray
 
-    configure_progress()
+    configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
     udf_config = UdfConfig.placed(config, resources, target, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params)

@@ -96,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, dtype=args.dtype, run_id=args.run_id, unit_size=args.unit_size,
         max_error_fraction=args.max_error_fraction, address=args.address, num_cpus=args.num_cpus,
-        object_store_mb=args.object_store_mb, **cluster_fields(args),
+        object_store_mb=args.object_store_mb, verbose=args.verbose, **cluster_fields(args),
     )
 
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from diffseg.lake.units import Unit
 from jobs.common.config import Resources
-from jobs.common.ray_env import configure_progress, map_actors
+from jobs.common.progress import configure_ray_data
+from jobs.common.ray_env import map_actors
 
 _TYPES = {"class_id": pa.int32(), "seed": pa.int64(), "pos": pa.int32(), "unit_rows": pa.int32()}
 
@@ -62,7 +63,7 @@ def build_generation_dataset(units: list[Unit], config, resources: Resources, cl
 
     from jobs.synthesize.actor import SynthUDF, SynthUdfConfig
 
-    configure_progress()
+    configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
     udf_config = SynthUdfConfig.placed(config, resources, target, steps=config.steps, guidance=config.guidance,
                                        resolution=config.resolution, prompt=config.prompt, pamr=config.pamr)
     ds = ray.data.from_arrow(generation_blocks(units, config.batch_size, class_ids))
