@@ -7,7 +7,6 @@ VAE posterior mean -> seeded noise added at t -> U-Net under capture -> method s
 from __future__ import annotations
 
 import hashlib
-import inspect
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -293,11 +292,6 @@ def resolve_recipe(methods: Sequence[str], config: SegmenterConfig, vocab: Vocab
     template = config.template or (getattr(vocab, key) if getattr(vocab, key) != default else base[key])
     noise = config.noise if config.noise is not None else (base["noise"] or config.timesteps is not None)
     separator = config.separator if config.separator is not None else base["separator"]
-    if separator != SEPARATOR and not separator_supported():
-        if config.separator is not None:
-            raise ValueError(f"separator {separator!r}: this version of diffseg.vocabulary joins classes with "
-                             f"{SEPARATOR!r} only; leave the separator out")
-        separator = SEPARATOR  # the recipe's wish, not yet honoured: the record says what ran
     return {
         "name": name if len(methods) == 1 else f"shared ({SHARED_RECIPE})",
         "timesteps": [int(t) for t in (config.timesteps if config.timesteps is not None else base["timesteps"])],
@@ -320,16 +314,9 @@ def vocab_with_template(vocab: Vocabulary, recipe: dict) -> Vocabulary:
         "template": vocab.template, "class_template": vocab.class_template, key: recipe["template"]})
 
 
-def separator_supported() -> bool:
-    """Whether Vocabulary.encode takes a separator (until it does, every joint prompt uses ", ")."""
-    return "separator" in inspect.signature(Vocabulary.encode).parameters
-
-
 def encode_prompt(vocab: Vocabulary, tokenizer, mode: str, separator: str) -> EncodedPrompt:
     """``vocab.encode(tokenizer, mode)`` with classes joined by `separator` in a joint prompt."""
-    if separator == SEPARATOR or mode != "joint":
-        return vocab.encode(tokenizer, mode)
-    return vocab.encode(tokenizer, mode, separator=separator)
+    return vocab.encode(tokenizer, mode, separator=separator) if mode == "joint" else vocab.encode(tokenizer, mode)
 
 
 def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:
@@ -376,7 +363,7 @@ def merge_per_class(maps: CapturedMaps, b: int, spans_per_prompt: list[list[list
         x = x.view(b, k, *x.shape[1:])
         return torch.cat([x[:, j][:, :, spans[j]] for j in range(k)], -1)
 
-    out = CapturedMaps(image=maps.image, first_up=dict(maps.first_up))
+    out = CapturedMaps(image=maps.image, first_up=dict(maps.first_up), heads=dict(maps.heads))
     out.cross = {r: gather(x) for r, x in maps.cross.items()}
     out.cross_layers = {r: [gather(x) for x in xs] for r, xs in maps.cross_layers.items()}
     out.features = {r: x.view(b, k, *x.shape[1:]).mean(1) for r, x in maps.features.items()}

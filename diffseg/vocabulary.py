@@ -139,10 +139,13 @@ class Vocabulary:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
-    def encode(self, tokenizer, mode: str = "joint") -> EncodedPrompt:
-        """Token ids and class spans for `mode` ("joint" or "per_class"), with `tokenizer` (CLIP BPE)."""
+    def encode(self, tokenizer, mode: str = "joint", separator: str = SEPARATOR) -> EncodedPrompt:
+        """Token ids and class spans for `mode` ("joint" or "per_class"), with `tokenizer` (CLIP BPE).
+
+        `separator` joins the classes of a joint prompt (", " by default; MaskDiffusion's " and "); a
+        class's aliases are always joined by ", "."""
         if mode == "joint":
-            ids, spans = self._encode_joint(tokenizer)
+            ids, spans = self._encode_joint(tokenizer, separator)
             return EncodedPrompt(torch.tensor([ids]), [spans])
         if mode == "per_class":
             rows, spans = [], []
@@ -159,9 +162,10 @@ class Vocabulary:
     def _class_items(self, name: str) -> list[str]:
         return [name, *self.aliases[name]]
 
-    def _encode_joint(self, tokenizer) -> tuple[list[int], list[list[int]]]:
+    def _encode_joint(self, tokenizer, separator: str = SEPARATOR) -> tuple[list[int], list[list[int]]]:
         pre, post = self.template.split("{classes}", 1)
-        chunks = build_chunks(tokenizer, pre, post, [self._class_items(n) for n in self.names], what="vocabulary")
+        chunks = build_chunks(tokenizer, pre, post, [self._class_items(n) for n in self.names], what="vocabulary",
+                              separator=separator)
         ids, spans = [], []
         for chunk_ids, chunk_spans in chunks:
             offset = len(ids)
@@ -210,12 +214,13 @@ def normalize_name(name: str) -> str:
     return re.sub(r"\s+", " ", str(name)).strip()
 
 
-def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], what: str):
+def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], what: str,
+                 separator: str = SEPARATOR):
     """Fills contexts greedily with whole classes; returns [(ids padded to max length, spans)].
 
     `classes`: per class, its name then aliases. Each chunk is
-    ``<start> prefix item, item, ... suffix <end> <pad>...``; a class's span is the positions of all its
-    items' tokens within the chunk.
+    ``<start> prefix name, alias<separator>name, alias ... suffix <end> <pad>...`` (aliases joined by
+    ", ", classes by `separator`); a class's span is the positions of all its items' tokens in the chunk.
     """
     length = context_length(tokenizer)
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -224,7 +229,7 @@ def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], 
     def tok(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
 
-    pre, post, sep = tok(prefix), tok(suffix), tok(SEPARATOR)
+    pre, post, sep, class_sep = tok(prefix), tok(suffix), tok(SEPARATOR), tok(separator)
     fixed = 2 + len(pre) + len(post)
     chunks: list[tuple[list[int], list[list[int]]]] = []
     body: list[int] = []
@@ -247,7 +252,7 @@ def build_chunks(tokenizer, prefix: str, suffix: str, classes: list[list[str]], 
             piece += item_ids
         if fixed + len(piece) > length:
             raise ValueError(f"{what}: {items[0]!r} with its aliases is longer than one {length}-token context")
-        lead = sep if body else []
+        lead = class_sep if body else []
         if fixed + len(body) + len(lead) + len(piece) > length:
             flush()
             body, spans, lead = [], [], []

@@ -221,8 +221,6 @@ def test_maskdiffusion_alone_runs_its_paper_recipe(tiny_pipe, sample_photos, mon
     assert seen[0][1].tolist() == [0] and torch.allclose(seen[0][0], mean, atol=1e-6)
 
 
-@pytest.mark.xfail(not __import__("diffseg.segmenter").segmenter.separator_supported(), strict=True,
-                   reason="Vocabulary.encode takes no separator yet (diffseg.vocabulary, lead)")
 def test_maskdiffusion_alone_joins_classes_with_and(tiny_pipe):
     seg = Segmenter(tiny_pipe, VOCAB, method="maskdiffusion", resolution=64)
     assert seg.recipe["separator"] == " and "
