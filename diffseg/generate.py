@@ -29,9 +29,9 @@ from diffseg.vocabulary import Vocabulary, encode_text
 @dataclass(frozen=True)
 class GenerationConfig:
     steps: int = 50  # DDIM steps (SeeDiff: 50)
-    guidance: float = 7.5  # classifier-free guidance scale (SeeDiff: 7; SD's usual 7.5); 1 = no guidance
+    guidance: float = 7.0  # classifier-free guidance scale (SeeDiff: 7); 1 = no guidance
     resolution: int = 512  # image side in pixels
-    prompt: str = "a photograph of a {}"  # "{}" is replaced by the class name
+    prompt: str = "a photo of a {}"  # "{}" is replaced by the class name
     method: str = "seediff"  # the method that reads the mask from the averaged maps
     max_label_side: int = 1024
 

@@ -30,9 +30,9 @@ class SynthUdfConfig(ActorConfig):
     """What a synthesize actor needs besides the model URI."""
 
     steps: int = 50  # DDIM steps
-    guidance: float = 7.5  # classifier-free guidance scale
+    guidance: float = 7.0  # classifier-free guidance scale (SeeDiff)
     resolution: int = 512  # image side
-    prompt: str = "a photograph of a {}"  # "{}" = the class name
+    prompt: str = "a photo of a {}"  # "{}" = the class name
     pamr: bool = False  # SeeDiff's PAMR refinement
 
 

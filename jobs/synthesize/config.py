@@ -31,9 +31,9 @@ class SynthConfig(RunOptions):
     classes: str  # class file path/URL (one per line) or "cat, dog, potted plant"
     per_class: int  # images per class: seeds seed .. seed + per_class - 1
     model: str  # "tiny", "sd15-random", a folder or an fsspec URL of a diffusers SD checkpoint
-    prompt: str = "a photograph of a {}"  # "{}" is replaced by the class name
+    prompt: str = "a photo of a {}"  # "{}" is replaced by the class name (SeeDiff's prompt)
     steps: int = 50  # DDIM steps (SeeDiff: 50)
-    guidance: float = 7.5  # classifier-free guidance scale (SeeDiff: 7); 1 = no guidance
+    guidance: float = 7.0  # classifier-free guidance scale (SeeDiff's 7); 1 = no guidance
     resolution: int = 512  # image side in pixels (square)
     seed: int = 0  # first seed of every class
     pamr: bool = False  # refine masks on the image with PAMR (SeeDiff's optional step; threshold 0.8 then)

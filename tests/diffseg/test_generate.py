@@ -46,7 +46,7 @@ def test_generated_pairs_have_the_asked_shapes_and_are_reproducible(tiny_pipe):
     for a, b in zip(first, again):
         assert a.image.shape == (64, 64, 3) and a.image.dtype == np.uint8
         assert a.label_map.shape == (64, 64) and set(np.unique(a.label_map)) <= {0, 1}
-        assert a.prompt == "a photograph of a potted plant"
+        assert a.prompt == "a photo of a potted plant"
         assert np.array_equal(a.image, b.image) and np.array_equal(a.label_map, b.label_map)
     assert not np.array_equal(first[0].image, first[1].image)  # different seeds, different images
 

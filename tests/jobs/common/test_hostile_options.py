@@ -51,10 +51,10 @@ def test_segment_refuses_careless_options_with_exit_2(tmp_path, monkeypatch, cap
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_a_maskdiffusion_tau_lives_on_the_cosine_scale():
-    check_background({"maskdiffusion": {"tau": -0.5}})
-    with pytest.raises(ConfigError, match=r"--fitted 1.5: must be a finite number in \[-1, 1\] for method maskdiffusion"):
-        check_background({"maskdiffusion": {"tau": 1.5}}, "--fitted")
+def test_a_maskdiffusion_tau_is_relative_to_the_images_own_cosines():
+    check_background({"maskdiffusion": {"tau": 0.5}})
+    with pytest.raises(ConfigError, match=r"--fitted -0.5: must be a finite number in \[0, 1\] for method maskdiffusion"):
+        check_background({"maskdiffusion": {"tau": -0.5}}, "--fitted")
 
 
 def test_synthesize_refuses_a_typo_in_classes(tmp_path, monkeypatch, capsys):

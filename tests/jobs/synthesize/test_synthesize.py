@@ -70,7 +70,7 @@ def check_samples(samples, side: int) -> None:
         assert mask.shape == (side, side) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
         assert (row["width"], row["height"]) == (side, side)
         assert row["class_id"] == classes.index(row["class_name"]) + 1
-        assert row["prompt"] == f"a photograph of a {row['class_name']}" and row["model"] == "tiny"
+        assert row["prompt"] == f"a photo of a {row['class_name']}" and row["model"] == "tiny"
         assert row["pixel_count"] == int(mask.sum()) and row["fraction"] == pytest.approx(mask.mean(), abs=1e-6)
         decoded = mask_utils.decode({"size": row["rle_size"], "counts": row["rle_counts"]})
         assert np.array_equal(decoded, mask)
@@ -254,7 +254,7 @@ def test_finished_run_is_not_redone_and_other_settings_are_refused_without_ray(t
 
     assert run(config(output, guidance=3.0)) == 2
     out = capsys.readouterr().out
-    assert "guidance: 7.5 there, 3.0 now" in out and "--run-id" in out
+    assert "guidance: 7.0 there, 3.0 now" in out and "--run-id" in out
     assert run(config(output, classes="cat, dog")) == 2
     assert run(config(output, model=str(tmp_path / "no-such-model"), run_id="other")) == 2
     assert "no such folder" in capsys.readouterr().out
