@@ -47,8 +47,11 @@ class ActorConfig:
 
 
 def describe(exc: BaseException) -> str:
-    """``"TypeName: message"`` (only the type name when the message is empty)."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """``"TypeName: message"``, redacted (diffseg.redact.describe_error; only the type name when the
+    message is empty)."""
+    from diffseg.redact import describe_error
+
+    return describe_error(exc) if str(exc) else type(exc).__name__
 
 
 class ModelActor:

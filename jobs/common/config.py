@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
+from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,8 @@ class JobConfig(RunOptions):
     method_params: Mapping[str, Mapping] = field(default_factory=dict)  # {method: {field: value}} over the
     # methods' defaults (e.g. a fitted tau: diffseg.eval.fitted.background_values)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images become decode errors (checked from the header)
+    max_read_bytes: int = READ_MAX_BYTES  # larger input files become read errors, unread
+    read_timeout: float = READ_TIMEOUT_S  # seconds one input may take to read (retries included)
     # the recipe (diffseg.segmenter.RECIPES); None: the methods' own (each paper's alone, DiffSegmenter's shared)
     context: str = "joint"  # "joint": one prompt for the vocabulary; "per_class": one per class (the paper's)
     timesteps: tuple[int, ...] | None = None  # one U-Net forward per timestep, maps averaged
@@ -96,6 +99,8 @@ class JobConfig(RunOptions):
             (self.resolution >= 8, "--resolution", self.resolution, "at least 8"),
             (self.limit is None or self.limit >= 1, "--limit", self.limit, "at least 1"),
             (self.max_pixels >= 1, "--max-pixels", self.max_pixels, "at least 1"),
+            (self.max_read_bytes >= 1, "--max-read-bytes", self.max_read_bytes, "at least 1"),
+            (self.read_timeout > 0, "--read-timeout", self.read_timeout, "> 0 seconds"),
             (bool(self.methods), "--method", self.methods, "at least one method"),
             *self.checks(),
         ])

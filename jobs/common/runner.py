@@ -290,7 +290,10 @@ def _run_on_ray(run: _Invocation) -> int:
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
+        from diffseg.redact import describe_error
+
+        uris = [getattr(config, "input", None), config.output, run.checked.vocab_spec, config.model]
+        message = describe_error(exc, [u for u in uris if u])
         run.write_manifest("failed", error=message[:2000])
         log.exception("run failed")
         w = run.writer

@@ -35,6 +35,7 @@ class UdfConfig(ActorConfig):
     resolution: int = 512  # model input side (square)
     save_scores: bool = False  # also encode per-class scores (uint8 tall PNG) into masks.scores_png
     method_params: Mapping[str, Mapping] = field(default_factory=dict)  # {method: {field: value}} over defaults
+    recipe: Mapping[str, object] = field(default_factory=dict)  # Segmenter keyword options (JobConfig.recipe_kwargs())
 
 
 def make_method_params(values: Mapping[str, Mapping], methods) -> dict | None:
@@ -49,15 +50,20 @@ def make_method_params(values: Mapping[str, Mapping], methods) -> dict | None:
     return {m: make_params(m, dict(v)) for m, v in values.items()}
 
 
-def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int, max_read_bytes: int | None = None,
+                 read_timeout: float | None = None) -> dict[str, np.ndarray]:
     """Reads, decodes and resizes a batch of URIs (the ``read`` and ``decode`` stages; a CPU task).
+
+    `max_read_bytes`/`read_timeout`: diffseg.lake.inputs.read_uris's limits (None: its defaults); a file
+    over them is a ``read`` error naming the limit, an escaped non-UTF-8 name a ``list`` error.
 
     In: ``uri``, ``unit_id`` (N,) strings (and ``pos``, ``unit_rows``, passed on). Out: the same plus
     ``image`` (N, r, r, 3) uint8 (zeros on error), ``height``/``width`` (N,) int32 original size, and
     ``stage``/``error_type``/``message`` strings ("" when the image is fine).
     """
     from diffseg.codecs.images import decode_image, resize_square
-    from diffseg.lake.inputs import read_uris
+    from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S, read_uris
+    from diffseg.redact import describe_error
 
     uris = [str(u) for u in batch["uri"]]
     n = len(uris)
@@ -65,12 +71,12 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int)
     heights = np.zeros(n, dtype=np.int32)
     widths = np.zeros(n, dtype=np.int32)
     stage, etype, message = [""] * n, [""] * n, [""] * n
-    data = read_uris(uris)
+    data = read_uris(uris, max_bytes=max_read_bytes or READ_MAX_BYTES, timeout=read_timeout or READ_TIMEOUT_S)
     for i, uri in enumerate(uris):
         value = data.get(uri)
         if isinstance(value, Exception) or value is None:
-            stage[i], etype[i] = "read", type(value).__name__
-            message[i] = f"cannot read {uri!r}: {type(value).__name__}: {value}"
+            stage[i], etype[i] = getattr(value, "stage", "read"), type(value).__name__
+            message[i] = f"cannot read {uri!r}: " + (describe_error(value, [uri]) if value is not None else "no data")
             continue
         try:
             image = decode_image(value, name=uri, max_pixels=max_pixels)
@@ -102,9 +108,9 @@ class SegmentUDF(ModelActor):
 
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
         self.segmenter = Segmenter(self.pipe, self.vocab, method=list(config.methods), resolution=config.resolution,
-                                   params=make_method_params(config.method_params, config.methods))
-        log.info("actor ready: model %s on %s (%s), %d classes, methods %s", self.pipe.name, self.pipe.device,
-                 self.pipe.dtype, len(self.vocab), ", ".join(config.methods))
+                                   params=make_method_params(config.method_params, config.methods), **config.recipe)
+        log.info("actor ready: model %s on %s (%s), %d classes, methods %s, recipe %s", self.pipe.name,
+                 self.pipe.device, self.pipe.dtype, len(self.vocab), ", ".join(config.methods), self.segmenter.recipe)
 
     def items(self, batch: dict[str, np.ndarray]) -> list[dict]:
         """Decoded batch (see decode_batch) -> one item per image; a read/decode failure is an item error."""

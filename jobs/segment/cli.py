@@ -165,14 +165,10 @@ def recipe_wired() -> bool:
 
 
 def read_limits(args: argparse.Namespace) -> dict:
-    """The JobConfig fields of --max-read-bytes and --read-timeout (diffseg.lake.inputs.read_uris's
+    """The JobConfig fields of --max-read-bytes and --read-timeout given (diffseg.lake.inputs.read_uris's
     max_bytes and timeout; defaults READ_MAX_BYTES, READ_TIMEOUT_S)."""
     limits = {"max_read_bytes": args.max_read_bytes, "read_timeout": args.read_timeout}
-    fields = JobConfig.__dataclass_fields__
-    unwired = [k for k, v in limits.items() if v is not None and k not in fields]
-    if unwired:  # until JobConfig carries them (issue 14 item 3): refuse rather than ignore
-        raise ConfigError(f"--{unwired[0].replace('_', '-')} is not supported by this version of the job yet")
-    return {k: v for k, v in limits.items() if v is not None and k in fields}
+    return {k: v for k, v in limits.items() if v is not None}
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:

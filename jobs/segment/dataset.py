@@ -39,13 +39,14 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
     udf_config = UdfConfig.placed(config, resources, target, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
-                                  method_params=config.method_params)
+                                  method_params=config.method_params, recipe=config.recipe_kwargs())
     ds = ray.data.from_arrow(input_blocks(units))
     ds = ds.map_batches(
         decode_batch,
         batch_size=config.batch_size,
         batch_format="numpy",
-        fn_kwargs={"resolution": config.resolution, "max_pixels": config.max_pixels},
+        fn_kwargs={"resolution": config.resolution, "max_pixels": config.max_pixels,
+                   "max_read_bytes": config.max_read_bytes, "read_timeout": config.read_timeout},
         num_cpus=resources.decode_cpus,
         # Reserving the memory a decode task needs bounds how many run at once on a node; it also keeps
         # Ray Data from fusing decoding into the actors (it fuses a task stage into an actor stage with

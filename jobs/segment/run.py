@@ -1,8 +1,8 @@
 """The segment job as a jobs.common.runner.Job: its checks, its planning and its dataset (the runner
 does the rest, shared with jobs.synthesize; its docstring lists the steps and exit codes).
 
-Checks that need no image: methods, vocabulary, model URI, OUTPUT writable, INPUT listable, run
-identity. Planning: the listed URIs the run does not have yet, at most ``--limit`` of them, cut into
+Checks that need no image: methods, vocabulary, model URI (and that it runs the vocabulary at
+``--resolution``), OUTPUT writable, INPUT listable, run identity. Planning: the listed URIs the run does not have yet, at most ``--limit`` of them, cut into
 sorted units of ``--unit-size``.
 """
 
@@ -12,7 +12,7 @@ import logging
 
 from diffseg.lake.schemas import SEGMENT_TABLES
 from diffseg.lake.units import make_units
-from jobs.common.checks import check_model, load_vocabulary, writable_store
+from jobs.common.checks import check_model, check_model_setup, load_vocabulary, writable_store
 from jobs.common.config import ConfigError, JobConfig
 from jobs.common.runner import Checked, Job, Planned, Words
 from jobs.common.runner import run as run_job
@@ -34,6 +34,7 @@ class SegmentJob(Job):
             raise ConfigError(f"--method {', '.join(unknown)}: unknown; available: {', '.join(method_registry.available())}")
         vocab = load_vocabulary("--vocab", config.vocab)
         check_model(config.model)
+        check_model_setup(config.model, vocab, config.resolution)
         store = writable_store(config.output)
         uris = list_inputs(config.input)
         vocab_hash = vocab.hash(redact_uri(config.model))
@@ -60,6 +61,13 @@ class SegmentJob(Job):
         from jobs.segment.dataset import build_dataset
 
         return build_dataset(units, config, resources, checked.vocab, target)
+
+    def manifest_extra(self, manifest: dict, config: JobConfig, checked: Checked) -> dict:
+        """Records the recipe the actors' Segmenters run (resolved as they resolve it)."""
+        from diffseg.segmenter import SegmenterConfig, resolve_recipe
+
+        manifest["recipe"] = resolve_recipe(config.methods, SegmenterConfig(**config.recipe_kwargs()), checked.vocab)
+        return manifest
 
 
 def run(config: JobConfig) -> int:

@@ -14,7 +14,7 @@ import json
 import logging
 
 from diffseg.lake.schemas import SYNTH_TABLES
-from jobs.common.checks import check_model, load_vocabulary, writable_store
+from jobs.common.checks import check_model, check_model_setup, load_vocabulary, writable_store
 from jobs.common.config import ConfigError
 from jobs.common.runner import Checked, Job, Planned, Words
 from jobs.common.runner import run as run_job
@@ -60,6 +60,8 @@ class SynthesizeJob(Job):
             check_model(config.model)
         except ModelLoadError as exc:
             raise ConfigError(str(exc)) from exc
+        check_model_setup(config.model, vocab, config.resolution, mode="per_class", option="--classes",
+                          class_template=config.prompt)
         store = writable_store(config.output)
         model = redact_uri(config.model)
         names_hash = classes_hash(vocab.names, config.prompt, model)
