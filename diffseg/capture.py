@@ -10,15 +10,12 @@ What is kept (DESIGN.md "Captured maps"), for the rows of the batch in ``keep`` 
 - cross-attention probabilities, mean over heads and over the layers at each resolution, as a running
   sum over forwards (memory does not grow with timesteps or denoising steps);
 - for self-attention, the queries and keys of the chosen layers (never the N x N probabilities);
-  ``SelfAttention.propagate(x)`` computes mean_layers,heads softmax(QK^T/sqrt(d)) @ x with
-  scaled_dot_product_attention (a fused kernel), and ``dense()`` / ``row_chunks()`` materialise a
-  head-mean map in row chunks under a memory budget when a method really needs one (SeeDiff, one
-  layer at a time);
-- U-Net decoder features: the input of ``up_blocks[i].resnets[-1]`` (after its skip concatenation),
-  through a forward pre-hook.
+  ``SelfAttention.propagate(x)`` = mean_layers,heads softmax(QK^T/sqrt(d)) @ x through a fused SDPA
+  kernel; ``dense()`` / ``row_chunks()`` build a head-mean map in row chunks under a memory budget;
+- decoder features: the input of ``up_blocks[i].resnets[-1]``, through a forward pre-hook.
 
-Levels are keyed by ``r``, the side of the square token grid; a layer's level index is known from its
-name (down_blocks.i -> i, mid_block -> last, up_blocks.j -> last - j), so rank 0 is the finest level.
+Levels are keyed by ``r``, the side of the square token grid; a layer's level index comes from its name
+(down_blocks.i -> i, mid_block -> last, up_blocks.j -> last - j): rank 0 is the finest level.
 """
 
 from __future__ import annotations
