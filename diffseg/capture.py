@@ -149,8 +149,7 @@ class CapturedMaps:
     cross[r]: (B, r*r, T) float32; cross_layers[r]: list of (B, r*r, T), one per layer; self_attn[r]:
     SelfAttention; features[r]: (B, C_r, r, r) float32; image: (B, 3, H, W) in [0, 1] or None;
     first_up[r]: the name of the first decoder self-attention layer at r (captured or not: check
-    ``self_attn[r].layers``; SeeDiff reads it); heads[r]: the attention head count of the cross-attention
-    layers at r (SD 1.x: 8 everywhere; SD 2.x: 5/10/20/20 from 64 to 8; SeeDiff's flat-layer test reads it).
+    ``self_attn[r].layers``; SeeDiff reads it); heads[r]: head count of the cross-attention layers at r.
     """
 
     cross: dict[int, torch.Tensor] = field(default_factory=dict)
