@@ -71,3 +71,20 @@ def test_recipe_and_read_cap_reach_the_actors_and_progress_is_one_kind_of_line(r
     progress = [m for r, m in zip(caplog.records, messages) if r.name == "jobs.progress"]
     assert progress and progress[-1].startswith("2/2 images (100.0%), 1 error,") and "ETA 0s" in progress[-1]
     assert not [m for m in messages if "Total Progress" in m or m.startswith("committed ")]
+
+
+def test_the_actor_segmenter_runs_the_recipe_it_is_given():
+    from jobs.common.config import JobConfig
+    from jobs.segment.actor import SegmentUDF, UdfConfig
+
+    config = JobConfig(input="in/", output="out/", vocab="cat, cup", model="tiny", resolution=64, context="per_class",
+                       timesteps=(50,), template="a photo of a {class}")
+    actor = SegmentUDF("tiny", config.vocab, UdfConfig(resolution=64, recipe=config.recipe_kwargs()))
+    recipe = actor.segmenter.recipe
+    assert (recipe["context"], recipe["timesteps"], recipe["template"]) == ("per_class", [50], "a photo of a {class}")
+    items = actor.items({"uri": np.array(["a"], dtype=object), "unit_id": np.array(["u"], dtype=object),
+                         "image": np.zeros((1, 64, 64, 3), np.uint8), "height": np.array([30]),
+                         "width": np.array([40]), "stage": np.array([""], dtype=object),
+                         "error_type": np.array([""], dtype=object), "message": np.array([""], dtype=object)})
+    (result,) = actor.compute(items)
+    assert result["diffsegmenter"].label_map.shape == (30, 40)
