@@ -67,10 +67,11 @@ def test_s3_lake_every_input_once_resubmit_incremental_and_refused_vocabulary(ra
     assert manifest["vocabulary"]["aliases"] == {"person": ["astronaut", "man"]}
     assert "testing" not in json.dumps(manifest)  # the test's AWS secret key
 
-    # resubmit: no model work, says so, writes no data file
+    # resubmit: no model work, says so, writes no data file, and reports the run's outcome again (exit 3)
     before = store.list("masks") + store.list("stats") + store.list("errors")
-    assert run(cfg) == 0
-    assert "nothing to do: all 16 input images are already committed" in capsys.readouterr().out
+    assert run(cfg) == 3
+    out = capsys.readouterr().out
+    assert "nothing to do: all 16 input images are already committed" in out and "5 errors in 16 images" in out
     assert store.list("masks") + store.list("stats") + store.list("errors") == before
 
     # nightly: two new images arrive; only they are processed
