@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--scaling", type=int, default=None, metavar="N",
                    help="instead: the Ray job on N and 10xN images (peak RSS, img/s) and an in-process loop on 10xN")
+    p.add_argument("--null-model", action="store_true",
+                   help="with --scaling N: the whole job with a model that returns fixed masks, beside Ray Data's own "
+                   "map_batches -> write_parquet of the same rows (driver CPU, bytes and RSS per image; "
+                   "jobs.bench.null_model, which also measures --replan)")
     return p
 
 
@@ -119,6 +123,10 @@ def device_peak(pipe, override: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.null_model:
+        from jobs.bench import null_model
+
+        return null_model.main(["--scaling", str(args.scaling or 1000)])
     import torch
 
     from diffseg import Vocabulary, load_pipeline
