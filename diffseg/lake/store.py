@@ -84,7 +84,7 @@ class OutputStore:
         exactly `expected`. Returns False when the condition failed (someone else wrote or removed it).
 
         S3 (s3fs): an ``If-None-Match: *`` / ``If-Match: <etag>`` put, atomic on the server. Local disks:
-        ``O_CREAT | O_EXCL`` for a new object (atomic, NFS included); a replacement compares and renames,
+        a hard link of a fully written temporary for a new object (atomic, NFS included); a replacement compares and renames,
         which leaves a window of one read between two processes. Other stores: write, then read back
         (the last writer wins; docs/job.md "The lease" says what that means)."""
         path = self.path(rel)
@@ -105,13 +105,19 @@ class OutputStore:
             self.invalidate()
             return True
         if self.local and expected is None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # the whole object appears at once: written under a hidden name, then hard-linked into place
+            # (link fails when the name exists; an O_EXCL create would show others an empty file first)
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+            with open(tmp, "wb") as f:
+                f.write(data)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.link(tmp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                os.unlink(tmp)
             return True
         current = self.get(rel) if self.exists(rel) else None
         if current != expected:
