@@ -140,8 +140,8 @@ def method_params(args: argparse.Namespace) -> dict[str, dict]:
 
 
 def check_recipe(config: JobConfig) -> JobConfig:
-    """`config` when its recipe options build (a template with {classes}/{class}, a separator this
-    version supports); ConfigError naming the option otherwise, before Ray starts."""
+    """`config` when its recipe options build (a template with {classes}/{class}); ConfigError naming the
+    option otherwise, before Ray starts."""
     from diffseg import Vocabulary
     from diffseg.segmenter import SegmenterConfig, resolve_recipe, vocab_with_template
 
@@ -150,18 +150,7 @@ def check_recipe(config: JobConfig) -> JobConfig:
             config.methods, SegmenterConfig(**config.recipe_kwargs()), Vocabulary(["x"])))
     except ValueError as exc:
         raise ConfigError(f"--template/--separator: {exc}") from exc
-    given = [k for k, v in config.recipe_kwargs().items() if k != "context" or v != "joint"]
-    if given and not recipe_wired():  # refuse rather than ignore, until the actor passes them on
-        raise ConfigError(f"--{given[0].replace('_', '-')} is not supported by this version of the job yet "
-                          "(the actor does not pass recipe options to the Segmenter)")
     return config
-
-
-def recipe_wired() -> bool:
-    """Whether the segment actor hands JobConfig.recipe_kwargs() to its Segmenter (UdfConfig.recipe)."""
-    from jobs.segment.actor import UdfConfig
-
-    return "recipe" in UdfConfig.__dataclass_fields__
 
 
 def read_limits(args: argparse.Namespace) -> dict:

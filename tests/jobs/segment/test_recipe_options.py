@@ -10,23 +10,6 @@ from diffseg.segmenter import SegmenterConfig, resolve_recipe
 from jobs.segment.cli import build_parser, config_from_args, main
 
 
-@pytest.fixture(autouse=True)
-def wired(monkeypatch):
-    """As once the actor passes the recipe on (jobs.segment.actor.UdfConfig.recipe)."""
-    monkeypatch.setattr("jobs.segment.cli.recipe_wired", lambda: True)
-
-
-def test_recipe_options_are_refused_while_the_actor_ignores_them(tmp_path, monkeypatch, capsys):
-    from jobs.segment.actor import UdfConfig
-
-    monkeypatch.setattr("jobs.segment.cli.recipe_wired", lambda: "recipe" in UdfConfig.__dataclass_fields__)
-    if "recipe" in UdfConfig.__dataclass_fields__:
-        pytest.skip("the actor passes the recipe on")
-    assert "--timesteps is not supported by this version of the job yet" in refused(
-        tmp_path, monkeypatch, capsys, "--timesteps", "50")
-    assert config("--method", "maskdiffusion").recipe_kwargs() == {"context": "joint"}  # no option: its own recipe
-
-
 def config(*extra):
     return config_from_args(build_parser().parse_args(["in/", "out/", "--model", "tiny", "--vocab", "cat", *extra]))
 
