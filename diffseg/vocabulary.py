@@ -118,7 +118,9 @@ class Vocabulary:
 
     @classmethod
     def from_spec(cls, spec: str, **kwargs) -> Vocabulary:
-        """A file path/URL (one class per line) when `spec` names one, else a comma-separated list.
+        """A file path/URL (one class per line) when `spec` names one, a built-in benchmark vocabulary
+        (``voc21``, ``context60``, ``coco_object``: diffseg.eval.benchmarks; a local file of that name
+        wins), else a comma-separated list.
 
         A spec that looks like a path (:func:`looks_like_path`) but is no local file is refused
         (ValueError naming it): ``clases.txt`` is a typo, not a class."""
@@ -127,6 +129,12 @@ class Vocabulary:
             return cls.from_file(spec, **kwargs)
         if os.path.isfile(os.path.expanduser(spec.strip())):
             return cls.from_file(os.path.expanduser(spec.strip()), **kwargs)
+        if "," not in spec:  # a benchmark's vocabulary by name: voc21, context60, coco_object
+            from diffseg.eval.benchmarks import builtin_vocabulary
+
+            lines = builtin_vocabulary(spec.strip())
+            if lines:
+                return cls.from_text("\n".join(lines), **kwargs)
         return cls([s for s in spec.split(",")], **kwargs)
 
     def hash(self, model: str = "") -> str:

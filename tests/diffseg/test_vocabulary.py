@@ -169,3 +169,14 @@ def test_compel_upweighting_keeps_the_real_encoder_output_at_weight_one(tiny_pip
     doubled = upweight_class_tokens(plain, empty, prompt.spans, 2.0)  # an all-zero empty: a plain scale
     cat = prompt.spans[0][0]
     assert torch.allclose(doubled[0, cat], 2 * plain[0, cat])
+
+
+def test_a_benchmark_name_gives_its_built_in_vocabulary(tmp_path, monkeypatch):
+    """`--vocab voc21` is VOC's 20 classes (with their prompt names and aliases), not one class 'voc21'."""
+    voc = Vocabulary.from_spec("voc21")
+    assert len(voc.names) == 20 and "person" in voc.names and "voc21" not in voc.names
+    assert len(Vocabulary.from_spec("coco_object").names) == 80
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "voc21").write_text("cat\ndog\n")  # a local file of that name wins
+    assert Vocabulary.from_spec("voc21").names == ["cat", "dog"]
+    assert Vocabulary.from_spec("sky").names == ["sky"]  # any other single name is a one-class list
