@@ -15,6 +15,10 @@ final files, counts; the files' names follow from these: :func:`part_files`).
   (:func:`compact_unit`, a Ray task in the jobs) merges the accepted parts into the final files, keeping
   for each item the rows of the part the driver accepted first.
 
+Every file carries the run in its Parquet key-value metadata (key :data:`METADATA_KEY`, JSON: the
+vocabulary as a list whose position is the label id, 0 = ``"background"``; ``run_id``, ``model``,
+``vocab_hash``), so a copied table keeps its class list; compaction keeps it.
+
 The driver then writes the unit's commit marker (the only commit point) and removes its staging files
 (diffseg.lake.writer.UnitCommitter). No Ray here: the jobs wrap these functions in tasks and actors.
 """
@@ -25,6 +29,7 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +40,8 @@ import pyarrow.parquet as pq
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import STAGING, unit_files
+
+METADATA_KEY = b"diffseg"  # Parquet key-value metadata: {"vocabulary": [names by id], "run_id", "model", "vocab_hash"}
 
 META_SCHEMA = pa.schema([
     ("unit_id", pa.string()),
@@ -52,6 +59,14 @@ class WriteTarget:
     run_id: str
     model: str  # the rows' model column (redacted URI)
     run_hash: str  # the rows' vocab_hash column
+    vocabulary: tuple[str, ...] = ()  # class names of ids 1..K (the files' metadata); () when unknown
+
+    def file_metadata(self) -> dict[bytes, bytes]:
+        """The Parquet key-value metadata of every file written for this target (see :data:`METADATA_KEY`)."""
+        run = {"run_id": self.run_id, "model": self.model, "vocab_hash": self.run_hash}
+        if self.vocabulary:
+            run = {"vocabulary": ["background", *self.vocabulary], **run}
+        return {METADATA_KEY: json.dumps(run, ensure_ascii=False).encode()}
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,10 @@ def part_files(run_id: str, unit_id: str, positions: np.ndarray, final: bool, sc
     return unit_files(run_id, unit_id, schemas) if final else staging_files(run_id, unit_id, positions, schemas)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> bytes:
+    """`table` as zstd Parquet bytes, with `metadata` added to its schema's key-value metadata."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -117,7 +135,7 @@ def write_results(store: OutputStore, target: WriteTarget, tables: TableSet, res
         split = tables.split(results.take(rows), target.run_id, target.model, target.run_hash)
         files = part_files(target.run_id, unit_id, pos, final, tables.schemas)
         for table, data in split.items():
-            store.put(files[table], parquet_bytes(data))
+            store.put(files[table], parquet_bytes(data, target.file_metadata()))
         meta.append({"unit_id": unit_id, "positions": pos.tolist(),
                      "counts": json.dumps(table_counts(tables, split, len(pos))), "final": final})
     return pa.Table.from_pylist(meta, schema=META_SCHEMA)
@@ -140,12 +158,14 @@ def compact_unit(spec: Compaction, tables: TableSet) -> dict:
     """
     store = OutputStore(spec.output)
     keys = pa.array(spec.keys, pa.string())
-    merged = {}
+    merged, metadata = {}, {}
     for table, schema in tables.schemas.items():
         pieces = []
         for part in spec.parts:
             with store.fs.open(store.path(part.files[table]), "rb") as f:
                 data = pq.read_table(f, schema=schema)
+                f.seek(0)
+                metadata.setdefault(table, file_metadata(f))
             accepted = pc.take(keys, pa.array(part.positions, pa.int32()))
             pieces.append(data.filter(pc.is_in(row_keys(tables, table, data), value_set=accepted)))
         data = pa.concat_tables(pieces) if pieces else schema.empty_table()
@@ -153,5 +173,19 @@ def compact_unit(spec: Compaction, tables: TableSet) -> dict:
         merged[table] = data.take(pc.sort_indices(order)) if data.num_rows else data
     files = unit_files(spec.run_id, spec.unit_id, tables.schemas)
     for table, data in merged.items():
-        store.put(files[table], parquet_bytes(data))
+        store.put(files[table], parquet_bytes(data, metadata.get(table)))
     return table_counts(tables, merged, len(spec.keys))
+
+
+def file_metadata(source) -> dict[bytes, bytes]:
+    """The :data:`METADATA_KEY` entry of a Parquet file's key-value metadata (`source`: a path or an open
+    binary file); {} when the file has none (files written before it existed)."""
+    value = (pq.read_schema(source).metadata or {}).get(METADATA_KEY)
+    return {METADATA_KEY: value} if value is not None else {}
+
+
+def read_run_metadata(source) -> dict:
+    """The run a Parquet file of these tables was written by: {"vocabulary": [...], "run_id", "model",
+    "vocab_hash"} (decoded :data:`METADATA_KEY` JSON; {} for files without it). `source`: path or file."""
+    value = file_metadata(source).get(METADATA_KEY)
+    return json.loads(value) if value else {}

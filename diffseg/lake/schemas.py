@@ -57,6 +57,9 @@ STATS_SCHEMA = pa.schema(
         ("components", pa.int32()),
         ("rle_counts", pa.string()),  # COCO compressed RLE
         ("rle_size", pa.list_(pa.int32())),  # [height, width]
+        ("run_id", pa.string()),  # the run columns, as in masks
+        ("model", pa.string()),
+        ("vocab_hash", pa.string()),
     ]
 )
 
@@ -76,8 +79,9 @@ STAGES = ("list", "read", "decode", "model", "encode")
 
 # What the actor computes per (image, method) and per (image, method, class); the driver adds uri and
 # the run columns. Field order follows the output tables.
-_MASK_ITEM = pa.struct([f for f in MASKS_SCHEMA if f.name not in ("uri", "run_id", "model", "vocab_hash")])
-_STAT_ITEM = pa.struct([f for f in STATS_SCHEMA if f.name != "uri"])
+RUN_COLUMNS = ("run_id", "model", "vocab_hash")
+_MASK_ITEM = pa.struct([f for f in MASKS_SCHEMA if f.name not in ("uri", *RUN_COLUMNS)])
+_STAT_ITEM = pa.struct([f for f in STATS_SCHEMA if f.name not in ("uri", *RUN_COLUMNS)])
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -118,6 +122,7 @@ def results_to_table(rows: list[dict], schema: pa.Schema = RESULT_SCHEMA) -> pa.
 def split_results(results: pa.Table, run_id: str, model: str, vocab_hash: str) -> dict[str, pa.Table]:
     """Flattens RESULT_SCHEMA rows into the three output tables (exact schemas, in input row order)."""
     rows = results.to_pylist()
+    run = {"run_id": run_id, "model": model, "vocab_hash": vocab_hash}
     masks, stats, errors = [], [], []
     for row in rows:
         if row["stage"] is not None:
@@ -132,9 +137,9 @@ def split_results(results: pa.Table, run_id: str, model: str, vocab_hash: str) -
             )
             continue
         for item in row["masks"]:
-            masks.append({"uri": row["uri"], **item, "run_id": run_id, "model": model, "vocab_hash": vocab_hash})
+            masks.append({"uri": row["uri"], **item, **run})
         for item in row["stats"]:
-            stats.append({"uri": row["uri"], **item})
+            stats.append({"uri": row["uri"], **item, **run})
     return {
         "masks": pa.Table.from_pylist(masks, schema=MASKS_SCHEMA),
         "stats": pa.Table.from_pylist(stats, schema=STATS_SCHEMA),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -107,6 +107,8 @@ class SegmentUDF(ModelActor):
         from diffseg import Segmenter, Vocabulary
 
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
+        if config.target is not None and not config.target.vocabulary:  # the files' metadata names the classes
+            self.config = replace(config, target=replace(config.target, vocabulary=tuple(self.vocab.names)))
         self.segmenter = Segmenter(self.pipe, self.vocab, method=list(config.methods), resolution=config.resolution,
                                    params=make_method_params(config.method_params, config.methods), **config.recipe)
         log.info("actor ready: model %s on %s (%s), %d classes, methods %s, recipe %s", self.pipe.name,
