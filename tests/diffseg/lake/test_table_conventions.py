@@ -10,22 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from jobtest_utils import encode
+from test_writer import result_row  # a unit's result row: one mask and one stats item, or a decode error
 
 from diffseg.lake.commit import METADATA_KEY, WriteTarget, compact_unit, read_run_metadata, write_results
-from diffseg.lake.schemas import SEGMENT_TABLES, STATS_SCHEMA, error_result, results_to_table
+from diffseg.lake.schemas import SEGMENT_TABLES, STATS_SCHEMA, results_to_table
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import make_units
 from diffseg.lake.writer import UnitCommitter
-
-
-def result_row(uri: str, unit_id: str) -> dict:
-    mask = {"width": 3, "height": 2, "method": "diffsegmenter", "label_map_png": b"png", "classes": ["cat"],
-            "scores_png": None}
-    stat = {"method": "diffsegmenter", "class_id": 1, "class_name": "cat", "pixel_count": 6, "fraction": 1.0,
-            "bbox_xywh": [0, 0, 3, 2], "score_mean": 0.5, "score_max": 0.9, "components": 1, "rle_counts": "06",
-            "rle_size": [2, 3]}
-    return {"uri": uri, "unit_id": unit_id, "stage": None, "error_type": None, "message": None,
-            "masks": [mask], "stats": [stat]}
 
 
 def test_stats_schema_ends_with_the_run_columns():
@@ -40,8 +31,7 @@ def test_written_and_compacted_files_name_the_vocabulary_and_the_run(tmp_path):
     committer = UnitCommitter(store, "nightly", [unit])
     specs = []
     for picks in ([0, 1], [2]):  # two parts of one unit: staged, then compacted
-        rows = [result_row(unit.uris[p], unit.unit_id) if p != 2 else
-                error_result(unit.uris[p], unit.unit_id, "decode", ValueError("empty file")) for p in picks]
+        rows = [result_row(unit.uris[p], unit.unit_id, ok=p != 2) for p in picks]
         meta = write_results(store, target, SEGMENT_TABLES, results_to_table(rows), np.array(picks),
                              np.array([3] * len(picks)))
         staged = store.list("_staging/nightly/" + unit.unit_id)
