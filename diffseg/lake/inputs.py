@@ -132,6 +132,24 @@ def list_inputs(spec: str) -> list[str]:
 
     Names that are not UTF-8 are listed escaped (they become ``list`` error rows when read); FIFOs,
     devices and sockets under a folder or glob are left out with a warning."""
+    return sorted(set(_listed(spec)))
+
+
+def list_inputs_array(spec: str):
+    """:func:`list_inputs` as a ``pyarrow.StringArray`` (same URIs, same order): what planning holds at
+    lake scale, about a third of the memory of a Python list of ten million URIs. The listing's Python
+    strings are dropped before the array is sorted (UTF-8 byte order is code point order, so the order
+    is Python's)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(_listed(spec), pa.string())
+    array = pc.unique(array)
+    return array.take(pc.sort_indices(array))
+
+
+def _listed(spec: str) -> list[str]:
+    """The image URIs named by INPUT `spec`, unsorted, possibly repeated (see list_inputs)."""
     try:
         fs, path = exact_fs(spec)
     except (ImportError, ValueError) as exc:
@@ -160,7 +178,7 @@ def list_inputs(spec: str) -> list[str]:
     if bad:
         log.warning("INPUT %s: %d file name(s) are not valid UTF-8 and become 'list' error rows under their "
                     "escaped URIs (e.g. %s)", _redact(spec), len(bad), bad[0])
-    return sorted(set(uris))
+    return uris
 
 
 def _regular_files(fs, found: dict[str, dict]) -> list[str]:

@@ -10,7 +10,8 @@ Two measurements (docs/benchmarks.md records them):
   driver's CPU seconds per image (its process CPU time over the run), driver bytes received per image
   (the job's metadata; Ray Data's native write returns only write statistics) and the driver's peak RSS.
 - ``--replan N``: planning of a run that has N items done (a done index of N URIs synthesised
-  directly, no images) against a listing of N + 1000 URIs: time and the process's peak RSS.
+  directly, no images) against a listing of N + 1000 URIs in Arrow (as jobs.segment holds it): time
+  and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -157,17 +158,25 @@ def write_index(folder: str, n: int) -> None:
 
 
 def replan(folder: str, n: int) -> dict:
-    """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as a
-    Python list, as diffseg.lake.inputs.list_inputs returns it; the process's peak RSS includes it."""
-    from diffseg.lake.done_index import load_done
-    from diffseg.lake.store import OutputStore
+    """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as
+    diffseg.lake.inputs.list_inputs_array returns it (a pyarrow StringArray), as jobs.segment plans:
+    load the done set, filter the listing, cut units, count duplicates. The peak RSS includes the listing."""
+    import pyarrow as pa
 
-    listing = [_uri(i) for i in range(n)] + [f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)]
+    from diffseg.lake.done_index import describe_done, load_done
+    from diffseg.lake.store import OutputStore
+    from jobs.segment.run import units_of_sorted
+
+    listing = pa.array((_uri(i) for i in range(n)), pa.string(), size=n)
+    listing = pa.concat_arrays([listing, pa.array([f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)])])
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    todo = load_done(OutputStore(folder), "r").exclude(listing)
+    done = load_done(OutputStore(folder), "r")
+    todo = done.exclude(listing)
+    units = units_of_sorted(todo, 256)
+    counts = describe_done(done)
     seconds = time.perf_counter() - t0
-    assert len(todo) == 1000
+    assert len(todo) == 1000 and len(units) == 4 and counts["duplicate_items"] == 0, (len(todo), counts)
     return {"done": n, "replan_s": round(seconds, 2), "listing": n + 1000, "todo": len(todo),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_with_listing_mb": round(rss0 / 1024, 1)}

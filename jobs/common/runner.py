@@ -53,7 +53,7 @@ class Checked:
     vocab_spec: str  # the option as given (--vocab / --classes)
     run_hash: str  # the rows' vocab_hash (segment: the vocabulary's hash; synthesize: classes and prompt)
     identity: dict  # the run identity (diffseg.lake.manifest.run_identity)
-    inputs: list[str] = field(default_factory=list)  # listed inputs (segment: image URIs)
+    inputs: object = field(default_factory=list)  # listed inputs (segment: image URIs, a pyarrow StringArray)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ class SegmentJob(Job):
 
     def check(self, config: JobConfig) -> Checked:
         from diffseg import methods as method_registry
-        from diffseg.lake.inputs import list_inputs
+        from diffseg.lake.inputs import list_inputs_array
         from diffseg.lake.manifest import run_identity
         from diffseg.model import redact_uri
 
@@ -36,7 +36,7 @@ class SegmentJob(Job):
         check_model(config.model)
         check_model_setup(config.model, vocab, config.resolution)
         store = writable_store(config.output)
-        uris = list_inputs(config.input)
+        uris = list_inputs_array(config.input)  # Arrow strings: no Python str per URI while planning
         vocab_hash = vocab.hash(redact_uri(config.model))
         identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params)
         return Checked(store, vocab, config.vocab, vocab_hash, identity, uris)
@@ -49,8 +49,8 @@ class SegmentJob(Job):
         limited_out = 0
         if config.limit is not None and len(todo) > config.limit:
             limited_out = len(todo) - config.limit
-            todo = todo[: config.limit]
-        units = make_units(todo, config.unit_size)
+            todo = todo.slice(0, config.limit)
+        units = units_of_sorted(todo, config.unit_size)
         counts = {"listed": len(uris), "already_done": len(uris) - len(todo) - limited_out, "limited_out": limited_out,
                   "to_process": len(todo), "units_to_process": len(units)}
         self.log.info("INPUT %s: %d images listed, %d already done in run %r, %d to process in %d unit(s)",
@@ -68,6 +68,15 @@ class SegmentJob(Job):
 
         manifest["recipe"] = resolve_recipe(config.methods, SegmenterConfig(**config.recipe_kwargs()), checked.vocab)
         return manifest
+
+
+def units_of_sorted(uris, unit_size: int) -> list:
+    """diffseg.lake.units.make_units of sorted unique URIs held in Arrow (a pyarrow StringArray), one
+    unit-sized slice at a time: the same units, with Python strings only for the URIs to process."""
+    if unit_size < 1:
+        return make_units([], unit_size)  # its error names the bad size
+    return [u for start in range(0, len(uris), unit_size)
+            for u in make_units(uris.slice(start, unit_size).to_pylist(), unit_size)]
 
 
 def run(config: JobConfig) -> int:

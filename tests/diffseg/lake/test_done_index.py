@@ -3,6 +3,8 @@ set as reading every marker, and reports items held by two units (duplicates of 
 
 from __future__ import annotations
 
+import pytest
+
 from diffseg.lake.done_index import load_done, merge_index
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore
@@ -44,3 +46,33 @@ def test_duplicates_from_overlapping_units_are_counted_and_a_broken_index_is_ign
     store.put("_index/r/uris.parquet", b"not parquet")
     rebuilt = load_done(store, "r")
     assert rebuilt.markers_read == 2 and rebuilt.exclude(["s3://lake/c.jpg", "s3://lake/d.jpg"]) == ["s3://lake/d.jpg"]
+
+
+def test_planning_in_arrow_cuts_the_same_units_as_planning_python_lists(tmp_path):
+    """jobs.segment plans from an Arrow listing (list_inputs_array, DoneSet.exclude of an array,
+    units_of_sorted): the same units, in the same order, as make_units of the Python list filtered."""
+    import random
+
+    import pyarrow as pa
+
+    from jobs.segment.run import units_of_sorted
+
+    store = OutputStore(str(tmp_path))
+    uris = sorted(f"s3://lake/{random.Random(i).randrange(10**9):09d}/é{i}.jpg" for i in range(3000))
+    done_units = make_units(random.Random(0).sample(uris, 1100), 100)
+    for unit in done_units[:7]:
+        write_unit(store, "r", unit, empty_tables())
+    merge_index(store, "r", load_done(store, "r"), [])
+    for unit in done_units[7:]:  # markers newer than the index
+        write_unit(store, "r", unit, empty_tables())
+    done = load_done(store, "r")
+    assert (len(done), done.markers_read) == (1100, 4)
+    old = make_units(done.exclude(uris), 64)
+    todo = done.exclude(pa.array(uris))
+    assert isinstance(todo, pa.Array) and len(todo) == 1900
+    for size in (64, 1, 5000):
+        assert units_of_sorted(todo, size) == make_units(done.exclude(uris), size)
+    assert [u.unit_id for u in units_of_sorted(todo, 64)] == [u.unit_id for u in old] and len(old) == 30
+    assert units_of_sorted(todo.slice(0, 0), 64) == []
+    with pytest.raises(ValueError, match="unit size must be at least 1"):
+        units_of_sorted(todo, 0)

@@ -233,3 +233,19 @@ def test_a_zero_byte_object_on_s3_reads_as_empty_not_as_a_read_error(s3_endpoint
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="empty.jpg", Body=b"")
     uri = f"s3://{bucket}/empty.jpg"
     assert read_uris([uri]) == {uri: b""}
+
+
+def test_the_arrow_listing_holds_the_same_uris_in_the_same_order(tmp_path):
+    """list_inputs_array (what planning holds) = list_inputs, also for repeats, non-ASCII and code points
+    whose UTF-8 bytes sort differently from UTF-16 (Python's order is code point order)."""
+    from diffseg.lake.inputs import list_inputs_array
+
+    names = ["b.jpg", "a.jpg", "é.jpg", "z.jpg", "\uffe0.jpg", "\U0001f600.jpg", "A.jpg", "sub/a.jpg"]
+    put_files(str(tmp_path / "lake"), {n: b"1" for n in names})
+    (tmp_path / "list.txt").write_text("\n".join(f"lake/{n}" for n in names + names[:3]))
+    for spec in (str(tmp_path / "lake"), str(tmp_path / "list.txt")):
+        array = list_inputs_array(spec)
+        assert isinstance(array, pa.StringArray) and array.to_pylist() == list_inputs(spec)
+    assert len(list_inputs_array(str(tmp_path / "list.txt"))) == len(names)
+    with pytest.raises(InputError, match="does not exist"):
+        list_inputs_array(str(tmp_path / "lake" / "sub" / "none"))
