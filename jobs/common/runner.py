@@ -276,7 +276,8 @@ def _run_on_ray(run: _Invocation) -> int:
                  res.cluster_cpus, res.cluster_gpus, res.actors, res.cpus_per_actor, res.gpus_per_actor, res.device,
                  config.batch_size)
         run.t_run = time.monotonic()
-        target = WriteTarget(config.output, config.run_id, run.checked.identity["model"], run.checked.run_hash)
+        target = WriteTarget(config.output, config.run_id, run.checked.identity["model"], run.checked.run_hash,
+                             vocabulary=tuple(run.checked.vocab.names))
         run.writer = UnitCommitter(run.checked.store, config.run_id, run.planned.units, job.tables,
                                    before_commit=run.before_commit)
         dataset = job.dataset(config, run.checked, run.planned.units, res, target)
