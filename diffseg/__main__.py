@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from diffseg.argtypes import finite_float, positive_int
+from diffseg.argtypes import finite_float, positive_int, timesteps_option
 
 EPILOG = """examples:
   python -m diffseg photo.jpg street.png --vocab "person, car, potted plant, road" --model tiny --out out/
@@ -99,17 +99,6 @@ def output_stems(uris: list[str]) -> list[str]:
             taken.add(name)
         out.append(name)
     return out
-
-
-def timesteps_option(text: str) -> tuple[int, ...]:
-    """argparse type of ``--timesteps``: comma-separated whole numbers >= 0 ("100" or "20,100,200")."""
-    try:
-        values = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be comma-separated whole numbers >= 0, e.g. 100 or 50,150")
-    return values
 
 
 def recipe_options(args: argparse.Namespace) -> dict:

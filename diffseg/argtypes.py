@@ -35,3 +35,14 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: must be a number > 0")
     return value
+
+
+def timesteps_option(text: str) -> tuple[int, ...]:
+    """argparse type of ``--timesteps``: comma-separated whole numbers >= 0 ("100" or "20,100,200")."""
+    try:
+        values = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be comma-separated whole numbers >= 0, e.g. 100 or 50,150")
+    return values

@@ -80,6 +80,16 @@ class Segmentation:
     method: str
     class_ids: list[int] = field(default_factory=list)
 
+    def label_names(self, vocab_names: list[str]) -> list[str]:
+        """Names of label ids 1..K: the vocabulary, overridden by what this result says it found
+        (methods without a vocabulary, such as unsupervised clustering, name their own segments)."""
+        names = list(vocab_names)
+        for cid, name in zip(self.class_ids or [], self.classes):
+            if cid > len(names):
+                names += [f"segment {j}" for j in range(len(names) + 1, cid + 1)]
+            names[cid - 1] = name
+        return names
+
 
 class Segmenter:
     """Segments images against a shared vocabulary with one forward pass per image."""

@@ -118,12 +118,11 @@ class SegmentStage:
 
     def _row(self, seg, method: str, error: str | None) -> dict:
         from diffseg.codecs.masks import compute_class_stats, encode_label_png
-        from jobs.segment.actor import _class_names
 
         if seg is None:
             return {"method": method, "error": error or "not segmented"}
         height, width = seg.label_map.shape
-        stats = compute_class_stats(seg.label_map, _class_names(self.vocab.names, seg), scores=seg.scores)
+        stats = compute_class_stats(seg.label_map, seg.label_names(self.vocab.names), scores=seg.scores)
         return {"method": method, "width": width, "height": height, "label_map_png": encode_label_png(seg.label_map),
                 "classes": list(seg.classes), "stats": [{k: s[k] for k in STAT_STRUCT.names} for s in stats],
                 "error": None}

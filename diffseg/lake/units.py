@@ -81,6 +81,15 @@ def make_units(uris: list[str], unit_size: int) -> list[Unit]:
     return units
 
 
+def units_of_sorted(uris, unit_size: int) -> list:
+    """make_units of sorted unique URIs held in Arrow (a pyarrow StringArray), one
+    unit-sized slice at a time: the same units, with Python strings only for the URIs to process."""
+    if unit_size < 1:
+        return make_units([], unit_size)  # its error names the bad size
+    return [u for start in range(0, len(uris), unit_size)
+            for u in make_units(uris.slice(start, unit_size).to_pylist(), unit_size)]
+
+
 def unit_files(run_id: str, unit_id: str, schemas: Mapping[str, pa.Schema] = SCHEMAS) -> dict[str, str]:
     """Relative paths of a unit's Parquet files, one per table of `schemas`."""
     return {t: f"{t}/part-{run_id}-{unit_id}.parquet" for t in schemas}

@@ -165,7 +165,7 @@ def replan(folder: str, n: int) -> dict:
 
     from diffseg.lake.done_index import describe_done, load_done
     from diffseg.lake.store import OutputStore
-    from jobs.segment.run import units_of_sorted
+    from diffseg.lake.units import units_of_sorted
 
     listing = pa.array((_uri(i) for i in range(n)), pa.string(), size=n)
     listing = pa.concat_arrays([listing, pa.array([f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)])])

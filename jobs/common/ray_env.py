@@ -33,14 +33,6 @@ def init_ray(config: JobConfig) -> None:
     ray.init(address=address, **kwargs)
 
 
-def configure_progress() -> None:
-    """Progress bars on a terminal; otherwise Ray Data logs progress every few seconds, which `-q`
-    (root logger at WARNING) turns off."""
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = logging.getLogger().isEnabledFor(logging.INFO)
-
-
 def alive_nodes() -> list[Node]:
     """The alive nodes of the connected cluster and their total logical resources."""
     import ray

@@ -151,20 +151,9 @@ class SegmentUDF(ModelActor):
                     "scores_png": encode_scores_png(seg.scores) if self.config.save_scores else None,
                 }
             )
-            names = _class_names(self.vocab.names, seg)
+            names = seg.label_names(self.vocab.names)
             for row in compute_class_stats(seg.label_map, names, scores=seg.scores):
                 stats.append({"method": method, **row})
         return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,
                 "masks": masks, "stats": stats}
-
-
-def _class_names(vocab_names: list[str], seg) -> list[str]:
-    """Names of label ids 1..K: the vocabulary, overridden by what the Segmentation says it found
-    (methods without a vocabulary, such as unsupervised clustering, name their own segments)."""
-    names = list(vocab_names)
-    for cid, name in zip(getattr(seg, "class_ids", []) or [], seg.classes):
-        if cid > len(names):
-            names += [f"segment {j}" for j in range(len(names) + 1, cid + 1)]
-        names[cid - 1] = name
-    return names
 

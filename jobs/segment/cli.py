@@ -51,7 +51,7 @@ Rerunning the same command is safe: committed images are skipped, a killed run's
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffseg.__main__ import timesteps_option
+    from diffseg.argtypes import timesteps_option
     from diffseg.eval.fitted import tau_option
 
     p = argparse.ArgumentParser(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from diffseg.lake.schemas import SEGMENT_TABLES
-from diffseg.lake.units import make_units
+from diffseg.lake.units import units_of_sorted
 from jobs.common.checks import check_model, check_model_setup, load_vocabulary, writable_store
 from jobs.common.config import ConfigError, JobConfig
 from jobs.common.runner import Checked, Job, Planned, Words
@@ -68,15 +68,6 @@ class SegmentJob(Job):
 
         manifest["recipe"] = resolve_recipe(config.methods, SegmenterConfig(**config.recipe_kwargs()), checked.vocab)
         return manifest
-
-
-def units_of_sorted(uris, unit_size: int) -> list:
-    """diffseg.lake.units.make_units of sorted unique URIs held in Arrow (a pyarrow StringArray), one
-    unit-sized slice at a time: the same units, with Python strings only for the URIs to process."""
-    if unit_size < 1:
-        return make_units([], unit_size)  # its error names the bad size
-    return [u for start in range(0, len(uris), unit_size)
-            for u in make_units(uris.slice(start, unit_size).to_pylist(), unit_size)]
 
 
 def run(config: JobConfig) -> int:

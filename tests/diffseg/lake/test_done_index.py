@@ -55,7 +55,7 @@ def test_planning_in_arrow_cuts_the_same_units_as_planning_python_lists(tmp_path
 
     import pyarrow as pa
 
-    from jobs.segment.run import units_of_sorted
+    from diffseg.lake.units import units_of_sorted
 
     store = OutputStore(str(tmp_path))
     uris = sorted(f"s3://lake/{random.Random(i).randrange(10**9):09d}/é{i}.jpg" for i in range(3000))
