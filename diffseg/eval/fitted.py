@@ -21,6 +21,8 @@ BACKGROUND_SCALE = {
     "seediff": "min-max normalised scores in [0, 1]",
     "maskdiffusion": "cosines rescaled per image, relative to the image's best class, in [0, 1]",
 }
+# The values a background threshold may take on each method's scale (checked before a job starts).
+BACKGROUND_RANGE = {method: (0.0, 1.0) for method in BACKGROUND_SCALE}
 
 
 def tau_option(text: str) -> tuple[str | None, float]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from diffseg.eval.fitted import BACKGROUND_RANGE
 from jobs.common.config import ConfigError
 
 # The scale each method's background score lives on, so --tau / --fitted values outside it are refused:
 # DiffSegmenter and SeeDiff threshold min-max-normalised scores in [0, 1]; MaskDiffusion a cosine.
-BACKGROUND_RANGE = {"diffsegmenter": (0.0, 1.0), "seediff": (0.0, 1.0), "maskdiffusion": (0.0, 1.0)}  # maskdiffusion: relative to the image's best cosines
 
 
 def check_model(uri: str) -> None:
