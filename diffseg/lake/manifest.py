@@ -5,7 +5,8 @@ vocabulary and its hash, counts, timings and the run's committed units. It is wr
 starts (``status: running``) and rewritten when it ends. URLs are written without any ``user:password@``
 part and no environment variable is ever recorded, so it never holds credentials.
 
-A run's identity is what changes its masks: model, vocabulary hash, methods and resolution. It is
+A run's identity is what changes its masks: model, vocabulary hash, methods, resolution, and the method
+parameters and recipe options given over their defaults (a tuned tau, ``--timesteps``, ``--context``...). It is
 recorded when the run's first unit is committed; a later job under the same OUTPUT and run id with
 another identity is refused (:class:`RunConflictError`) unless it names a new ``--run-id``. A run that
 committed nothing (its first invocation failed before any commit) may be redefined.
@@ -49,15 +50,18 @@ def package_versions() -> dict[str, str | None]:
 
 
 def run_identity(model: str, vocab_hash: str, methods: list[str] | tuple[str, ...], resolution: int,
-                 method_params: Mapping[str, Mapping] | None = None) -> dict:
+                 method_params: Mapping[str, Mapping] | None = None, recipe: Mapping | None = None) -> dict:
     """The settings that make masks comparable; two jobs with equal identities may share a run id.
 
-    `method_params` ({method: {field: value}}) is stored as canonical JSON (sorted keys), the form runs
-    recorded before it became a dict already hold."""
+    `method_params` ({method: {field: value}}) and `recipe` (the recipe options given over the methods'
+    own: {"timesteps": [...], "context": "per_class", ...}) are stored as canonical JSON (sorted keys),
+    each only when given, so a run recorded before either existed is still the same run."""
     identity = {"model": redact_uri(model), "vocab_hash": vocab_hash, "methods": sorted(methods),
                 "resolution": int(resolution)}
-    if method_params:  # only when set, so runs recorded before the option existed still match
+    if method_params:
         identity["method_params"] = json.dumps(method_params, sort_keys=True)
+    if recipe:
+        identity["recipe"] = json.dumps(recipe, sort_keys=True)
     return identity
 
 

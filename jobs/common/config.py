@@ -115,6 +115,13 @@ class JobConfig(RunOptions):
                  "class_token_weight": self.class_token_weight}
         return {"context": self.context, **{k: v for k, v in given.items() if v is not None}}
 
+    def recipe_changes(self) -> dict:
+        """The recipe options given over the methods' own, JSON-ready (what the run identity records)."""
+        changes = {k: list(v) if isinstance(v, tuple) else v for k, v in self.recipe_kwargs().items()}
+        if changes.get("context") == "joint":  # the default
+            del changes["context"]
+        return changes
+
 
 @dataclass(frozen=True)
 class Node:

@@ -38,7 +38,8 @@ class SegmentJob(Job):
         store = writable_store(config.output)
         uris = list_inputs_array(config.input)  # Arrow strings: no Python str per URI while planning
         vocab_hash = vocab.hash(redact_uri(config.model))
-        identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params)
+        identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params,
+                                config.recipe_changes())
         return Checked(store, vocab, config.vocab, vocab_hash, identity, uris)
 
     def plan(self, config: JobConfig, checked: Checked, done) -> Planned:

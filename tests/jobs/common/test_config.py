@@ -174,3 +174,22 @@ def test_manifest_never_holds_credentials():
     for secret in ("SECRETVALUE", "AKIAKEY", ":pw@", "tok@", "k:s@"):
         assert secret not in text
     assert "s3://lake/in/" in text and "s3://models/sd15/" in text
+
+
+def test_recipe_options_given_are_part_of_the_run_identity(tmp_path):
+    """Resuming a run with other --timesteps would mix maps of two recipes in one run: refused, named."""
+    store = OutputStore(str(tmp_path))
+
+    def identity(*extra):
+        config = config_from_args(build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", *extra]))
+        return run_identity("tiny", "h", config.methods, 128, config.method_params, config.recipe_changes())
+
+    plain = identity()
+    assert "recipe" not in plain and plain == identity("--context", "joint")  # defaults: runs recorded before match
+    record_run_identity(store, "default", identity("--timesteps", "20,100"), ["cat"])
+    assert check_run_identity(store, "default", identity("--timesteps", "20,100")) is False
+    with pytest.raises(RunConflictError, match="recipe") as exc:
+        check_run_identity(store, "default", identity("--timesteps", "100"))
+    assert "[20, 100]" in str(exc.value) and "--run-id" in str(exc.value)
+    with pytest.raises(RunConflictError, match="recipe"):
+        check_run_identity(store, "default", identity("--timesteps", "20,100", "--context", "per_class"))
