@@ -6,9 +6,19 @@ Two measurements (docs/benchmarks.md records them):
   encode and write, commits) with a **null model** (:class:`NullUDF`: fixed masks, realistic PNGs and
   statistics, no U-Net), at N and 10 x N images, side by side with Ray Data's own ``map_batches ->
   write_parquet`` of the same masks rows at the same block size (one block per unit). Each run is a
-  fresh process with its own local Ray runtime, so its peak RSS is its own. Prints images/s, the
-  driver's CPU seconds per image (its process CPU time over the run), driver bytes received per image
-  (the job's metadata; Ray Data's native write returns only write statistics) and the driver's peak RSS.
+  fresh process with its own local Ray runtime, so its peak RSS is its own. Prints images/s, driver
+  bytes received per image (the job's metadata; Ray Data's native write returns only write
+  statistics), the driver's peak RSS, and the driver's CPU time:
+
+  * **steady state**: a sampler thread in the driver records (time, process CPU time, units done)
+    five times a second; the window from 10 % to 90 % of the units leaves out start-up (imports,
+    Ray, actors) and the tail. ``cpu ms/img`` is the driver's CPU over that window per image done in it;
+  * **what it is made of**: Ray Data's executor polls (its scheduling loop wakes at least every
+    0.1 s while tasks run, its output queue every 0.01 s), so part of the driver's CPU is paid per
+    second, whatever the throughput, and part per image. A third run per path, on
+    :data:`SLOW_UNITS` units with a model slowed to :data:`SLOW_S_PER_IMAGE` s per image, gives a
+    second point of the line ``cpu/s = a + b * images/s``: ``a`` (ms of CPU per second) and ``b``
+    (ms per image). One driver core is saturated at ``(1000 - a) / b`` images/s: the ceiling.
 - ``--replan N``: planning of a run that has N items done (a done index of N URIs synthesised
   directly, no images) against a listing of N + 1000 URIs in Arrow (as jobs.segment holds it): time
   and the process's peak RSS.
@@ -25,12 +35,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 import numpy as np
 
 from jobs.segment.actor import SegmentUDF
 
 SIDE = 64  # input images and model resolution of the null-model runs
+SLOW_UNITS = 10  # units of the slowed run (the per-second share of the driver's CPU)
+SLOW_S_PER_IMAGE = 0.008  # the slowed model: 2 s per unit of 256 images
+SAMPLE_S = 0.2  # the driver's sampler period
+PROGRESS_ENV = "DIFFSEG_BENCH_PROGRESS"  # a folder where each actor call leaves one empty file when done
+
+
+def _call_done() -> None:
+    folder = os.environ.get(PROGRESS_ENV)
+    if folder:
+        open(os.path.join(folder, f"{os.getpid()}-{time.perf_counter_ns()}"), "w").close()
 
 
 class NullUDF(SegmentUDF):
@@ -61,6 +82,23 @@ class NullUDF(SegmentUDF):
             out.append({m: Segmentation(labels, self.scores, names, m) for m in self.config.methods})
         return out
 
+    def __call__(self, batch):
+        result = super().__call__(batch)
+        _call_done()
+        return result
+
+
+class Slowed:
+    """Mixin: a model that takes :data:`SLOW_S_PER_IMAGE` seconds per image (the slowed runs)."""
+
+    def compute(self, items: list[dict]) -> list[dict]:
+        time.sleep(SLOW_S_PER_IMAGE * len(items))
+        return super().compute(items)
+
+
+class SlowNullUDF(Slowed, NullUDF):
+    pass
+
 
 class NativeNullUDF(NullUDF):
     """The same rows for Ray Data's own writer: the masks table of each batch (no unit, no commit)."""
@@ -68,7 +106,13 @@ class NativeNullUDF(NullUDF):
     def __call__(self, batch):
         from diffseg.lake.schemas import split_results
 
-        return split_results(self.results(batch), "bench", "null", "h")["masks"]
+        masks = split_results(self.results(batch), "bench", "null", "h")["masks"]
+        _call_done()
+        return masks
+
+
+class SlowNativeNullUDF(Slowed, NativeNullUDF):
+    pass
 
 
 def make_lake(folder: str, n: int) -> None:
@@ -91,8 +135,55 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int) -> dict:
-    """One measured run in this process (a fresh one per run: see --one)."""
+class Sampler:
+    """A driver thread that records (seconds, process CPU seconds, units done) every `period` s;
+    `units_done()` counts what the run has finished so far (commit markers, or written files)."""
+
+    def __init__(self, units_done, period: float = SAMPLE_S):
+        import threading
+
+        self.units_done, self.period, self.samples = units_done, period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter(), cpu_s(), self.units_done()))
+            if self._stop.wait(self.period):
+                break
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def steady_window(samples: list[tuple[float, float, int]], units: int, lo: float = 0.1,
+                  hi: float = 0.9) -> tuple[float, float, int] | None:
+    """(seconds, CPU seconds, units done) between the first sample with at least `lo` of `units` done
+    and the first with at least `hi` (None when the samples never spread over two points of it)."""
+    start = next((x for x in samples if x[2] >= lo * units), None)
+    end = next((x for x in samples if x[2] >= hi * units), None)
+    if start is None or end is None or end[2] <= start[2] or end[0] <= start[0]:
+        return None
+    return end[0] - start[0], end[1] - start[1], end[2] - start[2]
+
+
+def cpu_line(fast: tuple[float, float], slow: tuple[float, float]) -> tuple[float, float]:
+    """The line ``cpu ms/s = a + b * images/s`` through two steady states given as (images/s, CPU ms/s):
+    (a: the driver's CPU per second of run, b: its CPU per image, in ms)."""
+    (x1, y1), (x2, y2) = fast, slow
+    b = (y1 - y2) / (x1 - x2)
+    return y1 - b * x1, b
+
+
+def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int, slow: bool = False) -> dict:
+    """One measured run in this process (a fresh one per run: see --one); `slow`: the slowed model."""
+    import contextlib
+
     import ray
 
     from jobs.common.config import JobConfig, Node, resolve_resources
@@ -100,38 +191,54 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int) -> di
     from jobs.segment.dataset import build_dataset
     from jobs.segment.run import SegmentJob
 
+    progress = tempfile.mkdtemp(prefix="progress-", dir=os.path.dirname(os.path.abspath(out)))
+    os.environ[PROGRESS_ENV] = progress  # before ray.init: its workers inherit the driver's environment
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     config = JobConfig(input=lake, output=out, vocab="cat, dog, person, car", model="tiny", resolution=SIDE,
                        batch_size=16, unit_size=unit_size, methods=("diffsegmenter", "seediff"), max_error_fraction=1.0)
-    t0, c0 = time.perf_counter(), cpu_s()
     if mode == "job":
-        class NullJob(SegmentJob):
-            def dataset(self, config, checked, units, resources, target):
-                return build_dataset(units, config, resources, checked.vocab, target, actor_class=NullUDF)
-
-        import contextlib
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = run(NullJob(), config)
-        manifest = json.load(open(os.path.join(out, "manifest.json")))
-        images, received = manifest["counts"]["processed"], manifest["counts"]["driver_bytes_received"]
-        assert code == 0, manifest
+        actor_class = SlowNullUDF if slow else NullUDF
     else:
-        from diffseg.lake.inputs import list_inputs
-        from diffseg.lake.units import make_units
-        from jobs.common.ray_env import alive_nodes
+        actor_class = SlowNativeNullUDF if slow else NativeNullUDF
+    def done() -> int:
+        return len(os.listdir(progress))
 
-        units = make_units(list_inputs(lake), unit_size)
-        res = resolve_resources(config, alive_nodes() or [Node("n", num_cpus)])
-        ds = build_dataset(units, config, res, "cat, dog, person, car", None, actor_class=NativeNullUDF)
-        ds.write_parquet(os.path.join(out, "masks"))
-        images, received = sum(len(u.uris) for u in units), None
+    t0, c0 = time.perf_counter(), cpu_s()
+    with Sampler(done) as sampler:
+        if mode == "job":
+            class NullJob(SegmentJob):
+                def dataset(self, config, checked, units, resources, target):
+                    return build_dataset(units, config, resources, checked.vocab, target, actor_class=actor_class)
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = run(NullJob(), config)
+            manifest = json.load(open(os.path.join(out, "manifest.json")))
+            images, received = manifest["counts"]["processed"], manifest["counts"]["driver_bytes_received"]
+            assert code == 0, manifest
+        else:
+            from diffseg.lake.inputs import list_inputs
+            from diffseg.lake.units import make_units
+            from jobs.common.ray_env import alive_nodes
+
+            units = make_units(list_inputs(lake), unit_size)
+            res = resolve_resources(config, alive_nodes() or [Node("n", num_cpus)])
+            ds = build_dataset(units, config, res, "cat, dog, person, car", None, actor_class=actor_class)
+            ds.write_parquet(os.path.join(out, "masks"))
+            images, received = sum(len(u.uris) for u in units), None
     wall, cpu = time.perf_counter() - t0, cpu_s() - c0
     ray.shutdown()
-    return {"mode": mode, "images": images, "wall_s": round(wall, 2), "images_per_s": round(images / wall, 1),
-            "driver_cpu_ms_per_image": round(1000 * cpu / images, 4),
+    window = steady_window(sampler.samples, -(-images // unit_size))
+    steady = None
+    if window:
+        seconds, cpu_window, units_done = window
+        n = min(images, units_done * unit_size)
+        steady = {"images_per_s": round(n / seconds, 1), "cpu_ms_per_s": round(1000 * cpu_window / seconds, 2),
+                  "cpu_ms_per_image": round(1000 * cpu_window / n, 4), "window_s": round(seconds, 2)}
+    return {"mode": mode, "slow": slow, "images": images, "wall_s": round(wall, 2),
+            "images_per_s": round(images / wall, 1), "driver_cpu_ms_per_image": round(1000 * cpu / images, 4),
             "driver_bytes_per_image": None if received is None else round(received / images, 1),
-            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "steady": steady}
 
 
 def _uri(i: int) -> str:
@@ -189,10 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replan", type=int, nargs="+", metavar="N", help="re-plan with N items done (several allowed)")
     p.add_argument("--unit-size", type=int, default=256, help="images per unit = per block (default 256)")
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each kind (the split uses their medians; default 1)")
     p.add_argument("--one", nargs=3, metavar=("MODE", "LAKE", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--slow", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.one[2], args.unit_size, args.num_cpus)))
+        print(json.dumps(run_one(*args.one, args.unit_size, args.num_cpus, slow=args.slow)))
         return 0
     if args.replan:
         for n in args.replan:
@@ -204,30 +313,49 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     n = args.scaling or 1000
     rows = []
-    for size in (n, 10 * n):
+    for size, slow in ((n, False), (10 * n, False), (SLOW_UNITS * args.unit_size, True)):
         with tempfile.TemporaryDirectory() as tmp:
             lake = os.path.join(tmp, "lake")
             make_lake(lake, size)
-            for mode in ("job", "native"):
-                cmd = [sys.executable, "-m", "jobs.bench.null_model", "--unit-size", str(args.unit_size),
-                       "--num-cpus", str(args.num_cpus), "--one", mode, lake, os.path.join(tmp, mode)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode:
-                    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
-                    return 1
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), flush=True)
-    print(f"{'run':<8}{'images':>8}{'img/s':>9}{'drv CPU ms/img':>16}{'drv B/img':>11}{'drv RSS MB':>12}")
-    for r in rows:
-        print(f"{r['mode']:<8}{r['images']:>8}{r['images_per_s']:>9}{r['driver_cpu_ms_per_image']:>16}"
-              f"{str(r['driver_bytes_per_image']):>11}{r['driver_peak_rss_mb']:>12}")
-    for mode in ("job", "native"):  # what each further image costs the driver (the fixed start-up cost removed)
-        small, large = (r for r in rows if r["mode"] == mode)
-        extra = large["images"] - small["images"]
-        cpu = (large["driver_cpu_ms_per_image"] * large["images"] - small["driver_cpu_ms_per_image"] * small["images"])
-        print(f"{mode}: driver CPU per further image {cpu / extra:.4f} ms (between {small['images']} and "
-              f"{large['images']} images); RSS at 10 N / N = {large['driver_peak_rss_mb'] / small['driver_peak_rss_mb']:.2f}")
+            for _ in range(args.repeat):
+                for mode in ("job", "native"):  # side by side, alternating
+                    cmd = [sys.executable, "-m", "jobs.bench.null_model", "--unit-size", str(args.unit_size),
+                           "--num-cpus", str(args.num_cpus), "--one", mode, lake, os.path.join(tmp, f"{mode}-{_}")]
+                    out = subprocess.run(cmd + ["--slow"] * slow, capture_output=True, text=True)
+                    if out.returncode:
+                        print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+                        return 1
+                    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(rows[-1]), flush=True)
+    print(report(rows))
     return 0
+
+
+def report(rows: list[dict]) -> str:
+    """The table of runs and, per path, the driver's CPU split into per second and per image."""
+    lines = [f"{'run':<8}{'model':>6}{'images':>8}{'img/s':>8}{'steady img/s':>14}{'drv CPU ms/img':>16}"
+             f"{'drv CPU ms/s':>14}{'drv B/img':>11}{'drv RSS MB':>12}"]
+    for r in rows:
+        st = r["steady"] or {}
+        lines.append(f"{r['mode']:<8}{'slow' if r['slow'] else 'null':>6}{r['images']:>8}{r['images_per_s']:>8}"
+                     f"{str(st.get('images_per_s')):>14}{str(st.get('cpu_ms_per_image')):>16}"
+                     f"{str(st.get('cpu_ms_per_s')):>14}{str(r['driver_bytes_per_image']):>11}{r['driver_peak_rss_mb']:>12}")
+    lines.append("(img/s: whole run; steady img/s, drv CPU ms/img and ms/s: from 10 % to 90 % of the units)")
+    for mode in ("job", "native"):
+        runs = [r for r in rows if r["mode"] == mode]
+        sizes = sorted({r["images"] for r in runs if not r["slow"]})
+        small, large = ([r for r in runs if r["images"] == n and not r["slow"]] for n in (sizes[0], sizes[-1]))
+        slow = [r for r in runs if r["slow"]]
+        rss = median([r["driver_peak_rss_mb"] for r in large]) / median([r["driver_peak_rss_mb"] for r in small])
+        line = f"{mode}: RSS at 10 N / N = {rss:.2f}"
+        points = [[r["steady"] for r in group if r["steady"]] for group in (large, slow)]
+        if all(points):  # the medians of the repeats
+            a, b = cpu_line(*((median([p["images_per_s"] for p in group]), median([p["cpu_ms_per_s"] for p in group]))
+                              for group in points))
+            line += (f"; driver CPU = {a:.1f} ms per second + {b:.4f} ms per image: one driver core holds "
+                     f"{(1000 - a) / b:,.0f} images/s" if b > 0 else f"; driver CPU per image not resolved (b = {b:.4f})")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
