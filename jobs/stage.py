@@ -117,15 +117,14 @@ class SegmentStage:
         return self._table(batch, rows)
 
     def _row(self, seg, method: str, error: str | None) -> dict:
-        from diffseg.codecs.masks import compute_class_stats, encode_label_png
+        from diffseg.codecs.masks import encode_segmentation
 
         if seg is None:
             return {"method": method, "error": error or "not segmented"}
-        height, width = seg.label_map.shape
-        stats = compute_class_stats(seg.label_map, seg.label_names(self.vocab.names), scores=seg.scores)
-        return {"method": method, "width": width, "height": height, "label_map_png": encode_label_png(seg.label_map),
-                "classes": list(seg.classes), "stats": [{k: s[k] for k in STAT_STRUCT.names} for s in stats],
-                "error": None}
+        mask, stats = encode_segmentation(seg, self.vocab.names)
+        return {"method": method, "width": mask["width"], "height": mask["height"],
+                "label_map_png": mask["label_map_png"], "classes": mask["classes"],
+                "stats": [{k: s[k] for k in STAT_STRUCT.names} for s in stats], "error": None}
 
     def _table(self, batch: dict[str, np.ndarray], rows: list[dict]) -> pa.Table:
         from ray.data.block import BlockAccessor

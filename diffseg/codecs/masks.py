@@ -242,6 +242,18 @@ def compute_class_stats(
     return stats
 
 
+def encode_segmentation(seg, vocab_names: list[str], save_scores: bool = False) -> tuple[dict, list[dict]]:
+    """One image's result for one method (a diffseg.segmenter.Segmentation) as what the tables store: the
+    masks row (``width``, ``height``, ``method``, ``label_map_png``, ``classes``, ``scores_png``: None
+    without `save_scores`) and its :func:`compute_class_stats` rows (class names: the vocabulary's, or
+    the result's own for methods that name their segments)."""
+    height, width = seg.label_map.shape
+    mask = {"width": int(width), "height": int(height), "method": seg.method,
+            "label_map_png": encode_label_png(seg.label_map), "classes": list(seg.classes),
+            "scores_png": encode_scores_png(seg.scores) if save_scores else None}
+    return mask, compute_class_stats(seg.label_map, seg.label_names(vocab_names), scores=seg.scores)
+
+
 def _check_label_map(label_map: np.ndarray) -> np.ndarray:
     """Validate an (H, W) non-negative integer label map and return it as an unsigned array."""
     array = np.asarray(label_map)

@@ -136,24 +136,13 @@ class SegmentUDF(ModelActor):
 
     def encode(self, item: dict, per_method: dict) -> dict:
         """Masks and stats items of one image for every method."""
-        from diffseg.codecs.masks import compute_class_stats, encode_label_png, encode_scores_png
+        from diffseg.codecs.masks import encode_segmentation
 
         masks, stats = [], []
         for method, seg in per_method.items():
-            height, width = seg.label_map.shape
-            masks.append(
-                {
-                    "width": int(width),
-                    "height": int(height),
-                    "method": method,
-                    "label_map_png": encode_label_png(seg.label_map),
-                    "classes": list(seg.classes),
-                    "scores_png": encode_scores_png(seg.scores) if self.config.save_scores else None,
-                }
-            )
-            names = seg.label_names(self.vocab.names)
-            for row in compute_class_stats(seg.label_map, names, scores=seg.scores):
-                stats.append({"method": method, **row})
+            mask, rows = encode_segmentation(seg, self.vocab.names, self.config.save_scores)
+            masks.append({**mask, "method": method})
+            stats += [{"method": method, **row} for row in rows]
         return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,
                 "masks": masks, "stats": stats}
 

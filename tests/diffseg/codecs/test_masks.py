@@ -262,3 +262,22 @@ def test_stats_big_map_with_few_classes_is_fast():
     assert [s["class_id"] for s in stats] == [7, 1200]
     assert stats[0]["pixel_count"] == 800 * 1300
     assert elapsed < 5.0, f"compute_class_stats took {elapsed:.1f}s on a 12 Mpx map with 2 classes"
+
+
+def test_a_segmentation_encodes_to_the_masks_row_and_stats_rows_the_tables_store():
+    from diffseg.codecs.masks import encode_segmentation
+    from diffseg.segmenter import Segmentation
+
+    labels = np.zeros((6, 8), np.uint8)
+    labels[:3, :4], labels[3:, 4:] = 1, 3
+    scores = np.random.default_rng(0).random((4, 3, 4), dtype=np.float32)
+    seg = Segmentation(labels, scores, ["cat", "car"], "seediff")
+    mask, stats = encode_segmentation(seg, ["cat", "dog", "car"])
+    assert (mask["width"], mask["height"], mask["method"], mask["classes"]) == (8, 6, "seediff", ["cat", "car"])
+    assert np.array_equal(decode_label_png(mask["label_map_png"]), labels) and mask["scores_png"] is None
+    assert [s["class_name"] for s in stats] == ["cat", "car"] and [s["pixel_count"] for s in stats] == [12, 12]
+    with_scores, _ = encode_segmentation(seg, ["cat", "dog", "car"], save_scores=True)
+    assert decode_scores_png(with_scores["scores_png"]).shape == scores.shape
+    # a method that names its own segments (unsupervised clustering): its names, not the vocabulary's
+    own = Segmentation(labels, scores, ["segment 1", "dog-ish"], "maskdiffusion-unsupervised", class_ids=[1, 3])
+    assert [s["class_name"] for s in encode_segmentation(own, ["cat"])[1]] == ["segment 1", "dog-ish"]
