@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from diffseg import Segmenter, Vocabulary, load_pipeline
     from diffseg.codecs.images import ImageDecodeError, load_image
-    from diffseg.codecs.masks import compute_class_stats, encode_label_png
+    from diffseg.codecs.masks import encode_label_png
     from diffseg.codecs.overlay import render_overlay
+    from diffseg.codecs.stats import compute_class_stats
     from diffseg.model import ModelLoadError
     from diffseg.redact import redact_uri
 

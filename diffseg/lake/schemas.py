@@ -9,7 +9,7 @@
 ``jobs.synthesize`` writes two (docs/synthesize.md shows how to load them as a training set):
 
 - ``samples/``: one row per generated (class, seed): the image and its mask as PNG bytes, what produced
-  them, and the mask's statistics (those of ``diffseg.codecs.masks.compute_class_stats``, flattened);
+  them, and the mask's statistics (those of ``diffseg.codecs.stats.compute_class_stats``, flattened);
 - ``errors/``: one row per (class, seed) that could not be generated or encoded.
 
 An actor returns one result row per work item (:data:`RESULT_SCHEMA`: an image's mask and statistics

@@ -37,7 +37,8 @@ def run_config(pipe, vocab, args, jpegs, context="joint", naive=False) -> dict:
 
     from diffseg import Segmenter
     from diffseg.codecs.images import decode_image
-    from diffseg.codecs.masks import compute_class_stats, encode_label_png
+    from diffseg.codecs.masks import encode_label_png
+    from diffseg.codecs.stats import compute_class_stats
 
     with patched_capture(naive):  # a Segmenter makes its capture when it is built
         seg = Segmenter(pipe, vocab, method=args.method, resolution=args.resolution, context=context)

@@ -82,7 +82,8 @@ def run_loop(lake: Path, args) -> dict:
     """The same work in-process, no Ray: decode, Segmenter in batches, encode masks and stats."""
     from diffseg import Segmenter, Vocabulary, load_pipeline
     from diffseg.codecs.images import decode_image, resize_square
-    from diffseg.codecs.masks import compute_class_stats, encode_label_png
+    from diffseg.codecs.masks import encode_label_png
+    from diffseg.codecs.stats import compute_class_stats
 
     vocab = Vocabulary.from_spec(args.vocab_spec)
     pipe = load_pipeline(args.model, dtype="auto")

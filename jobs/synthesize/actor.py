@@ -94,7 +94,8 @@ def sample_columns(generated, class_id: int) -> dict:
     """The ``samples`` columns of one diffseg.generate.Generated (all but model and run_id)."""
     from PIL import Image
 
-    from diffseg.codecs.masks import compute_class_stats, encode_label_png, mask_to_rle
+    from diffseg.codecs.masks import encode_label_png
+    from diffseg.codecs.stats import compute_class_stats, mask_to_rle
 
     height, width = generated.label_map.shape
     label_map = np.ascontiguousarray(generated.label_map, dtype=np.uint8)

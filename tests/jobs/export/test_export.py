@@ -14,7 +14,8 @@ import pytest
 from jobtest_utils import run_main
 from PIL import Image
 
-from diffseg.codecs.masks import compute_class_stats, encode_label_png
+from diffseg.codecs.masks import encode_label_png
+from diffseg.codecs.stats import compute_class_stats
 from diffseg.export.source import unique_stems
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore

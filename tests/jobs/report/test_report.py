@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from diffseg.codecs.masks import compute_class_stats, encode_label_png
+from diffseg.codecs.masks import encode_label_png
+from diffseg.codecs.stats import compute_class_stats
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import Unit, unit_id_of, write_unit
