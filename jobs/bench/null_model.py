@@ -31,6 +31,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,7 +138,7 @@ def cpu_s() -> float:
 
 class Sampler:
     """A driver thread that records (seconds, process CPU seconds, units done) every `period` s;
-    `units_done()` counts what the run has finished so far (commit markers, or written files)."""
+    `units_done()` counts what the run has finished so far (the actor calls that have returned)."""
 
     def __init__(self, units_done, period: float = SAMPLE_S):
         import threading
@@ -200,6 +201,7 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int, slow:
         actor_class = SlowNullUDF if slow else NullUDF
     else:
         actor_class = SlowNativeNullUDF if slow else NativeNullUDF
+
     def done() -> int:
         return len(os.listdir(progress))
 
@@ -227,6 +229,7 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int, slow:
             images, received = sum(len(u.uris) for u in units), None
     wall, cpu = time.perf_counter() - t0, cpu_s() - c0
     ray.shutdown()
+    shutil.rmtree(progress, ignore_errors=True)
     window = steady_window(sampler.samples, -(-images // unit_size))
     steady = None
     if window:
@@ -317,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             lake = os.path.join(tmp, "lake")
             make_lake(lake, size)
-            for _ in range(args.repeat):
+            for rep in range(args.repeat):
                 for mode in ("job", "native"):  # side by side, alternating
                     cmd = [sys.executable, "-m", "jobs.bench.null_model", "--unit-size", str(args.unit_size),
-                           "--num-cpus", str(args.num_cpus), "--one", mode, lake, os.path.join(tmp, f"{mode}-{_}")]
+                           "--num-cpus", str(args.num_cpus), "--one", mode, lake, os.path.join(tmp, f"{mode}-{rep}")]
                     out = subprocess.run(cmd + ["--slow"] * slow, capture_output=True, text=True)
                     if out.returncode:
                         print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
