@@ -107,6 +107,8 @@ def open_exact(uri: str, mode: str = "rb", **storage_options):
 def escape_name(path: str) -> str:
     """`path` unchanged when it is valid UTF-8; else each undecodable byte (a surrogate escape, as
     ``os.fsdecode`` gives it) as ``%XX`` and every ``%`` as ``%25`` (reversed by unescape_name)."""
+    if path.isascii():  # the common case, without a scan per character
+        return path
     if not any("\udc80" <= ch <= "\udcff" for ch in path):
         return path
     return "".join(
