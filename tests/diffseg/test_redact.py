@@ -6,6 +6,7 @@ import logging
 import sys
 
 import pytest
+from jobtest_utils import run_main
 
 from diffseg.redact import describe_error, redact_text, redact_uri, redacted_output
 
@@ -64,11 +65,7 @@ def test_every_reading_command_redacts_credentials_in_its_arguments(tmp_path, ca
                        (status, [output]),
                        (export, [output, "--format", "coco", str(tmp_path / "x")]),
                        (evaluate, [output, "--gt", str(tmp_path), "--class-map", "voc21"])):
-        try:
-            main(argv)
-        except SystemExit:
-            pass
-        out = capsys.readouterr()
-        printed = out.out + out.err
+        _, out, err = run_main(main, capsys, *argv)
+        printed = out + err
         assert printed.strip(), main.__module__  # it said why it failed
         assert "wJalrXUtnFEMIsecret" not in printed and "AKIDSECRETKEY" not in printed, (main.__module__, printed)

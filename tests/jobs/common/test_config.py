@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from jobtest_utils import run_main
 
 from diffseg import Vocabulary
 from diffseg.lake.manifest import (
@@ -121,13 +122,9 @@ def test_preflight_errors_exit_2_before_any_image_is_read(tmp_path, capsys, s3_e
         ([str(tmp_path / "in"), str(tmp_path / "out"), *ok, "--run-id", "a/b"], "run id"),
     ]
     for argv, word in cases:
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # refused by the option parser itself (jobs.common.cli)
-            code = exc.code
+        code, out, err = run_main(main, capsys, *argv)  # SystemExit: refused by the option parser itself
         assert code == 2, argv
-        captured = capsys.readouterr()
-        assert word in captured.out + captured.err, argv
+        assert word in out + err, argv
 
 
 def test_another_vocabulary_under_the_same_run_is_refused(tmp_path):

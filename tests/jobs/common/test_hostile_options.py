@@ -4,6 +4,7 @@ checks of the model as the actor would fail, and no credential of a URL argument
 from __future__ import annotations
 
 import pytest
+from jobtest_utils import run_main
 
 from diffseg import Vocabulary
 from jobs.common.checks import check_background, check_model_setup
@@ -93,11 +94,7 @@ def test_credentials_in_any_url_argument_are_never_printed(bucket, tmp_path, cap
     else:
         args[position] = secret_uri + ("classes.txt" if position == "--vocab" else "")
     argv = [args.pop("input"), args.pop("output")] + [x for kv in args.items() for x in kv]
-    try:
-        code = _segment(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = run_main(_segment, capsys, *argv)
     shown = out + err + caplog.text
     assert code == 2, shown
     assert SECRET not in shown and KEY not in shown and "sEcReT" not in shown
