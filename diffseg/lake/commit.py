@@ -26,10 +26,8 @@ The driver then writes the unit's commit marker (the only commit point) and remo
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,15 +97,6 @@ def part_files(run_id: str, unit_id: str, positions: np.ndarray, final: bool, sc
     return unit_files(run_id, unit_id, schemas) if final else staging_files(run_id, unit_id, positions, schemas)
 
 
-def parquet_bytes(table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> bytes:
-    """`table` as zstd Parquet bytes, with `metadata` added to its schema's key-value metadata."""
-    if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
-
-
 def table_counts(tables: TableSet, split: dict[str, pa.Table], items: int) -> dict:
     """The counts of a unit's (or part's) tables: items, done, errors, errors per stage, row counters."""
     errors = split["errors"]
@@ -135,7 +124,7 @@ def write_results(store: OutputStore, target: WriteTarget, tables: TableSet, res
         split = tables.split(results.take(rows), target.run_id, target.model, target.run_hash)
         files = part_files(target.run_id, unit_id, pos, final, tables.schemas)
         for table, data in split.items():
-            store.put(files[table], parquet_bytes(data, target.file_metadata()))
+            store.put_parquet(files[table], data, target.file_metadata())
         meta.append({"unit_id": unit_id, "positions": pos.tolist(),
                      "counts": json.dumps(table_counts(tables, split, len(pos))), "final": final})
     return pa.Table.from_pylist(meta, schema=META_SCHEMA)
@@ -173,7 +162,7 @@ def compact_unit(spec: Compaction, tables: TableSet) -> dict:
         merged[table] = data.take(pc.sort_indices(order)) if data.num_rows else data
     files = unit_files(spec.run_id, spec.unit_id, tables.schemas)
     for table, data in merged.items():
-        store.put(files[table], parquet_bytes(data, metadata.get(table)))
+        store.put_parquet(files[table], data, metadata.get(table))
     return table_counts(tables, merged, len(spec.keys))
 
 

@@ -18,7 +18,6 @@ by versions before the lease and the per-unit commit check) are counted and repo
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 
@@ -149,9 +148,7 @@ def merge_index(store: OutputStore, run_id: str, done: DoneSet, committed: list[
     uris = pa.concat_tables([done.uris.cast(URIS_SCHEMA), more_uris])
     units = pa.concat_tables([done.units, more_units])
     for rel, table in ((f"{INDEX}/{run_id}/uris.parquet", uris), (f"{INDEX}/{run_id}/units.parquet", units)):
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        store.put(rel, buf.getvalue())
+        store.put_parquet(rel, table)
 
 
 def describe_done(done: DoneSet) -> dict:

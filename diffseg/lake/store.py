@@ -7,11 +7,15 @@ under a final name. Hidden names (``.tmp-*``) are skipped by pyarrow/DuckDB data
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from diffseg.model import redact_uri
@@ -34,8 +38,8 @@ class OutputStore:
         except (ImportError, ValueError) as exc:
             raise OutputError(f"OUTPUT {redact_uri(output)!r}: no filesystem for it ({exc})") from exc
         self.root = root.rstrip("/") or root
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.local = self.protocol in ("file", "local")
         if self.local:
             self.root = os.path.abspath(self.root)
 
@@ -88,8 +92,7 @@ class OutputStore:
         which leaves a window of one read between two processes. Other stores: write, then read back
         (the last writer wins; docs/job.md "The lease" says what that means)."""
         path = self.path(rel)
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        if protocol in ("s3", "s3a"):
+        if self.protocol in ("s3", "s3a"):
             bucket, key, _ = self.fs.split_path(path)
             condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": self._etag(path, expected)}
             if condition.get("IfMatch") is None and expected is not None:
@@ -135,6 +138,10 @@ class OutputStore:
         except FileNotFoundError:
             return None
         return info.get("ETag") or info.get("etag")
+
+    def put_parquet(self, rel: str, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> None:
+        """Writes `table` to `rel` as zstd Parquet (see :func:`parquet_bytes`)."""
+        self.put(rel, parquet_bytes(table, metadata))
 
     def put_json(self, rel: str, obj) -> None:
         self.put(rel, (json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n").encode())
@@ -197,3 +204,12 @@ class OutputStore:
             raise OutputError(
                 f"OUTPUT {redact_uri(self.output)!r} is not writable: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+def parquet_bytes(table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> bytes:
+    """`table` as zstd Parquet bytes, with `metadata` added to its schema's key-value metadata."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()

@@ -24,7 +24,6 @@ and a unit's ``uris`` are its work-item keys (image URIs here, ``"class\tseed"``
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -207,9 +206,7 @@ def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa
         data = tables[table]
         if data.schema != schema:
             data = data.cast(schema)
-        buf = io.BytesIO()
-        pq.write_table(data, buf, compression="zstd")
-        store.put(files[table], buf.getvalue())
+        store.put_parquet(files[table], data)
         rows[table] = data.num_rows
     return write_marker(store, run_id, unit, files, rows)
 
