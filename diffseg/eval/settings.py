@@ -14,6 +14,8 @@ import posixpath
 
 from fsspec.core import url_to_fs
 
+from diffseg.lake.manifest import MANIFEST, RUNS
+
 # config keys that say how a job ran, not what it computed: never a "setting" of a run
 OPERATIONAL = frozenset({
     "input", "output", "run_id", "batch_size", "actors", "gpus_per_actor", "cpus_per_actor", "unit_size",
@@ -31,16 +33,19 @@ def _read_json(fs, path: str) -> dict | None:
 
 
 def run_manifest(output: str, run_id: str | None) -> dict:
-    """The manifest of `run_id`'s latest invocation in OUTPUT (the latest run when None), or
-    ``{"identity": ...}`` from ``_runs/<run_id>.json`` when no manifest of it is kept; {} when neither."""
+    """The manifest of `run_id`'s latest invocation in OUTPUT (the latest run when None;
+    :func:`diffseg.lake.read.run_manifest`), or ``{"identity": ...}`` from ``_runs/<run_id>.json`` when no
+    manifest of it is kept; {} when neither."""
+    from diffseg.lake.read import run_manifest as invocation_manifest
+
     fs, root = url_to_fs(output)
-    manifest = _read_json(fs, posixpath.join(root, "manifest.json")) or {}
+    manifest = _read_json(fs, posixpath.join(root, MANIFEST)) or {}
     if run_id is None or manifest.get("run_id") == run_id:
         return manifest
-    history = sorted(fs.glob(posixpath.join(root, "_history", run_id, "*.json")))
-    if history:
-        return _read_json(fs, history[-1]) or {}
-    return _read_json(fs, posixpath.join(root, "_runs", f"{run_id}.json")) or {}
+    found = invocation_manifest(output, run_id, manifest)
+    if found is not None:
+        return found
+    return _read_json(fs, posixpath.join(root, RUNS, f"{run_id}.json")) or {}
 
 
 def _flatten(value, prefix: str, out: dict) -> None:

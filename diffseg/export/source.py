@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffseg.codecs.masks import decode_label_png
-from diffseg.lake.read import OutputError, iter_committed, read_table, resolve_run, stem_of
+from diffseg.lake.read import OutputError, iter_committed, model_uri, read_table, resolve_run, stem_of
 
 MASK_COLUMNS = ["uri", "width", "height", "method", "label_map_png", "classes"]
 STAT_COLUMNS = ["uri", "method", "class_id", "class_name", "pixel_count", "bbox_xywh", "score_mean",
@@ -70,8 +70,7 @@ def select(output: str, run_id: str | None = None, method: str | None = None) ->
         raise OutputError(f"--method {method!r}: run {run!r} has no masks of it; it has {', '.join(methods)}")
     keep = pc.equal(masks["method"], pa.scalar(method, pa.string()))
     uris = sorted(set(masks.filter(keep)["uri"].to_pylist()))
-    model = manifest.get("model", {})
-    return Selection(output, run, method, vocabulary, model.get("uri", "") if isinstance(model, dict) else str(model), uris)
+    return Selection(output, run, method, vocabulary, model_uri(manifest), uris)
 
 
 def _names_segments(method: str) -> bool:

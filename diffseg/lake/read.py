@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from diffseg.codecs.images import IMAGE_EXTENSIONS
+from diffseg.lake.manifest import HISTORY, MANIFEST, RUNS
 
 
 class OutputError(ValueError):
@@ -50,11 +51,38 @@ def vocabulary_of(manifest: dict) -> list[str]:
     return [v if isinstance(v, str) else str(v.get("name")) for v in vocab]
 
 
+def run_manifest(output: str, run_id: str, latest: dict | None = None) -> dict | None:
+    """The manifest of run `run_id`'s latest invocation in OUTPUT: ``manifest.json`` when it is that run's,
+    else the newest ``_history/<run_id>/*.json`` (finished invocations of runs that are not the latest), else
+    None (no manifest of it kept: killed before it finished while another run came after it, or no such run).
+
+    ``latest``: ``manifest.json`` when the caller has read it already (read here otherwise; {} when absent).
+    """
+    from diffseg.lake.store import OutputStore
+
+    store = OutputStore(output)
+    if latest is None:
+        latest = store.get_json(MANIFEST) if store.exists(MANIFEST) else {}
+    if latest.get("run_id") == run_id:
+        return latest
+    history = [r for r in store.list(posixpath.join(HISTORY, run_id)) if r.endswith(".json")]
+    return store.get_json(sorted(history)[-1]) if history else None
+
+
+def model_uri(manifest: dict | None, missing: str = "") -> str:
+    """The model URI (redacted when written) a run's manifest records; `missing` when it records none."""
+    model = (manifest or {}).get("model")
+    if model is None:
+        return missing
+    return model.get("uri", missing) if isinstance(model, dict) else str(model)
+
+
 def resolve_run(output: str, run_id: str | None = None) -> tuple[str | None, list[str], dict]:
     """(run_id, vocabulary, manifest) of the run to read from OUTPUT.
 
     Several runs may share an OUTPUT (each run has one vocabulary). Default: the run of the latest
-    invocation (``manifest.json``'s ``run_id``). Another run's vocabulary comes from ``_runs/<run_id>.json``.
+    invocation (``manifest.json``'s ``run_id``). Another run's vocabulary comes from ``_runs/<run_id>.json``
+    and its manifest from :func:`run_manifest` ({} when none of it is kept).
     """
     manifest = read_manifest(output)
     latest = manifest.get("run_id")
@@ -62,7 +90,7 @@ def resolve_run(output: str, run_id: str | None = None) -> tuple[str | None, lis
     if chosen is None or chosen == latest:
         return chosen, vocabulary_of(manifest), manifest
     fs, root = url_to_fs(output)
-    path = posixpath.join(root, "_runs", f"{chosen}.json")
+    path = posixpath.join(root, RUNS, f"{chosen}.json")
     if not fs.exists(path):
         raise OutputError(
             f"OUTPUT {output!r} has no run {chosen!r} (no _runs/{chosen}.json); latest run: {latest!r}"
@@ -70,9 +98,10 @@ def resolve_run(output: str, run_id: str | None = None) -> tuple[str | None, lis
     with fs.open(path, "rb") as handle:
         info = json.load(handle)
     try:
-        return chosen, vocabulary_of(info), manifest
+        vocabulary = vocabulary_of(info)
     except OutputError as exc:
         raise OutputError(f"run {chosen!r}: {exc}") from exc
+    return chosen, vocabulary, run_manifest(output, chosen, manifest) or {}
 
 
 def iter_committed(output: str, name: str, columns: list[str] | None = None, run_id: str | None = None):

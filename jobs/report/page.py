@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from diffseg.codecs.overlay import palette
-from diffseg.lake.read import iter_committed, read_table, resolve_run
+from diffseg.lake.read import iter_committed, model_uri, read_table, resolve_run
 from diffseg.model import BUILTIN_MODELS
 from jobs.report import html as H
 from jobs.report.gallery import gallery_cards, load_originals, sample_uris
@@ -155,7 +155,7 @@ def build_report(output: str, options: ReportOptions) -> str:
     for scheme, reason in given_up.items():
         note += f" Originals on {H.esc(scheme)}:// could not be read here ({H.esc(reason)}): colour label maps only."
     note += "</p>"
-    model_name = model_uri(manifest)
+    model_name = model_uri(manifest, "?")
     if model_name in BUILTIN_MODELS:
         note = (
             f'<p class="note"><b>Model {H.esc(model_name)} has random weights: these masks are '
@@ -182,8 +182,3 @@ def build_report(output: str, options: ReportOptions) -> str:
         ("manifest", "Run manifest", H.manifest_block(manifest)),
     ]
     return H.page(f"diffseg report: {output}", facts, sections, masks.num_rows)
-
-
-def model_uri(manifest: dict) -> str:
-    model = manifest.get("model")
-    return model.get("uri", "?") if isinstance(model, dict) else str(model)

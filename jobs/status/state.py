@@ -28,13 +28,11 @@ Pure functions on already-read data (:func:`run_status`) plus one reader (:func:
 from __future__ import annotations
 
 import calendar
-import json
-import posixpath
 import time
 from dataclasses import asdict, dataclass
 
-from diffseg.lake.manifest import HISTORY, MANIFEST, RUNS
-from diffseg.lake.read import OutputError
+from diffseg.lake.manifest import MANIFEST, RUNS
+from diffseg.lake.read import OutputError, read_manifest, run_manifest
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import load_commits
 
@@ -110,17 +108,13 @@ def run_status(output: str, run_id: str, manifest: dict | None, markers: list[di
 
 def invocation_manifest(store: OutputStore, run_id: str | None) -> tuple[str, dict | None]:
     """(run id, the manifest of its latest invocation or None). OutputError when OUTPUT or the run is unknown."""
-    from diffseg.lake.read import read_manifest
-
     latest = read_manifest(store.output)
     chosen = run_id or latest.get("run_id")
     if not chosen:
         raise OutputError(f"{store.output!r}: manifest.json names no run_id: is it a jobs.segment OUTPUT?")
-    if chosen == latest.get("run_id"):
-        return chosen, latest
-    history = [r for r in store.list(posixpath.join(HISTORY, chosen)) if r.endswith(".json")]
-    if history:
-        return chosen, json.loads(store.get(sorted(history)[-1]))
+    manifest = run_manifest(store.output, chosen, latest)
+    if manifest is not None:
+        return chosen, manifest
     if store.exists(f"{RUNS}/{chosen}.json"):
         return chosen, None
     known = sorted(r.rsplit("/", 1)[-1][: -len(".json")] for r in store.list(RUNS) if r.endswith(".json"))

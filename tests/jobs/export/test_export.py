@@ -229,3 +229,21 @@ def test_help_lists_formats_examples_and_exit_codes(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "exit codes" in out and "python -m jobs.export s3://lake/seg/ --format coco" in out
     assert all(name in out for name in ("coco", "voc", "hf", "labelstudio"))
+
+
+def test_an_older_run_is_exported_with_its_own_manifest(lake):
+    """--run-id of a run that is not the latest: its model comes from its own manifest (_history), not from
+    manifest.json (which belongs to the latest run)."""
+    from diffseg.export.source import select
+
+    output, _ = lake
+    store = OutputStore(output)
+    old = {**store.get_json("manifest.json"), "model": {"uri": "s3://models/old"}}
+    store.put_json("_history/r1/20261130T000000Z.json", old)
+    store.put_json("_runs/r1.json", {"run_id": "r1", "identity": {"model": "s3://models/old"}, "classes": VOCAB})
+    store.put_json("manifest.json", {"run_id": "r2", "status": "failed", "model": {"uri": "s3://models/new"},
+                                     "vocabulary": {"classes": ["other"], "hash": "h2"}})
+    chosen = select(output, "r1", "seediff")
+    assert (chosen.run_id, chosen.model, chosen.vocabulary, len(chosen.uris)) == ("r1", "s3://models/old", VOCAB, 5)
+    store.remove(["_history/r1/20261130T000000Z.json"])  # no manifest of r1 kept: no model rather than r2's
+    assert select(output, "r1", "seediff").model == ""

@@ -289,3 +289,20 @@ def test_output_and_originals_on_s3(tmp_path, bucket, sample_photos):
     html = out.read_text()
     assert html.count('src="data:image/jpeg') == 2 * len(METHODS)  # every overlay blended with its original
     assert "2 shown blended with their original" in html
+
+
+def test_an_older_run_is_reported_with_its_own_manifest(tmp_path):
+    """--run-id of a run that is not the latest: status, model and manifest come from its own manifest
+    (_history), not from manifest.json (which belongs to the latest run)."""
+    from jobs.report.page import ReportOptions, build_report
+
+    output = write_output(tmp_path / "out", {"file:///nowhere/a.jpg": (20, 30)})
+    store = OutputStore(output)
+    old = {**store.get_json("manifest.json"), "model": {"uri": "s3://models/old"}}
+    store.put_json("_history/r1/20261130T000000Z.json", old)
+    store.put_json("_runs/r1.json", {"run_id": "r1", "identity": {"model": "s3://models/old"}, "classes": VOCAB})
+    store.put_json("manifest.json", {"run_id": "r2", "status": "failed", "model": {"uri": "s3://models/new"},
+                                     "vocabulary": {"classes": ["other"], "hash": "h2"}})
+    page = build_report(output, ReportOptions(run_id="r1", originals=False))
+    assert "status <b>finished</b>" in page and "model <b>s3://models/old</b>" in page
+    assert "s3://models/new" not in page and "failed" not in page
