@@ -147,16 +147,17 @@ def compact_unit(spec: Compaction, tables: TableSet) -> dict:
     """
     store = OutputStore(spec.output)
     keys = pa.array(spec.keys, pa.string())
-    merged, metadata = {}, {}
+    accepted = [pc.take(keys, pa.array(part.positions, pa.int32())) for part in spec.parts]  # keys per part
+    merged, metadata = {}, {}  # metadata: each table's from its first part (one footer read per table)
     for table, schema in tables.schemas.items():
         pieces = []
-        for part in spec.parts:
+        for part, keep in zip(spec.parts, accepted):
             with store.fs.open(store.path(part.files[table]), "rb") as f:
                 data = pq.read_table(f, schema=schema)
-                f.seek(0)
-                metadata.setdefault(table, file_metadata(f))
-            accepted = pc.take(keys, pa.array(part.positions, pa.int32()))
-            pieces.append(data.filter(pc.is_in(row_keys(tables, table, data), value_set=accepted)))
+                if table not in metadata:
+                    f.seek(0)
+                    metadata[table] = file_metadata(f)
+            pieces.append(data.filter(pc.is_in(row_keys(tables, table, data), value_set=keep)))
         data = pa.concat_tables(pieces) if pieces else schema.empty_table()
         order = pc.index_in(row_keys(tables, table, data), value_set=keys)
         merged[table] = data.take(pc.sort_indices(order)) if data.num_rows else data
