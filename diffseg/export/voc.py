@@ -8,8 +8,8 @@ Layout of DEST::
     labelmap.txt                     CVAT/VOC-style "name:r,g,b::" lines, in label order
     sources.tsv                      stem <TAB> image URI (which image each file belongs to)
 
-The palette is PASCAL VOC's (:func:`voc_palette`), so tools that read VOC show the same colours. Stems
-come from :func:`diffseg.export.source.unique_stems` (a clash gets a hash suffix, never an overwrite).
+The palette is PASCAL VOC's (:func:`diffseg.codecs.overlay.palette`), so tools that read VOC show the same
+colours. Stems come from :func:`diffseg.export.source.unique_stems` (a clash gets a hash suffix, never an overwrite).
 PNG palettes hold 256 entries: a label map with ids above 255 cannot be written (export COCO or HF).
 """
 
@@ -21,21 +21,10 @@ import posixpath
 import numpy as np
 from PIL import Image
 
+from diffseg.codecs.overlay import palette
 from diffseg.export.source import Selection, iter_images, unique_stems
 
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """PASCAL VOC's colour map: (n, 3) uint8, entry k spreading the bits of k over R, G and B."""
-    colours = np.zeros((n, 3), np.uint8)
-    for k in range(n):
-        value, r, g, b = k, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours[k] = (r, g, b)
-    return colours
+_PALETTE = palette(256).tobytes()  # every PNG's 256 entries, built once
 
 
 def encode_palette_png(label_map: np.ndarray) -> bytes:
@@ -46,9 +35,8 @@ def encode_palette_png(label_map: np.ndarray) -> bytes:
     if array.size and int(array.max()) > 255:
         raise ValueError(f"label id {int(array.max())} does not fit a palette PNG (ids 0..255): export this run "
                          "as --format coco or --format hf instead")
-    image = Image.fromarray(array.astype(np.uint8), mode="L").convert("P")
-    image.putpalette(voc_palette().tobytes())
-    image.frombytes(array.astype(np.uint8).tobytes())  # convert("P") may remap; keep the ids as indices
+    image = Image.fromarray(array.astype(np.uint8))
+    image.putpalette(_PALETTE)  # an "L" image with a palette becomes "P", its pixel values the indices
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -58,7 +46,7 @@ def write_voc(selection: Selection, fs, dest: str) -> dict:
     """Writes the folder described in the module docstring; returns counts for the summary line."""
     stems = unique_stems(selection.uris)
     names = ["background", *selection.vocabulary]
-    colours = voc_palette(max(256, len(names)))
+    colours = palette(max(256, len(names)))
     fs.makedirs(posixpath.join(dest, "SegmentationClass"), exist_ok=True)
     fs.makedirs(posixpath.join(dest, "ImageSets", "Segmentation"), exist_ok=True)
     written = []
