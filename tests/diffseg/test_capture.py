@@ -160,20 +160,30 @@ def test_a_capture_entered_again_starts_empty_with_the_same_processors(tiny_pipe
 
 
 def test_captured_maps_record_each_levels_cross_attention_head_count(tiny_pipe):
-    """SeeDiff's flat-layer threshold depends on the head count at its seed level (SD 2.x: 20 at 16x16)."""
-    import torch
-
-    from diffseg.capture import Needs, capture
-
+    """SeeDiff's flat-layer threshold depends on the head count at its seed level (SD 2.x: 20 at 16x16):
+    each resolution gets the head count of its own cross-attention layers (a different one per level here)."""
     unet = tiny_pipe.unet
-    expected = {}
+    n_levels = len(unet.down_blocks)
+    per_level = {0: 1, 1: 2, 2: 4, 3: 8}  # each divides the level's channels (32, 64, 64, 64)
+    originals = {}
     for name, module in unet.named_modules():
         if name.endswith("attn2"):
-            expected.setdefault(name, module.heads)
-    latent = torch.zeros(1, unet.config.in_channels, 16, 16)
-    text = torch.zeros(1, 77, unet.config.cross_attention_dim)
-    with capture(unet, Needs(cross=True)) as cap, torch.no_grad():
-        unet(latent, 100, encoder_hidden_states=text)
+            block, index = name.split(".")[:2]
+            if block == "down_blocks":
+                level = int(index)
+            elif block == "up_blocks":
+                level = n_levels - 1 - int(index)
+            else:  # mid_block: the coarsest level
+                level = n_levels - 1
+            originals[module] = module.heads
+            module.heads = per_level[level]
+    latent, text = _inputs(tiny_pipe, batch=1, side=16)
+    try:
+        with capture(unet, Needs(cross=True)) as cap, torch.no_grad():
+            unet(latent, 100, encoder_hidden_states=text)
+    finally:  # the pipeline is shared by the whole session
+        for module, heads in originals.items():
+            module.heads = heads
     maps = cap.maps()
     assert set(maps.heads) == set(maps.cross)  # one count per captured level
-    assert sorted(set(maps.heads.values())) == sorted(set(expected.values()))
+    assert maps.heads == {16 >> level: heads for level, heads in per_level.items()}
