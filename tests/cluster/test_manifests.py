@@ -161,14 +161,16 @@ def test_dockerfile_pins_cuda_torch_and_installs_the_project():
 
 
 def test_model_cache_volume_is_where_the_image_caches():
+    """Every file with a RayJob or RayCluster mounts the model cache, and only at $DIFFSEG_CACHE."""
+    ray_files = {name for name, doc in all_docs() if doc["kind"] in ("RayJob", "RayCluster")}
+    paths: dict[str, set[str]] = {}
     for name, doc in all_docs():
-        if doc["kind"] not in ("RayJob", "RayCluster"):
-            continue
-        for template in pod_templates(doc):
-            for container in template["spec"]["containers"]:
-                for mount in container.get("volumeMounts", []):
-                    if mount["name"] == "model-cache":
-                        assert mount["mountPath"] == "/cache/diffseg", name
+        if doc["kind"] in ("RayJob", "RayCluster"):
+            paths.setdefault(name, set()).update(
+                mount["mountPath"] for template in pod_templates(doc) for container in template["spec"]["containers"]
+                for mount in container.get("volumeMounts", []) if mount["name"] == "model-cache")
+    assert ray_files == {"rayjob.yaml", "raycluster.yaml"}
+    assert paths == {name: {"/cache/diffseg"} for name in ray_files}
 
 
 def test_secret_example_holds_placeholders_named_by_every_secret_ref():
