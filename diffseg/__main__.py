@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from diffseg.argtypes import finite_float, positive_int, timesteps_option
+from diffseg.redact import redacting
 
 EPILOG = """examples:
   python -m diffseg photo.jpg street.png --vocab "person, car, potted plant, road" --model tiny --out out/
@@ -121,20 +122,18 @@ def method_params(methods: list[str], tau, fitted_uri: str | None) -> dict:
     return {m: make_params(m, v) for m, v in background_values(methods, tau, fitted_uri).items()}
 
 
+@redacting
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command; everything it prints is redacted (no credential of a URL argument shown)."""
-    from diffseg.redact import redacted_output
-
-    with redacted_output(sys.argv[1:] if argv is None else argv):
-        return _run(build_parser().parse_args(argv))
+    """Runs the command; everything it prints is redacted (no credential of a URL argument shown), and an
+    unexpected error is one redacted ``error:`` line, exit 1 (diffseg.redact.redacting)."""
+    return _run(build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
     from diffseg import Segmenter, Vocabulary, load_pipeline
     from diffseg.codecs.images import ImageDecodeError, load_image
-    from diffseg.codecs.masks import encode_label_png
+    from diffseg.codecs.masks import encode_segmentation
     from diffseg.codecs.overlay import render_overlay
-    from diffseg.codecs.stats import compute_class_stats
     from diffseg.model import ModelLoadError
     from diffseg.redact import redact_uri
 
@@ -172,9 +171,9 @@ def _run(args: argparse.Namespace) -> int:
         for method, per_image in results.items():
             for (uri, stem, img), res in zip(loaded, per_image):
                 base = out / f"{stem}.{method}"
-                Path(f"{base}.labels.png").write_bytes(encode_label_png(res.label_map))
-                render_overlay(img, res.label_map, vocab.names, title=title).save(f"{base}.overlay.png")
-                stats = compute_class_stats(res.label_map, vocab.names, res.scores)
+                mask, stats = encode_segmentation(res, vocab.names)  # names: the result's own where it has them
+                Path(f"{base}.labels.png").write_bytes(mask["label_map_png"])
+                render_overlay(img, res.label_map, res.label_names(vocab.names), title=title).save(f"{base}.overlay.png")
                 meta = {"uri": redact_uri(uri), "method": method, "model": pipe.name, "width": img.shape[1],
                         "height": img.shape[0], "vocabulary": vocab.names, "classes": stats}
                 Path(f"{base}.json").write_text(json.dumps(meta, indent=1, default=float))

@@ -116,3 +116,20 @@ def test_recipe_options_reach_the_segmenter(tmp_path, capsys, sample_photos):
     with pytest.raises(SystemExit) as exit_:
         main([*base, "--timesteps", "-3"])
     assert exit_.value.code == 2 and "'-3': must be comma-separated whole numbers >= 0" in capsys.readouterr().err
+
+
+def test_unsupervised_method_writes_its_outputs_with_its_own_segment_names(tmp_path, capsys, sample_photos):
+    """maskdiffusion-unsupervised finds more segments than the vocabulary has classes and names them itself:
+    the outputs are written as the job writes them (diffseg.codecs.masks.encode_segmentation), no crash."""
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(sample_photos["chelsea"]).save(photo)
+    out = tmp_path / "out"
+    assert main([str(photo), "--vocab", "cat", "--model", "tiny", "--method", "maskdiffusion-unsupervised",
+                 "--resolution", "64", "--out", str(out)]) == 0
+    labels = decode_label_png((out / "cat.maskdiffusion-unsupervised.labels.png").read_bytes())
+    assert labels.shape == (300, 451)
+    assert (out / "cat.maskdiffusion-unsupervised.overlay.png").exists()
+    meta = json.loads((out / "cat.maskdiffusion-unsupervised.json").read_text())
+    assert {c["class_id"] for c in meta["classes"]} == {int(i) for i in np.unique(labels) if i}
+    assert sum(c["pixel_count"] for c in meta["classes"]) + int((labels == 0).sum()) == 300 * 451
+    assert "segmented 1 image(s), 0 failed" in capsys.readouterr().out
