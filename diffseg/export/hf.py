@@ -22,10 +22,10 @@ import io
 import json
 import posixpath
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffseg.codecs.images import read_bytes
 from diffseg.codecs.masks import encode_label_png
 from diffseg.export.source import Selection, iter_images
 
@@ -90,12 +90,13 @@ def dataset_card(selection: Selection, rows: int, shards: int) -> str:
 
 
 def _read_original(uri: str) -> bytes:
+    """The original's bytes, its URI read exactly as listed (no "::" URL chaining; read_bytes)."""
     try:
-        with fsspec.open(uri, "rb") as handle:
-            return handle.read()
-    except Exception as exc:
-        raise OSError(f"cannot read the image {uri} ({type(exc).__name__}: {exc}); give this machine access to "
-                      "the INPUT storage, or pass --no-images to export the label maps alone") from exc
+        return read_bytes(uri)
+    except OSError as exc:
+        cause = exc.__cause__ or exc  # read_bytes's OSError wraps what the filesystem raised
+        raise OSError(f"cannot read the image {uri} ({type(cause).__name__}: {cause}); give this machine access to "
+                      "the INPUT storage, or pass --no-images to export the label maps alone") from cause
 
 
 def write_hf(selection: Selection, fs, dest: str, shard_rows: int = 1000, include_images: bool = True) -> dict:
