@@ -26,10 +26,10 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from diffseg.lake.commit import STAGING, Compaction, Part, part_files
+from diffseg.lake.commit import Compaction, Part, part_files
 from diffseg.lake.schemas import SEGMENT_TABLES, TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, write_marker
+from diffseg.lake.units import Unit, unit_files, write_marker
 
 log = logging.getLogger("diffseg.lake.writer")
 
@@ -48,9 +48,7 @@ class UnitCommitter:
         self.units = {u.unit_id: u for u in units}
         self.covered: dict[str, np.ndarray] = {}  # unit_id -> bool per position, for units in flight
         self.parts: dict[str, list[Part]] = {}
-        self.committed: list[str] = []
-        self.markers: list[dict] = []  # the markers written (what the done index merges at the end)
-        self.committed_ids: set[str] = set()
+        self.committed_markers: dict[str, dict] = {}  # unit_id -> the marker written, in commit order
         self.compacting: set[str] = set()  # units whose Compaction was handed out
         self.stale: list[str] = []  # staging files no commit needs (repeats, parts of units committed whole)
         self.counts = Counter()
@@ -70,7 +68,7 @@ class UnitCommitter:
         for unit_id, positions, counts, final in zip(*columns):
             files = part_files(self.run_id, unit_id, np.asarray(positions, np.int32), final, self.tables.schemas)
             unit = self.units.get(unit_id)
-            if unit is None or unit_id in self.committed_ids or unit_id in self.compacting:
+            if unit is None or unit_id in self.committed_markers or unit_id in self.compacting:
                 self._discard(files, final)
                 continue
             if final:
@@ -94,8 +92,6 @@ class UnitCommitter:
 
     def compacted(self, spec: Compaction, counts: dict) -> None:
         """Commits a unit whose parts :func:`diffseg.lake.commit.compact_unit` merged (`counts`: its result)."""
-        from diffseg.lake.units import unit_files
-
         parts = self.parts.pop(spec.unit_id, [])
         self.compacting.discard(spec.unit_id)
         self._commit(self.units[spec.unit_id], unit_files(self.run_id, spec.unit_id, self.tables.schemas), counts)
@@ -109,17 +105,15 @@ class UnitCommitter:
 
     def _discard(self, files: dict, final: bool) -> None:
         if not final:
-            self.stale += [f for f in files.values() if f.startswith(STAGING + "/")]
+            self.stale += list(files.values())  # staging files (final files are the unit's own)
 
     def _commit(self, unit: Unit, files: dict[str, str], counts: dict) -> None:
         if self.before_commit is not None:
             self.before_commit()
         rows = {t: int(counts.get(c, 0)) for t, c in self.tables.row_counters.items()} | {"errors": int(counts["errors"])}
-        self.markers.append(write_marker(self.store, self.run_id, unit, files, rows))
-        self.committed.append(unit.unit_id)
-        self.committed_ids.add(unit.unit_id)
+        self.committed_markers[unit.unit_id] = write_marker(self.store, self.run_id, unit, files, rows)
         self.counts.update({k: int(v) for k, v in counts.items()})
-        self._progress(force=len(self.committed) in (1, len(self.units)))
+        self._progress(force=len(self.committed_markers) in (1, len(self.units)))
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -129,14 +123,24 @@ class UnitCommitter:
         elapsed = max(now - self.started, 1e-9)
         log.debug(  # the runner's jobs.common.progress lines are what users read
             "committed %d/%d units: %d/%d %s (%d errors), %.2f %s/s",
-            len(self.committed), len(self.units), self.counts["items"], self.total_items, self.tables.item_name,
+            len(self.committed_markers), len(self.units), self.counts["items"], self.total_items, self.tables.item_name,
             self.counts["errors"], self.counts["items"] / elapsed, self.tables.item_name,
         )
 
     @property
+    def committed(self) -> list[str]:
+        """The units committed, in commit order."""
+        return list(self.committed_markers)
+
+    @property
+    def markers(self) -> list[dict]:
+        """The markers written, in commit order (what the done index merges at the end)."""
+        return list(self.committed_markers.values())
+
+    @property
     def incomplete(self) -> list[str]:
         """Units not committed (after the dataset is exhausted this should be empty)."""
-        return [u for u in self.units if u not in self.committed_ids]
+        return [u for u in self.units if u not in self.committed_markers]
 
     def errors_by_stage(self) -> dict[str, int]:
         return {k.removeprefix("errors_"): v for k, v in self.counts.items() if k.startswith("errors_")}

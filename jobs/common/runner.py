@@ -117,7 +117,7 @@ class _Invocation:
             counts.update({"processed": w.counts["items"], words.done: w.counts["done"], "errors": w.counts["errors"],
                            "errors_by_stage": w.errors_by_stage(),
                            **{key: w.counts[key] for key in self.job.tables.row_counters.values()},
-                           "units_committed": len(w.committed), "units_incomplete": len(w.incomplete),
+                           "units_committed": len(w.committed_markers), "units_incomplete": len(w.incomplete),
                            "driver_bytes_received": w.bytes_received})
         counts[words.run_done] = self.done + (w.counts["items"] if w else 0)
         return counts
@@ -134,7 +134,7 @@ class _Invocation:
 
     def write_manifest(self, status: str, error: str | None = None) -> dict:
         c, config = self.checked, self.config
-        committed = sorted(self.done_set.unit_ids | set(self.writer.committed if self.writer else []))
+        committed = sorted(self.done_set.unit_ids | set(self.writer.committed_markers if self.writer else ()))
         res = None if self.resources is None else {k: getattr(self.resources, k) for k in self.resources.__dataclass_fields__}
         timings = {} if status == "running" else self.timings()
         info = RunInfo(run_id=config.run_id, output=config.output, config=config.to_dict(), model=config.model,
@@ -299,7 +299,7 @@ def _run_on_ray(run: _Invocation) -> int:
         log.exception("run failed")
         w = run.writer
         print(f"diffseg: FAILED after {w.counts['items'] if w else 0} {job.words.items} were committed "
-              f"({len(w.committed) if w else 0} units; rerun the same command to finish the rest): {message[:500]}")
+              f"({len(w.committed_markers) if w else 0} units; rerun the same command to finish the rest): {message[:500]}")
         return EXIT_FAILED
     finally:
         if started_ray and ray.is_initialized():
@@ -348,7 +348,7 @@ def _finish(run: _Invocation) -> int:
     timings = run.write_manifest("too many errors" if too_many else "succeeded")
     print(
         f"diffseg: {items} {words.items} ({w.counts['done']} {words.done}, {errors} errors = {fraction:.1%}) "
-        f"in {timings['process_s']:.1f} s, {timings[f'{words.items}_per_s']:.2f} {words.items}/s; {len(w.committed)} "
+        f"in {timings['process_s']:.1f} s, {timings[f'{words.items}_per_s']:.2f} {words.items}/s; {len(w.committed_markers)} "
         f"units committed to run {config.run_id!r} of {redact_uri(config.output)}"
         + (f"; error fraction above --max-error-fraction {config.max_error_fraction:g}" if too_many else "")
     )
