@@ -17,7 +17,7 @@ import numpy as np
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.evaluate import evaluate_output
 from diffseg.eval.ground_truth import list_ground_truth
-from diffseg.eval.predictions import UNEVALUABLE, index_masks, stems_to_uris
+from diffseg.eval.predictions import index_masks, names_segments, stems_to_uris
 from diffseg.eval.protocol import Split
 from diffseg.eval.settings import differing, run_settings
 from diffseg.lake.read import OutputError, resolve_run
@@ -58,7 +58,7 @@ def common_stems(runs: list[RunRef], truth_stems: set[str], methods: list[str] |
     for ref in runs:
         index = index_masks(ref.output, ref.run_id)
         for method, uris in index.uris_by_method.items():
-            if method not in UNEVALUABLE and (methods is None or method in methods):
+            if not names_segments(method) and (methods is None or method in methods):
                 common &= set(stems_to_uris(uris))
     return common
 
@@ -137,8 +137,13 @@ def compare_runs(
     }
 
 
+def fitted_of(metrics: dict) -> dict[str, dict]:
+    """The fitted.json of one run's metrics ({method: fit record}); {} when tau was not fitted."""
+    return {m: e["fit"] for m, e in metrics["methods"].items() if e.get("fit")}
+
+
 def winner_fits(comparison: dict) -> dict[str, dict]:
     """The fitted.json of the best row's run ({method: fit record}); {} when tau was not fitted."""
     best = comparison["ranking"][0]["run"]
     run = next(r for r in comparison["runs"] if r["label"] == best)
-    return {m: e["fit"] for m, e in run["metrics"]["methods"].items() if e.get("fit")}
+    return fitted_of(run["metrics"])

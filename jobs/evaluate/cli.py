@@ -57,7 +57,7 @@ import sys
 
 from fsspec.core import url_to_fs
 
-from diffseg.eval.compare import compare_runs, parse_runs, winner_fits
+from diffseg.eval.compare import compare_runs, fitted_of, parse_runs, winner_fits
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.evaluate import evaluate_output
 from diffseg.eval.protocol import DEFAULT_GRID, Split, parse_grid, read_stems
@@ -99,17 +99,19 @@ def run(args) -> dict:
     )
 
 
-def write_outputs(result: dict, out: str) -> list[str]:
+def write_outputs(result: dict, out: str) -> tuple[str, list[str]]:
     """Writes metrics.json and metrics.md (comparison.json and comparison.md for several runs) and, after
-    --fit, fitted.json (of the winning run in a comparison) under `out`; returns their paths."""
+    --fit, fitted.json (of the winning run in a comparison) under `out`; returns the Markdown it wrote
+    and the files' paths."""
     fs, root = url_to_fs(out)
     fs.makedirs(root, exist_ok=True)
+    markdown = markdown_of(result)
     if "ranking" in result:  # a comparison of several runs
-        files = {"comparison.json": json.dumps(result, indent=1) + "\n", "comparison.md": markdown_of(result)}
+        files = {"comparison.json": json.dumps(result, indent=1) + "\n", "comparison.md": markdown}
         fits = winner_fits(result)
     else:
-        files = {"metrics.json": json.dumps(result, indent=1) + "\n", "metrics.md": markdown_of(result)}
-        fits = {m: e["fit"] for m, e in result["methods"].items() if e.get("fit")}
+        files = {"metrics.json": json.dumps(result, indent=1) + "\n", "metrics.md": markdown}
+        fits = fitted_of(result)
     if fits:
         files["fitted.json"] = json.dumps(fits, indent=1) + "\n"
     written = []
@@ -118,7 +120,7 @@ def write_outputs(result: dict, out: str) -> list[str]:
         with fs.open(path, "wt") as handle:
             handle.write(text)
         written.append(path)
-    return written
+    return markdown, written
 
 
 def markdown_of(result: dict) -> str:
@@ -177,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run(args)
-        written = write_outputs(result, args.out)
+        markdown, written = write_outputs(result, args.out)
     except EvaluationError as exc:
         parser.exit(2, f"error: {exc}\n")
-    sys.stdout.write(markdown_of(result))
+    sys.stdout.write(markdown)
     print("\nwrote " + ", ".join(written))
     return 0
 
