@@ -18,7 +18,14 @@ from diffseg.eval.errors import EvaluationError
 from diffseg.eval.fitted import read_fitted
 from diffseg.eval.ground_truth import IGNORE_INDEX, list_ground_truth
 from diffseg.eval.metrics import ConfusionMatrix, iou_per_class
-from diffseg.eval.predictions import UNEVALUABLE, Predictions, index_masks, load_predictions, stems_to_uris
+from diffseg.eval.predictions import (
+    Predictions,
+    index_masks,
+    load_predictions,
+    names_segments,
+    segment_naming_methods,
+    stems_to_uris,
+)
 from diffseg.eval.protocol import (
     Protocol,
     Split,
@@ -183,12 +190,12 @@ def evaluate_output(
             f"OUTPUT holds runs with different vocabularies ({index.vocab_hashes}); pick one with --run-id"
         )
     available = index.uris_by_method
-    methods = methods or [m for m in sorted(available) if m not in UNEVALUABLE]
-    wrong = [m for m in methods if m not in available or m in UNEVALUABLE]
+    methods = methods or [m for m in sorted(available) if not names_segments(m)]
+    wrong = [m for m in methods if m not in available or names_segments(m)]
     if wrong:
         raise EvaluationError(
             f"cannot evaluate methods {wrong}: OUTPUT has {sorted(available)} "
-            f"({UNEVALUABLE[0]} names segments, not classes)"
+            f"({', '.join(segment_naming_methods())} names segments, not classes)"
         )
 
     result = {

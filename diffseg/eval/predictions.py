@@ -18,7 +18,24 @@ from diffseg.eval.ground_truth import GroundTruth
 from diffseg.eval.metrics import foreground_from_scores, resize_nearest
 from diffseg.lake.read import read_table, stem_of
 
-UNEVALUABLE = ("maskdiffusion-unsupervised",)  # its labels are segments, not vocabulary classes
+
+def names_segments(method: str) -> bool:
+    """True for a method whose label k is the k-th segment of each image (maskdiffusion-unsupervised), not a
+    vocabulary class: no class list fits it, so it is neither evaluated nor exported. A method this version
+    does not know: False (its labels are classes)."""
+    from diffseg import methods
+
+    try:
+        return methods.namer(method) is not None
+    except (KeyError, ValueError):
+        return False
+
+
+def segment_naming_methods() -> list[str]:
+    """The known methods that name their own segments (:func:`names_segments`), sorted."""
+    from diffseg import methods
+
+    return [m for m in methods.available() if names_segments(m)]
 
 
 @dataclass(frozen=True)

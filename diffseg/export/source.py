@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffseg.codecs.masks import decode_label_png
+from diffseg.eval.predictions import names_segments
 from diffseg.lake.read import OutputError, iter_committed, model_uri, read_table, resolve_run, stem_of
 
 MASK_COLUMNS = ["uri", "width", "height", "method", "label_map_png", "classes"]
@@ -63,7 +64,7 @@ def select(output: str, run_id: str | None = None, method: str | None = None) ->
             raise OutputError(f"run {run!r} holds masks of several methods ({', '.join(methods)}): "
                               "pass --method with one of them")
         method = methods[0] if methods else _configured_method(manifest)
-    if _names_segments(method):
+    if names_segments(method):
         raise OutputError(f"--method {method}: its labels are segments named per image, not the run's vocabulary "
                           "classes, so no class list fits them; export another method")
     if methods and method not in methods:
@@ -71,16 +72,6 @@ def select(output: str, run_id: str | None = None, method: str | None = None) ->
     keep = pc.equal(masks["method"], pa.scalar(method, pa.string()))
     uris = sorted(set(masks.filter(keep)["uri"].to_pylist()))
     return Selection(output, run, method, vocabulary, model_uri(manifest), uris)
-
-
-def _names_segments(method: str) -> bool:
-    """True for methods whose label k is the k-th segment of each image (maskdiffusion-unsupervised)."""
-    from diffseg import methods
-
-    try:
-        return methods.namer(method) is not None
-    except (KeyError, ValueError):  # a method this version does not know: its labels are classes
-        return False
 
 
 def _configured_method(manifest: dict) -> str:
