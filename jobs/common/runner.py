@@ -83,7 +83,8 @@ class Job:
 
     def dataset(self, config, checked: Checked, units: list[Unit], resources: Resources, target):
         """The lazy Ray dataset whose actors write the units' rows to `target` (a
-        diffseg.lake.commit.WriteTarget) and return diffseg.lake.commit.META_SCHEMA rows."""
+        diffseg.lake.commit.WriteTarget) and return diffseg.lake.commit.META_SCHEMA rows. It sets Ray Data's
+        progress output (jobs.common.progress.configure_ray_data) before the dataset executes."""
         raise NotImplementedError
 
     def manifest_extra(self, manifest: dict, config, checked: Checked) -> dict:
@@ -250,7 +251,7 @@ def _run_on_ray(run: _Invocation) -> int:
 
     from diffseg.lake.commit import WriteTarget
     from diffseg.lake.writer import UnitCommitter
-    from jobs.common.progress import Progress, configure_ray_data
+    from jobs.common.progress import Progress
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
 
     job, config, log = run.job, run.config, run.job.log
@@ -281,7 +282,6 @@ def _run_on_ray(run: _Invocation) -> int:
         run.writer = UnitCommitter(run.checked.store, config.run_id, run.planned.units, job.tables,
                                    before_commit=run.before_commit)
         dataset = job.dataset(config, run.checked, run.planned.units, res, target)
-        configure_ray_data(config.verbose)  # before it executes (the dataset may have set it already)
         progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
         try:
             with PlacementWatchdog("MapWorker", res, after_s=config.placement_warn_s):
