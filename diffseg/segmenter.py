@@ -24,7 +24,6 @@ from diffseg.vocabulary import (
     DEFAULT_CLASS_TEMPLATE,
     DEFAULT_TEMPLATE,
     SEPARATOR,
-    EncodedPrompt,
     Vocabulary,
     class_token_weight,
     encode_context,
@@ -130,7 +129,7 @@ class Segmenter:
         for m in self.methods:
             self.needs = self.needs.union(method_registry.needs(m))
         self._check_resolution()
-        self.prompt = encode_prompt(self.vocab, pipe.tokenizer, self.config.context, self.recipe["separator"])
+        self.prompt = self.vocab.encode(pipe.tokenizer, self.config.context, separator=self.recipe["separator"])
         self.context = encode_context(  # once per Segmenter, never per batch
             pipe.text_encoder, pipe.tokenizer, self.prompt, pipe.device, pipe.dtype, self.recipe["class_token_weight"]
         )
@@ -196,7 +195,7 @@ class Segmenter:
         if not arrays:
             return {m: [] for m in methods}
         sizes = list(sizes) if sizes is not None else [a.shape[:2] for a in arrays]
-        keys = list(keys) if keys is not None else [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
+        keys = list(keys) if keys is not None else _default_keys(arrays)
         if len(keys) != len(arrays) or len(sizes) != len(arrays):
             raise ValueError(f"got {len(arrays)} images, {len(keys)} keys and {len(sizes)} sizes; they must match")
         maps, spans = self.capture_maps(arrays, keys)
@@ -232,7 +231,7 @@ class Segmenter:
         """The floor of a `segment` call (benchmarks): the same VAE encode and U-Net forward(s), with
         the U-Net's default processors, no capture and no method."""
         arrays = [to_rgb_array(im) for im in images]
-        keys = list(keys) if keys is not None else [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
+        keys = list(keys) if keys is not None else _default_keys(arrays)
         _, forwards = self._forward_inputs(arrays, keys)
         t0 = time.perf_counter()
         for noisy, tt, ctx in forwards:
@@ -324,9 +323,9 @@ def vocab_with_template(vocab: Vocabulary, recipe: dict) -> Vocabulary:
         "template": vocab.template, "class_template": vocab.class_template, key: recipe["template"]})
 
 
-def encode_prompt(vocab: Vocabulary, tokenizer, mode: str, separator: str) -> EncodedPrompt:
-    """``vocab.encode(tokenizer, mode)`` with classes joined by `separator` in a joint prompt."""
-    return vocab.encode(tokenizer, mode, separator=separator) if mode == "joint" else vocab.encode(tokenizer, mode)
+def _default_keys(arrays: list[np.ndarray]) -> list[str]:
+    """The keys of images given without keys: the SHA-256 of each image's RGB pixels."""
+    return [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
 
 
 def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:

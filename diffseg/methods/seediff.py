@@ -117,8 +117,7 @@ def seed_heads(maps: CapturedMaps, side: int, heads: int | None = None) -> int:
     """The head count the flat-layer test scales by at `side` (module docstring, step 1)."""
     if heads is not None:
         return heads
-    captured = getattr(maps, "heads", None) or {}  # a capture that records each level's head count
-    return int(captured.get(side, DEFAULT_HEADS))
+    return int(maps.heads.get(side, DEFAULT_HEADS))  # the capture records each level's head count
 
 
 def seed_maps(layers: list[torch.Tensor], spans: list[list[int]], flat_variance: float, flat_weight: float):
