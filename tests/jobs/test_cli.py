@@ -15,22 +15,6 @@ from jobs.cli import COMMANDS, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Commands whose --help lacks exit codes or examples today (their owners add them; then drop them here).
-NO_EXIT_CODES: set[str] = set()
-NO_EXAMPLES: set[str] = set()
-
-
-@pytest.fixture(autouse=True)
-def _keep_hf_hub_offline(monkeypatch):
-    """Importing jobs.bench.cli sets HF_HUB_OFFLINE for the whole process; restored after each test here."""
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    yield
-    if saved is None:
-        os.environ.pop("HF_HUB_OFFLINE", None)
-    else:
-        os.environ["HF_HUB_OFFLINE"] = saved
-
-
 def run_help(command, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -61,18 +45,14 @@ def test_version_is_the_installed_distribution_version(capsys):
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_command_help_exits_0_and_names_its_exit_codes(command, capsys, request):
-    if command in NO_EXIT_CODES:
-        request.applymarker(pytest.mark.xfail(reason=f"`diffseg {command} --help` has no exit codes yet (its owner)"))
+def test_every_command_help_exits_0_and_names_its_exit_codes(command, capsys):
     out = run_help(command, capsys)
     assert "usage:" in out
     assert "exit codes" in out.lower()
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_command_help_has_examples(command, capsys, request):
-    if command in NO_EXAMPLES:
-        request.applymarker(pytest.mark.xfail(reason=f"`diffseg {command} --help` has no examples yet (its owner)"))
+def test_every_command_help_has_examples(command, capsys):
     assert "examples:" in run_help(command, capsys)
 
 

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_importing_the_entry_points_does_not_set_hf_hub_offline():
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    code = "import os, jobs.demo, jobs.cli, jobs.stage, diffseg; print(os.environ.get('HF_HUB_OFFLINE', 'unset'))"
+    code = ("import os, jobs.demo, jobs.cli, jobs.bench.cli, jobs.stage, diffseg; "
+            "print(os.environ.get('HF_HUB_OFFLINE', 'unset'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
