@@ -83,15 +83,14 @@ def iter_images(selection: Selection, with_stats: bool = True) -> Iterator[Expor
     """The selection's images, unit by unit (marker order), rows in file order."""
     output, run, method = selection.output, selection.run_id, selection.method
     stat_parts = iter_committed(output, "stats", STAT_COLUMNS, run) if with_stats else None
+    wanted = pa.scalar(method, pa.string())
     for masks in iter_committed(output, "masks", MASK_COLUMNS, run):
         stats_by_uri: dict[str, list[dict]] = defaultdict(list)
         if stat_parts is not None:
-            for row in next(stat_parts).to_pylist():  # the same unit's stats file (same marker order)
-                if row["method"] == method:
-                    stats_by_uri[row["uri"]].append(row)
-        for row in masks.to_pylist():
-            if row["method"] != method:
-                continue
+            unit_stats = next(stat_parts)  # the same unit's stats file (same marker order)
+            for row in unit_stats.filter(pc.equal(unit_stats["method"], wanted)).to_pylist():
+                stats_by_uri[row["uri"]].append(row)
+        for row in masks.filter(pc.equal(masks["method"], wanted)).to_pylist():
             label_map = decode_label_png(row["label_map_png"])
             stats = sorted(stats_by_uri.get(row["uri"], []), key=lambda s: s["class_id"])
             yield ExportImage(row["uri"], int(row["width"]), int(row["height"]), label_map,
