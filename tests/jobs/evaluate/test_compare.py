@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from test_evaluate import METHOD, VOCAB, mask_row, run_cli, save_gt
+from test_evaluate import METHOD, VOCAB, mask_row, run_cli, save_gt, write_output
 
 from diffseg.eval.compare import RunRef, parse_runs
 from diffseg.eval.errors import EvaluationError
-from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, unit_id_of, write_unit
 
 STEMS = ["a1", "a2", "a3", "a4", "a5", "a6"]
 
@@ -21,15 +18,8 @@ STEMS = ["a1", "a2", "a3", "a4", "a5", "a6"]
 def write_run(root, run_id: str, rows: list[dict], config: dict) -> str:
     """One committed run in OUTPUT `root`, recorded as jobs.segment records it: _runs/<id>.json, its
     manifest under _history/<id>/, and manifest.json (so the last run written is the latest)."""
+    write_output(root, rows, run_id=run_id)
     store = OutputStore(str(root))
-    rows = [{"method": METHOD, "classes": [], "run_id": run_id, "model": "tiny", "vocab_hash": "h", **r} for r in rows]
-    uris = sorted(r["uri"] for r in rows)
-    tables = {
-        "masks": pa.Table.from_pylist(rows, schema=SCHEMAS["masks"]),
-        "stats": SCHEMAS["stats"].empty_table(),
-        "errors": SCHEMAS["errors"].empty_table(),
-    }
-    write_unit(store, run_id, Unit(unit_id_of(uris), tuple(uris)), tables)
     manifest = {
         "run_id": run_id,
         "config": {"input": "s3://lake/images/", "batch_size": 8, "resolution": 512, **config},
@@ -38,7 +28,7 @@ def write_run(root, run_id: str, rows: list[dict], config: dict) -> str:
     }
     store.put_json(f"_runs/{run_id}.json", {"run_id": run_id, "identity": {"model": "tiny"}, "classes": VOCAB})
     store.put_json(f"_history/{run_id}/20261130T000000Z.json", manifest)
-    store.put_json("manifest.json", manifest)
+    store.put_json("manifest.json", manifest)  # replaces write_output's short one
     return str(root)
 
 
