@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 from diffseg.lake.schemas import SEGMENT_TABLES, error_result
 from jobs.common.actor import ActorConfig, ModelActor, describe
 
@@ -50,11 +51,11 @@ def make_method_params(values: Mapping[str, Mapping], methods) -> dict | None:
     return {m: make_params(m, dict(v)) for m, v in values.items()}
 
 
-def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int, max_read_bytes: int | None = None,
-                 read_timeout: float | None = None) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int, max_read_bytes: int = READ_MAX_BYTES,
+                 read_timeout: float = READ_TIMEOUT_S) -> dict[str, np.ndarray]:
     """Reads, decodes and resizes a batch of URIs (the ``read`` and ``decode`` stages; a CPU task).
 
-    `max_read_bytes`/`read_timeout`: diffseg.lake.inputs.read_uris's limits (None: its defaults); a file
+    `max_read_bytes`/`read_timeout`: diffseg.lake.inputs.read_uris's limits (default: its defaults); a file
     over them is a ``read`` error naming the limit, an escaped non-UTF-8 name a ``list`` error.
 
     In: ``uri``, ``unit_id`` (N,) strings (and ``pos``, ``unit_rows``, passed on). Out: the same plus
@@ -62,7 +63,7 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
     ``stage``/``error_type``/``message`` strings ("" when the image is fine).
     """
     from diffseg.codecs.images import decode_image, resize_square
-    from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S, read_uris
+    from diffseg.lake.inputs import read_uris
     from diffseg.redact import describe_error
 
     uris = [str(u) for u in batch["uri"]]
@@ -71,7 +72,7 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
     heights = np.zeros(n, dtype=np.int32)
     widths = np.zeros(n, dtype=np.int32)
     stage, etype, message = [""] * n, [""] * n, [""] * n
-    data = read_uris(uris, max_bytes=max_read_bytes or READ_MAX_BYTES, timeout=read_timeout or READ_TIMEOUT_S)
+    data = read_uris(uris, max_bytes=max_read_bytes, timeout=read_timeout)
     for i, uri in enumerate(uris):
         value = data.get(uri)
         if isinstance(value, Exception) or value is None:
@@ -107,8 +108,6 @@ class SegmentUDF(ModelActor):
         from diffseg import Segmenter, Vocabulary
 
         self.vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
-        if config.target is not None and not config.target.vocabulary:  # the files' metadata names the classes
-            self.config = replace(config, target=replace(config.target, vocabulary=tuple(self.vocab.names)))
         self.segmenter = Segmenter(self.pipe, self.vocab, method=list(config.methods), resolution=config.resolution,
                                    params=make_method_params(config.method_params, config.methods), **config.recipe)
         log.info("actor ready: model %s on %s (%s), %d classes, methods %s, recipe %s", self.pipe.name,
