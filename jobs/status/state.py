@@ -35,9 +35,11 @@ from diffseg.lake.manifest import MANIFEST, RUNS
 from diffseg.lake.read import OutputError, read_manifest, run_manifest
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import load_commits
+from jobs.common.config import RunOptions
+from jobs.common.runner import EXIT_FAILED, EXIT_OK, EXIT_TOO_MANY_ERRORS, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILED, EXIT_MISSING, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
-DEFAULT_MAX_ERROR_FRACTION = 0.05  # jobs.segment's default, for manifests that do not record it
+EXIT_MISSING = EXIT_USAGE  # OUTPUT or the run is unknown
+DEFAULT_MAX_ERROR_FRACTION = RunOptions.max_error_fraction  # the jobs' default, for manifests that do not record it
 DEFAULT_STALE_AFTER_S = 3600.0  # a running invocation that committed nothing for an hour is presumed dead
 
 
