@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from diffseg.argtypes import finite_float, positive_int, timesteps_option
+from diffseg.argtypes import add_recipe_options, positive_int, recipe_kwargs
 from diffseg.redact import redacting
 
 EPILOG = """examples:
@@ -60,15 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method; repeat for several from one forward (default: diffsegmenter)")
     p.add_argument("--resolution", type=positive_int, default=512,
                    help="model input side in pixels, a multiple of 64 for Stable Diffusion (default: 512)")
-    p.add_argument("--timesteps", type=timesteps_option, default=None,
-                   help="comma-separated timesteps, one forward each, maps averaged (default: the recipe's)")
-    p.add_argument("--context", choices=("joint", "per_class"), default="joint",
-                   help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
-    p.add_argument("--template", default=None,
-                   help="prompt template with {classes} (joint context) or {class} (per_class) (default: the recipe's)")
-    p.add_argument("--separator", default=None, help="between classes in a joint prompt (default: the recipe's)")
-    p.add_argument("--class-token-weight", type=finite_float, default=None,
-                   help="Compel up-weighting of class tokens (default: 1.21 per_class, 1.0 joint)")
+    add_recipe_options(p)
     p.add_argument("--tau", type=tau_option, action="append", default=None, metavar="[METHOD=]X",
                    help="background threshold; METHOD=X per method (repeat), a bare X only when the methods' "
                    "thresholds share a scale (DiffSegmenter default 0.4, provisional)")
@@ -100,14 +92,6 @@ def output_stems(uris: list[str]) -> list[str]:
             taken.add(name)
         out.append(name)
     return out
-
-
-def recipe_options(args: argparse.Namespace) -> dict:
-    """The Segmenter options of --timesteps, --template, --separator, --class-token-weight and --context
-    (those not given are left to the recipe: diffseg.segmenter.RECIPES)."""
-    given = {"timesteps": args.timesteps, "template": args.template, "separator": args.separator,
-             "class_token_weight": args.class_token_weight}
-    return {"context": args.context, **{k: v for k, v in given.items() if v is not None}}
 
 
 def method_params(methods: list[str], tau, fitted_uri: str | None) -> dict:
@@ -143,7 +127,8 @@ def _run(args: argparse.Namespace) -> int:
         methods = args.method or ["diffsegmenter"]
         params = method_params(methods, args.tau, args.fitted)
         seg = Segmenter(pipe, vocab, method=methods, params=params, resolution=args.resolution,
-                        **recipe_options(args))
+                        **recipe_kwargs(args.context, args.timesteps, args.template, args.separator,
+                                        args.class_token_weight))
     except (ValueError, ModelLoadError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

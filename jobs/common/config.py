@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from diffseg.argtypes import recipe_kwargs
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
 from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 
@@ -111,9 +112,7 @@ class JobConfig(RunOptions):
 
     def recipe_kwargs(self) -> dict:
         """The Segmenter keyword options of the recipe fields given (the others: the methods' recipe)."""
-        given = {"timesteps": self.timesteps, "template": self.template, "separator": self.separator,
-                 "class_token_weight": self.class_token_weight}
-        return {"context": self.context, **{k: v for k, v in given.items() if v is not None}}
+        return recipe_kwargs(self.context, self.timesteps, self.template, self.separator, self.class_token_weight)
 
     def recipe_changes(self) -> dict:
         """The recipe options given over the methods' own, JSON-ready (what the run identity records)."""

@@ -12,7 +12,6 @@ import sys
 from jobs.common.cli import (
     add_actor_options,
     add_common_options,
-    finite_float,
     positive_float,
     positive_int,
     run_main,
@@ -51,7 +50,7 @@ Rerunning the same command is safe: committed images are skipped, a killed run's
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffseg.argtypes import timesteps_option
+    from diffseg.argtypes import add_recipe_options
     from diffseg.eval.fitted import tau_option
 
     p = argparse.ArgumentParser(
@@ -100,15 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="background threshold, METHOD=X per method (repeat); a bare X for every method only when "
                    "their thresholds share a scale (see 'thresholds' below; DiffSegmenter's default 0.4 is provisional)")
     rc = p.add_argument_group("recipe (default: the methods' own, see 'recipe' below)")
-    rc.add_argument("--context", choices=("joint", "per_class"), default="joint",
-                    help="one prompt for the whole vocabulary (default) or one per class (the paper's protocol)")
-    rc.add_argument("--timesteps", type=timesteps_option, default=None, metavar="T[,T...]",
-                    help="U-Net timesteps, one forward each, maps averaged (e.g. 100 or 20,100,200)")
-    rc.add_argument("--template", default=None,
-                    help="prompt template with {classes} (joint) or {class} (per_class), e.g. 'a photo of {classes}'")
-    rc.add_argument("--separator", default=None, help="between classes in a joint prompt, e.g. ' and '")
-    rc.add_argument("--class-token-weight", type=finite_float, default=None, metavar="W",
-                    help="Compel up-weighting of class tokens (default 1.21 per_class, 1.0 joint)")
+    add_recipe_options(rc)
     m.add_argument("--max-read-bytes", type=positive_int, default=None, metavar="N",
                    help="inputs larger than N bytes become 'read' error rows, unread (default 268435456 = 256 MB)")
     m.add_argument("--read-timeout", type=positive_float, default=None, metavar="S",
