@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 
+from diffseg.lake.manifest import utc_stamp
 from diffseg.lake.store import OutputStore
 from diffseg.model import redact_uri
 
@@ -42,10 +43,6 @@ def lease_path(run_id: str) -> str:
     return f"{LEASES}/{run_id}.json"
 
 
-def _stamp(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 class Lease:
     """The lease of one run, held by this process (use :func:`acquire`)."""
 
@@ -60,7 +57,7 @@ class Lease:
 
     def holder(self, now: float) -> bytes:
         return json.dumps({"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                           "token": self.token, "started_at": _stamp(self.started), "heartbeat_at": _stamp(now),
+                           "token": self.token, "started_at": utc_stamp(self.started), "heartbeat_at": utc_stamp(now),
                            "heartbeat_unix": now}, indent=1).encode()
 
     def write(self, expected: bytes | None) -> bool:

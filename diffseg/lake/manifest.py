@@ -97,11 +97,12 @@ def check_run_identity(store: OutputStore, run_id: str, identity: dict, has_comm
 def record_run_identity(store: OutputStore, run_id: str, identity: dict, vocab_names: list[str]) -> None:
     """Records what the run is (``_runs/<run_id>.json``): called before its first unit is committed."""
     store.put_json(f"{RUNS}/{run_id}.json", {"run_id": run_id, "identity": identity, "classes": list(vocab_names),
-                                             "created_at": now()})
+                                             "created_at": utc_stamp()})
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_stamp(t: float | None = None) -> str:
+    """`t` (seconds since the epoch; now when None) as the lake's UTC timestamp: ``2026-01-31T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def redact_config(config: dict) -> dict:
@@ -136,7 +137,7 @@ def build_manifest(run: RunInfo, status: str, counts: dict, timings: dict, commi
         "run_id": run.run_id,
         "output": redact_uri(run.output),
         "started_at": run.started_at,
-        "finished_at": None if status == "running" else now(),
+        "finished_at": None if status == "running" else utc_stamp(),
         "config": redact_config(run.config),
         "resources": resources,
         "versions": package_versions(),

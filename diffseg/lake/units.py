@@ -27,13 +27,13 @@ import hashlib
 import json
 import logging
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffseg.lake.manifest import utc_stamp
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import TMP_PREFIX, OutputStore
 
@@ -219,7 +219,7 @@ def write_marker(store: OutputStore, run_id: str, unit: Unit, files: dict[str, s
         "unit_id": unit.unit_id,
         "files": files,
         "rows": rows,
-        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "committed_at": utc_stamp(),
         "uris": list(unit.uris),
     }
     store.put_json(marker_path(run_id, unit.unit_id), marker)
