@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from diffseg.lake.manifest import RunInfo, build_manifest, check_run_identity, write_manifest
+from diffseg.lake.manifest import RunInfo, build_manifest, check_run_identity, utc_stamp, write_manifest
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import Unit, check_run_id, known_runs, listed_commits, remove_debris, unit_files
@@ -101,7 +101,6 @@ class _Invocation:
     checked: Checked
     planned: Planned
     done_set: object  # diffseg.lake.done_index.DoneSet: the run's committed items before this invocation
-    done: int  # items the run had before this invocation
     started_at: str
     t0: float
     t_planned: float
@@ -110,6 +109,11 @@ class _Invocation:
     resources: Resources | None = None
     writer: object = None  # diffseg.lake.writer.UnitCommitter once the pipeline runs
     before_commit: object = None  # called before every commit marker (lease check, identity record)
+
+    @property
+    def done(self) -> int:
+        """Items the run had before this invocation."""
+        return len(self.done_set)
 
     def counts(self) -> dict:
         words, w = self.job.words, self.writer
@@ -151,7 +155,7 @@ def run(job: Job, config) -> int:
     from diffseg.lake.lease import acquire
 
     t0 = time.monotonic()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started_at = utc_stamp()
     try:
         check_run_id(config.run_id)
         checked = job.check(config)
@@ -198,7 +202,7 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
         job.log.warning("run %r holds %d item(s) in two committed units (written by a version before the run lease); "
                         "a plain read sees them twice: read with diffseg.lake.units.read_committed and drop duplicate "
                         "URIs, or rerun into a new --run-id", run_id, planned.counts["duplicate_items"])
-    run = _Invocation(job, config, checked, planned, done, len(done), started_at, t0, time.monotonic())
+    run = _Invocation(job, config, checked, planned, done, started_at, t0, time.monotonic())
 
     def before_commit() -> None:
         nonlocal new_run
@@ -234,8 +238,7 @@ def _nothing_to_do(run: _Invocation, output: str) -> int:
     --max-error-fraction, as its last invocation exited)."""
     config, planned = run.config, run.planned
     items, errors = run.done_set.error_fraction()
-    fraction = errors / items if items else 0.0
-    too_many = fraction > config.max_error_fraction
+    fraction, too_many = _error_fraction(items, errors, config.max_error_fraction)
     planned.counts.update(run_items=items, run_errors=errors)
     _merge_index(run)
     run.write_manifest("nothing to do")
@@ -243,6 +246,12 @@ def _nothing_to_do(run: _Invocation, output: str) -> int:
           f"{output} (no model work); the run has {errors} errors in {items} {run.job.words.items} = {fraction:.1%}"
           + (f", above --max-error-fraction {config.max_error_fraction:g}" if too_many else ""))
     return EXIT_TOO_MANY_ERRORS if too_many else EXIT_OK
+
+
+def _error_fraction(items: int, errors: int, limit: float) -> tuple[float, bool]:
+    """The error fraction of `items`, and whether it is over `limit` (--max-error-fraction: exit 3)."""
+    fraction = errors / items if items else 0.0
+    return fraction, fraction > limit
 
 
 def _run_on_ray(run: _Invocation) -> int:
@@ -343,8 +352,7 @@ def _finish(run: _Invocation) -> int:
 
     config, words, w = run.config, run.job.words, run.writer
     items, errors = w.counts["items"], w.counts["errors"]
-    fraction = errors / items if items else 0.0
-    too_many = fraction > config.max_error_fraction
+    fraction, too_many = _error_fraction(items, errors, config.max_error_fraction)
     timings = run.write_manifest("too many errors" if too_many else "succeeded")
     print(
         f"diffseg: {items} {words.items} ({w.counts['done']} {words.done}, {errors} errors = {fraction:.1%}) "
