@@ -73,15 +73,21 @@ def thumbnail(
     return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), size[1], size[0]
 
 
-def gallery_cards(
-    masks: pa.Table, vocab: list[str], colours, originals: dict, thumb: int, alpha: float
-) -> list[str]:
+OTHER_COLOUR = (128, 128, 128)  # a class name the vocabulary does not hold
+
+
+def class_colours(vocab: list[str], colours) -> dict:
+    """{class name: its colour} (label k = vocab[k-1] has colours[k]); names not in it take OTHER_COLOUR."""
+    return {name: colours[k] for k, name in enumerate(vocab, 1)}
+
+
+def gallery_cards(masks: pa.Table, colour_of: dict, originals: dict, thumb: int, alpha: float) -> list[str]:
     """One card per URI of `masks`: an overlay per method (at most `thumb` px, class colours blended with
-    weight `alpha` into the original when `originals` has it) and chips naming the classes present."""
+    weight `alpha` into the original when `originals` has it) and chips naming the classes present
+    (`colour_of`: :func:`class_colours`)."""
     by_uri: dict[str, list[dict]] = defaultdict(list)
     for row in masks.to_pylist():
         by_uri[row["uri"]].append(row)
-    index = {name: k for k, name in enumerate(vocab, 1)}
     cards = []
     for uri in sorted(by_uri):
         rows = sorted(by_uri[uri], key=lambda r: r["method"])
@@ -91,7 +97,7 @@ def gallery_cards(
             src, w, h = thumbnail(label, originals.get(uri), thumb, alpha)
             chips = (
                 " ".join(
-                    H.chip(name, colours[index[name]] if name in index else (128, 128, 128))
+                    H.chip(name, colour_of.get(name, OTHER_COLOUR))
                     for name in row["classes"] or []
                 )
                 or '<span class="note">no class</span>'

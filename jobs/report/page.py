@@ -12,7 +12,7 @@ from diffseg.codecs.overlay import palette
 from diffseg.lake.read import iter_committed, model_uri, read_table, resolve_run
 from diffseg.model import BUILTIN_MODELS
 from jobs.report import html as H
-from jobs.report.gallery import gallery_cards, load_originals, sample_uris
+from jobs.report.gallery import OTHER_COLOUR, class_colours, gallery_cards, load_originals, sample_uris
 
 AREA_EDGES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # area-share bin edges (7 bins)
 AREA_LABELS = ("<0.1%", "0.1-0.3%", "0.3-1%", "1-3%", "3-10%", "10-30%", ">=30%")
@@ -57,7 +57,7 @@ def class_table(output: str, run_id: str | None) -> dict[str, dict[str, dict]]:
 
 
 def classes_section(
-    stats: dict, vocab: list[str], colours, methods: list[str], images: dict[str, int]
+    stats: dict, vocab: list[str], colour_of: dict, methods: list[str], images: dict[str, int]
 ) -> str:
     parts = [
         f'<p class="note">Over every committed image. Area histogram bins (share of the image): '
@@ -73,7 +73,7 @@ def classes_section(
         for name in names:
             e = per.get(name, {"images": 0, "pixels": 0, "fraction_sum": 0.0, "hist": [0] * len(AREA_LABELS)})
             mean_area = f"{100 * e['fraction_sum'] / e['images']:.2f}%" if e["images"] else "–"
-            colour = colours[index[name]] if name in index else (128, 128, 128)
+            colour = colour_of.get(name, OTHER_COLOUR)
             share = f"{100 * e['images'] / images[method]:.1f}%" if images.get(method) else "–"
             rows.append(
                 [
@@ -131,9 +131,9 @@ def build_report(output: str, options: ReportOptions) -> str:
     run_id, vocab, manifest = resolve_run(output, options.run_id)
     colours = palette(len(vocab) + 1)
     index = read_table(output, "masks", ["uri", "method"], run_id=run_id)
-    methods = sorted(set(index["method"].to_pylist()))
-    all_uris = set(index["uri"].to_pylist())
     per_method = Counter(index["method"].to_pylist())
+    methods = sorted(per_method)
+    all_uris = set(index["uri"].to_pylist())
     sample = sample_uris(all_uris, options.max_images, options.seed)
     masks = read_table(
         output,
@@ -161,7 +161,8 @@ def build_report(output: str, options: ReportOptions) -> str:
             f'<p class="note"><b>Model {H.esc(model_name)} has random weights: these masks are '
             f"meaningless</b> (it exists for tests and demos).</p>"
         ) + note
-    cards = gallery_cards(masks, vocab, colours, originals, options.thumb, options.alpha)
+    colour_of = class_colours(vocab, colours)
+    cards = gallery_cards(masks, colour_of, originals, options.thumb, options.alpha)
     facts = " · ".join(
         f"{H.esc(k)} <b>{H.esc(v)}</b>"
         for k, v in (
@@ -177,7 +178,7 @@ def build_report(output: str, options: ReportOptions) -> str:
     sections = [
         ("legend", "Legend", H.legend(vocab, colours)),
         ("gallery", "Gallery", note + H.gallery(cards, options.per_page)),
-        ("classes", "Classes", classes_section(stats, vocab, colours, methods, per_method)),
+        ("classes", "Classes", classes_section(stats, vocab, colour_of, methods, per_method)),
         ("errors", f"Errors ({errors.num_rows:,})", errors_section(errors, options.max_errors)),
         ("manifest", "Run manifest", H.manifest_block(manifest)),
     ]
