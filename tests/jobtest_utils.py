@@ -250,7 +250,8 @@ def check_masks_and_stats(tables: dict, expected_sizes: dict[str, tuple[int, int
 def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int = 2, timeout: float = 240) -> int:
     """Runs a job command (`argv` after the interpreter and -m) in its own session with its own Ray
     runtime, SIGKILLs it once `min_commits` units of run 'default' are committed, stops the Ray
-    processes it left, and returns how many units were committed. Fails if the job ends first."""
+    processes it left, and returns how many units were committed (whole markers: a marker cut short by
+    the kill is a hidden temporary, not counted). Fails if the job ends first."""
     import shutil
     import subprocess
     import sys
@@ -265,10 +266,15 @@ def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int =
     proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     commits = Path(output) / "_commits" / "default"
+
+    def committed_markers() -> int:
+        # whole markers only: store.put writes a hidden ".tmp-<uuid>-<unit>.json" first, then renames it
+        return len([p for p in commits.glob("*.json") if not p.name.startswith(".")])
+
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and len(list(commits.glob("*.json"))) >= min_commits:
+            if commits.is_dir() and committed_markers() >= min_commits:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, Path(log_path).read_text()[-3000:]
@@ -281,7 +287,7 @@ def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int =
         stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)  # the killed job's Ray runtime
         shutil.rmtree(ray_tmp, ignore_errors=True)
         log.close()
-    return len(list(commits.glob("*.json")))
+    return committed_markers()
 
 
 def run_main(main, capsys, *argv) -> tuple[int, str, str]:
