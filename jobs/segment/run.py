@@ -1,9 +1,10 @@
 """The segment job as a jobs.common.runner.Job: its checks, its planning and its dataset (the runner
 does the rest, shared with jobs.synthesize; its docstring lists the steps and exit codes).
 
-Checks that need no image: methods, vocabulary, model URI (and that it runs the vocabulary at
-``--resolution``), OUTPUT writable, INPUT listable, run identity. Planning: the listed URIs the run does not have yet, at most ``--limit`` of them, cut into
-sorted units of ``--unit-size``.
+Checks that need no image: methods, vocabulary, model URI (and that it runs at ``--resolution`` and
+builds the vocabulary's prompt with the run's recipe: --context, --template, --separator), OUTPUT
+writable, INPUT listable, run identity. Planning: the listed URIs the run does not have yet, at most
+``--limit`` of them, cut into sorted units of ``--unit-size``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class SegmentJob(Job):
             raise ConfigError(f"--method {', '.join(unknown)}: unknown; available: {', '.join(method_registry.available())}")
         vocab = load_vocabulary("--vocab", config.vocab)
         check_model(config.model)
-        check_model_setup(config.model, vocab, config.resolution)
+        check_prompt(config, vocab)
         store = writable_store(config.output)
         uris = list_inputs_array(config.input)  # Arrow strings: no Python str per URI while planning
         vocab_hash = vocab.hash(redact_uri(config.model))
@@ -69,6 +70,18 @@ class SegmentJob(Job):
 
         manifest["recipe"] = resolve_recipe(config.methods, SegmenterConfig(**config.recipe_kwargs()), checked.vocab)
         return manifest
+
+
+def check_prompt(config: JobConfig, vocab) -> None:
+    """ConfigError unless the model runs at ``--resolution`` and its tokenizer builds the prompt the actors'
+    Segmenters will build: the recipe resolved as they resolve it (--context, --template, --separator over
+    the methods' own), so an unusable template exits 2 here, before Ray starts or any image is read."""
+    from diffseg.segmenter import SegmenterConfig, resolve_recipe, vocab_with_template
+
+    recipe = resolve_recipe(config.methods, SegmenterConfig(**config.recipe_kwargs()), vocab)
+    given = [o for o, v in (("--template", config.template), ("--separator", config.separator)) if v is not None]
+    check_model_setup(config.model, vocab_with_template(vocab, recipe), config.resolution, mode=recipe["context"],
+                      option="/".join(["--vocab", *given]), separator=recipe["separator"])
 
 
 def run(config: JobConfig) -> int:

@@ -4,7 +4,9 @@ JobConfig, handed to the Segmenter as recipe_kwargs, refused before anything is 
 from __future__ import annotations
 
 import pytest
+from jobtest_utils import run_main
 
+import diffseg.lake.inputs
 from diffseg import Vocabulary
 from diffseg.segmenter import SegmenterConfig, resolve_recipe
 from jobs.segment.cli import build_parser, config_from_args, main
@@ -65,3 +67,21 @@ def test_unusable_recipe_or_threshold_options_exit_2(tmp_path, monkeypatch, caps
     import re
 
     assert re.search(message, refused(tmp_path, monkeypatch, capsys, *extra))
+
+
+def test_preflight_builds_the_prompt_with_the_recipe_and_refuses_a_too_long_template(tmp_path, capsys, monkeypatch):
+    """The preflight encodes the prompt the actors will encode (--context per_class, --template): a template
+    longer than one 77-token context exits 2 naming --template, before INPUT is listed or OUTPUT written."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"never read")
+
+    def not_listed(*args, **kwargs):
+        raise AssertionError("INPUT listed before the prompt was checked")
+
+    monkeypatch.setattr(diffseg.lake.inputs, "list_inputs_array", not_listed)
+    template = "a photo of " + " ".join(["big"] * 80) + " {class}"
+    code, out, err = run_main(main, capsys, tmp_path / "in", tmp_path / "out", "--model", "tiny", "--vocab", "cat",
+                              "--resolution", "64", "--context", "per_class", "--template", template)
+    assert code == 2
+    assert "--template" in out and "longer than one 77-token context" in out
+    assert not (tmp_path / "out").exists()
