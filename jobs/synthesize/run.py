@@ -15,7 +15,6 @@ import logging
 
 from diffseg.lake.schemas import SYNTH_TABLES
 from jobs.common.checks import check_model, check_model_setup, load_vocabulary, writable_store
-from jobs.common.config import ConfigError
 from jobs.common.runner import Checked, Job, Planned, Words
 from jobs.common.runner import run as run_job
 from jobs.synthesize.config import SynthConfig, make_synth_units
@@ -51,17 +50,15 @@ class SynthesizeJob(Job):
     words = Words(items="samples", done="generated", run_done="run_items_done", planning="checks_and_planning_s")
 
     def check(self, config: SynthConfig) -> Checked:
-        from diffseg.model import ModelLoadError, redact_uri
+        from diffseg import Vocabulary
+        from diffseg.model import redact_uri
 
         vocab = load_vocabulary("--classes", config.classes)
         if any(vocab.aliases.get(n) for n in vocab.names):
             self.log.warning("--classes: aliases are ignored by synthesize (the prompt names the class itself)")
-        try:
-            check_model(config.model)
-        except ModelLoadError as exc:
-            raise ConfigError(str(exc)) from exc
-        check_model_setup(config.model, vocab, config.resolution, mode="per_class", option="--classes",
-                          class_template=config.prompt)
+        check_model(config.model)
+        prompts = Vocabulary(vocab.names, class_template=config.prompt.replace("{}", "{class}"))  # the generation prompt
+        check_model_setup(config.model, prompts, config.resolution, mode="per_class", option="--classes")
         store = writable_store(config.output)
         model = redact_uri(config.model)
         names_hash = classes_hash(vocab.names, config.prompt, model)
