@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffseg.codecs.images import DEFAULT_MAX_PIXELS
+from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 from jobs.common.cli import (
     add_actor_options,
     add_common_options,
@@ -90,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (default auto: fp16 on GPU, fp32 on CPU)")
     m.add_argument("--save-scores", action="store_true",
                    help="also store per-class scores (uint8, model resolution) in masks.scores_png (for jobs.evaluate)")
-    m.add_argument("--max-pixels", type=int, default=None,
-                   help="images with more pixels become 'decode' error rows (default 64,000,000)")
+    m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"images with more pixels become 'decode' error rows (default {DEFAULT_MAX_PIXELS:,})")
     m.add_argument("--fitted", metavar="PATH",
                    help="fitted.json written by `python -m jobs.evaluate --fit tau`: segment with its background "
                         "thresholds (local path or URL)")
@@ -100,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "their thresholds share a scale (see 'thresholds' below; DiffSegmenter's default 0.4 is provisional)")
     rc = p.add_argument_group("recipe (default: the methods' own, see 'recipe' below)")
     add_recipe_options(rc)
-    m.add_argument("--max-read-bytes", type=positive_int, default=None, metavar="N",
-                   help="inputs larger than N bytes become 'read' error rows, unread (default 268435456 = 256 MB)")
-    m.add_argument("--read-timeout", type=positive_float, default=None, metavar="S",
-                   help="an input not read within S seconds becomes a 'read' error row (default 120)")
+    m.add_argument("--max-read-bytes", type=positive_int, default=READ_MAX_BYTES, metavar="N",
+                   help=f"inputs larger than N bytes become 'read' error rows, unread (default {READ_MAX_BYTES} = "
+                   f"{READ_MAX_BYTES >> 20} MB)")
+    m.add_argument("--read-timeout", type=positive_float, default=READ_TIMEOUT_S, metavar="S",
+                   help=f"an input not read within S seconds becomes a 'read' error row (default {READ_TIMEOUT_S:g})")
     r = p.add_argument_group("runs")
     r.add_argument("--run-id", default="default",
                    help="name of the run inside OUTPUT (default 'default'). Reruns with the same id skip committed "
@@ -144,17 +147,8 @@ def check_recipe(config: JobConfig) -> JobConfig:
     return config
 
 
-def read_limits(args: argparse.Namespace) -> dict:
-    """The JobConfig fields of --max-read-bytes and --read-timeout given (diffseg.lake.inputs.read_uris's
-    max_bytes and timeout; defaults READ_MAX_BYTES, READ_TIMEOUT_S)."""
-    limits = {"max_read_bytes": args.max_read_bytes, "read_timeout": args.read_timeout}
-    return {k: v for k, v in limits.items() if v is not None}
-
-
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """The JobConfig for parsed arguments (raises ConfigError for bad values)."""
-    from diffseg.codecs.images import DEFAULT_MAX_PIXELS
-
     return check_recipe(JobConfig(
         input=args.input, output=args.output, vocab=args.vocab, model=args.model,
         methods=tuple(args.methods or ("diffsegmenter",)), batch_size=args.batch_size, actors=args.actors,
@@ -162,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
         save_scores=args.save_scores, unit_size=args.unit_size,
         method_params=method_params(args),
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS, **read_limits(args),
+        max_pixels=args.max_pixels, max_read_bytes=args.max_read_bytes, read_timeout=args.read_timeout,
         context=args.context, timesteps=args.timesteps, template=args.template, separator=args.separator,
         class_token_weight=args.class_token_weight,
         address=args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb, verbose=args.verbose,
