@@ -6,13 +6,10 @@ class, the DiffSegmenter paper's protocol). Each run times decode -> Segmenter -
 
 from __future__ import annotations
 
-import resource
 import time
 from contextlib import contextmanager
 
-
-def host_peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from jobs.bench.floor import peak_rss_mb
 
 
 @contextmanager
@@ -37,8 +34,7 @@ def run_config(pipe, vocab, args, jpegs, context="joint", naive=False) -> dict:
 
     from diffseg import Segmenter
     from diffseg.codecs.images import decode_image
-    from diffseg.codecs.masks import encode_label_png
-    from diffseg.codecs.stats import compute_class_stats
+    from diffseg.codecs.masks import encode_segmentation
 
     with patched_capture(naive):  # a Segmenter makes its capture when it is built
         seg = Segmenter(pipe, vocab, method=args.method, resolution=args.resolution, context=context)
@@ -58,8 +54,7 @@ def run_config(pipe, vocab, args, jpegs, context="joint", naive=False) -> dict:
         results = seg.segment_method(images, keys=[f"img{it}-{j}" for j in range(len(images))])
         t2 = time.perf_counter()
         for r in results:
-            encode_label_png(r.label_map)
-            compute_class_stats(r.label_map, vocab.names, r.scores)
+            encode_segmentation(r, vocab.names)
         t3 = time.perf_counter()
         if it >= 1:
             stage["decode"] += t1 - t0
@@ -74,7 +69,7 @@ def run_config(pipe, vocab, args, jpegs, context="joint", naive=False) -> dict:
         "images_per_s": n / total,
         "seconds_per_image": {k: v / n for k, v in stage.items()},
         "peak_gpu_mb": torch.cuda.max_memory_allocated(pipe.device) / 2**20 if cuda else None,
-        "peak_host_rss_mb": host_peak_rss_mb(),
+        "peak_host_rss_mb": peak_rss_mb(),
     }
 
 

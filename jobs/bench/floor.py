@@ -13,6 +13,7 @@ configuration's calls on CPU (weights included, as a job sees it), the peak allo
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 
@@ -33,6 +34,11 @@ def rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far in MB (getrusage's ru_maxrss, in KB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class PeakMemory:

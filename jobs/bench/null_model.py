@@ -40,6 +40,7 @@ from statistics import median
 
 import numpy as np
 
+from jobs.bench.floor import peak_rss_mb
 from jobs.segment.actor import SegmentUDF
 
 SIDE = 64  # input images and model resolution of the null-model runs
@@ -240,7 +241,7 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int, slow:
     return {"mode": mode, "slow": slow, "images": images, "wall_s": round(wall, 2),
             "images_per_s": round(images / wall, 1), "driver_cpu_ms_per_image": round(1000 * cpu / images, 4),
             "driver_bytes_per_image": None if received is None else round(received / images, 1),
-            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "driver_peak_rss_mb": round(peak_rss_mb(), 1),
             "steady": steady}
 
 
@@ -279,7 +280,7 @@ def replan(folder: str, n: int) -> dict:
 
     listing = pa.array((_uri(i) for i in range(n)), pa.string(), size=n)
     listing = pa.concat_arrays([listing, pa.array([f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)])])
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     done = load_done(OutputStore(folder), "r")
     todo = done.exclude(listing)
@@ -288,8 +289,8 @@ def replan(folder: str, n: int) -> dict:
     seconds = time.perf_counter() - t0
     assert len(todo) == 1000 and len(units) == 4 and counts["duplicate_items"] == 0, (len(todo), counts)
     return {"done": n, "replan_s": round(seconds, 2), "listing": n + 1000, "todo": len(todo),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_with_listing_mb": round(rss0 / 1024, 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "rss_with_listing_mb": round(rss0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,29 +20,22 @@ from pathlib import Path
 
 
 def tree_rss_mb(root_pid: int) -> float:
-    """Summed resident memory (MB) of `root_pid` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    """Summed resident memory (MB) of `root_pid` and all its descendants, read with psutil; a process
+    that has gone (or cannot be read) counts as nothing."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        procs = [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+    total = 0
+    for proc in procs:
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [root_pid]
-    while stack:
-        pid = stack.pop()
-        stack += children.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return total / 1024
+    return total / 2**20
 
 
 def write_lake(folder: Path, n: int, jpegs: list[bytes]) -> None:
@@ -82,8 +75,7 @@ def run_loop(lake: Path, args) -> dict:
     """The same work in-process, no Ray: decode, Segmenter in batches, encode masks and stats."""
     from diffseg import Segmenter, Vocabulary, load_pipeline
     from diffseg.codecs.images import decode_image, resize_square
-    from diffseg.codecs.masks import encode_label_png
-    from diffseg.codecs.stats import compute_class_stats
+    from diffseg.codecs.masks import encode_segmentation
 
     vocab = Vocabulary.from_spec(args.vocab_spec)
     pipe = load_pipeline(args.model, dtype="auto")
@@ -96,8 +88,7 @@ def run_loop(lake: Path, args) -> dict:
         small = [resize_square(im, args.resolution) for im in images]
         results = seg.segment_method(small, keys=[str(p) for p in batch], sizes=[im.shape[:2] for im in images])
         for r in results:
-            encode_label_png(r.label_map)
-            compute_class_stats(r.label_map, vocab.names, r.scores)
+            encode_segmentation(r, vocab.names)  # the segment actor's encoder
     wall = time.perf_counter() - start
     return {"images": len(files), "seconds": wall, "images_per_s": len(files) / wall}
 
