@@ -56,11 +56,18 @@ def evidence_maps(cross: torch.Tensor, spans: list[list[int]], chunk_length: int
     share the softmax: a class in a later, shorter chunk is not diluted by its position. Without start
     tokens on the axis (:func:`chunk_starts` is None) the span means are returned unchanged.
     """
+    return span_and_evidence_maps(cross, spans, chunk_length, eps)[1]
+
+
+def span_and_evidence_maps(cross: torch.Tensor, spans: list[list[int]], chunk_length: int = CHUNK_LENGTH,
+                           eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """(span_maps, evidence_maps) of `cross` from one pass over the spans (the evidence divides the span
+    means; without start tokens on the axis both are the same tensor)."""
     maps = span_maps(cross, spans)
     starts = chunk_starts(cross.shape[-1], spans, chunk_length)
     if starts is None:
-        return maps
-    return maps / span_maps(cross, [[s] for s in starts]).clamp_min(eps)
+        return maps, maps
+    return maps, maps / span_maps(cross, [[s] for s in starts]).clamp_min(eps)
 
 
 def resize_maps(x: torch.Tensor, side: int, mode: str = "bilinear") -> torch.Tensor:

@@ -23,12 +23,11 @@ from diffseg.capture import CapturedMaps, Needs
 from diffseg.methods.common import (
     CHUNK_LENGTH,
     assemble_scores,
-    evidence_maps,
     minmax,
     rank_weights,
     relative_evidence_keep,
     resize_maps,
-    span_maps,
+    span_and_evidence_maps,
     top_fraction_mean,
 )
 
@@ -56,9 +55,10 @@ def weighted_cross(maps: CapturedMaps, spans: list[list[int]], weights: tuple[fl
     raw = normed = None
     for side in sides:
         cross = maps.cross[side]
-        evidence = resize_maps(evidence_maps(cross, spans, chunk_length), finest) * w[side]
+        means, evidence = span_and_evidence_maps(cross, spans, chunk_length)
+        evidence = resize_maps(evidence, finest) * w[side]
         raw = evidence if raw is None else raw + evidence
-        normed_level = minmax(resize_maps(span_maps(cross, spans), finest)) * w[side]
+        normed_level = minmax(resize_maps(means, finest)) * w[side]
         normed = normed_level if normed is None else normed + normed_level
     return raw, normed
 

@@ -37,9 +37,9 @@ from diffseg.capture import CapturedMaps, Needs
 from diffseg.methods.common import (
     CHUNK_LENGTH,
     assemble_scores,
-    evidence_maps,
     relative_evidence_keep,
     resize_maps,
+    span_and_evidence_maps,
     span_maps,
     top_fraction_mean,
 )
@@ -92,16 +92,29 @@ def class_attention(maps: CapturedMaps, spans: list[list[int]], levels: int, sid
     """(B, K, side, side) float32: mean over the cross-attention layers of the `levels` coarsest levels
     of each class's span-mean map, bilinear to `side` (raw: not normalised). With `chunk_length`, each
     map is the filter's evidence instead: relative to its chunk's start token (evidence_maps)."""
+    raw, evidence = class_attentions(maps, spans, levels, side, chunk_length)
+    return raw if evidence is None else evidence
+
+
+def class_attentions(maps: CapturedMaps, spans: list[list[int]], levels: int, side: int,
+                     chunk_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(raw, evidence) :func:`class_attention` maps from one span-mean pass per layer: raw without
+    `chunk_length`, evidence with it (None when `chunk_length` is None)."""
     coarse = maps.levels[-levels:]
     missing = [r for r in coarse if r not in maps.cross_layers]
     if missing:
         raise ValueError(f"per-layer cross-attention missing at {missing} (Needs.cross_layers)")
-
-    def per_class(x):
-        return span_maps(x, spans) if chunk_length is None else evidence_maps(x, spans, chunk_length)
-
-    layers = [resize_maps(per_class(x), side) for r in coarse for x in maps.cross_layers[r]]
-    return torch.stack(layers, 0).mean(0)
+    raws, evidences = [], []
+    for r in coarse:
+        for x in maps.cross_layers[r]:
+            if chunk_length is None:
+                raws.append(resize_maps(span_maps(x, spans), side))
+            else:
+                means, evidence = span_and_evidence_maps(x, spans, chunk_length)
+                raws.append(resize_maps(means, side))
+                evidences.append(resize_maps(evidence, side))
+    raw = torch.stack(raws, 0).mean(0)
+    return raw, torch.stack(evidences, 0).mean(0) if chunk_length is not None else None
 
 
 def prototype_scores(features: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -132,10 +145,10 @@ def maskdiffusion(maps: CapturedMaps, spans: list[list[int]], params: MaskDiffus
     per-image rescaled cosines (module docstring); channel 0 = -inf, or the relative background t."""
     p = params or MaskDiffusionParams()
     f = decoder_features(maps, p.skip_finest_features, p.feature_norm)
-    raw = class_attention(maps, spans, p.cross_levels, f.shape[-1])
+    raw, evidence = class_attentions(maps, spans, p.cross_levels, f.shape[-1],
+                                     p.chunk_length if p.filter_ratio > 0 else None)
     keep = None
     if p.filter_ratio > 0:
-        evidence = class_attention(maps, spans, p.cross_levels, f.shape[-1], p.chunk_length)
         keep = relative_evidence_keep(top_fraction_mean(evidence, p.evidence_fraction), p.filter_ratio)
     scores = relative_scores(prototype_scores(f, raw), keep)
     background = float("-inf") if p.background is None else p.background

@@ -27,7 +27,7 @@ import torch
 
 from diffseg.capture import CapturedMaps, Needs
 from diffseg.methods.common import CHUNK_LENGTH, relative_evidence_keep, top_fraction_mean
-from diffseg.methods.maskdiffusion import class_attention, decoder_features
+from diffseg.methods.maskdiffusion import class_attentions, decoder_features
 
 NEEDS = Needs(cross=True, cross_layers=True, features=True)  # cross-attention only names segments
 
@@ -155,11 +155,12 @@ def name_segments(maps: CapturedMaps, spans: list[list[int]], scores: torch.Tens
     names = [[f"segment {j}" for j in range(1, channels)] for _ in range(b)]
     if not spans:
         return names
-    raw = class_attention(maps, spans, p.cross_levels, s).to(scores.device)  # (B, K, s, s)
+    raw, evidence = class_attentions(maps, spans, p.cross_levels, s, p.chunk_length if p.filter_ratio > 0 else None)
+    raw = raw.to(scores.device)  # (B, K, s, s)
     a = raw.flatten(2) / raw.flatten(2).amax(-1, keepdim=True).clamp_min(1e-12)
     keep = torch.ones(raw.shape[:2], dtype=torch.bool, device=raw.device)
     if p.filter_ratio > 0:
-        evidence = class_attention(maps, spans, p.cross_levels, s, p.chunk_length).to(scores.device)
+        evidence = evidence.to(scores.device)
         keep = relative_evidence_keep(top_fraction_mean(evidence, p.evidence_fraction), p.filter_ratio)
     masks = (scores[:, 1:].flatten(2) > 0.5).to(a.dtype)  # (B, K_max, N)
     overlap = (masks @ a.transpose(1, 2)) / masks.sum(-1, keepdim=True).clamp_min(1)  # (B, K_max, K)
