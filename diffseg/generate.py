@@ -23,7 +23,7 @@ from diffseg import methods as method_registry
 from diffseg.capture import capture
 from diffseg.model import Pipeline
 from diffseg.segmenter import scores_to_label_map
-from diffseg.vocabulary import Vocabulary, encode_text
+from diffseg.vocabulary import Vocabulary, empty_prompt_ids, encode_text
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def generation_context(pipe: Pipeline, class_name: str, b: int, cfg: GenerationC
     cond = encode_text(pipe.text_encoder, enc.input_ids, chunk, pipe.device, pipe.dtype)
     if cfg.guidance == 1.0:
         return cond.expand(b, -1, -1), slice(None), enc.spans[0][0]
-    empty = pipe.tokenizer("", padding="max_length", max_length=chunk, return_tensors="pt").input_ids
-    uncond = encode_text(pipe.text_encoder, empty, chunk, pipe.device, pipe.dtype)
+    uncond = encode_text(pipe.text_encoder, empty_prompt_ids(pipe.tokenizer, chunk), chunk, pipe.device, pipe.dtype)
     return torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]), slice(b, 2 * b), enc.spans[0][0]
 
 

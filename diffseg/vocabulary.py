@@ -316,6 +316,15 @@ def upweight_class_tokens(context: torch.Tensor, empty: torch.Tensor, spans: lis
     return out
 
 
+def empty_prompt_ids(tokenizer, length: int) -> torch.Tensor:
+    """(1, length) token ids of the empty prompt: start, end, then padding (the tokenizer's pad token, its
+    end token when it has none); what ``tokenizer("", padding="max_length", max_length=length)`` gives
+    for CLIP's tokenizer."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [tokenizer.bos_token_id, tokenizer.eos_token_id]
+    return torch.tensor([ids + [pad] * (length - len(ids))])
+
+
 @torch.no_grad()
 def encode_context(text_encoder, tokenizer, prompt: EncodedPrompt, device, dtype,
                    weight: float = 1.0) -> torch.Tensor:
@@ -324,9 +333,6 @@ def encode_context(text_encoder, tokenizer, prompt: EncodedPrompt, device, dtype
     chunk = context_length(tokenizer)
     context = encode_text(text_encoder, prompt.input_ids, chunk, device, torch.float32)
     if weight != 1.0:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = [tokenizer.bos_token_id, tokenizer.eos_token_id]
-        empty_ids = torch.tensor([ids + [pad] * (chunk - len(ids))])
-        empty = encode_text(text_encoder, empty_ids, chunk, device, torch.float32)[0]
+        empty = encode_text(text_encoder, empty_prompt_ids(tokenizer, chunk), chunk, device, torch.float32)[0]
         context = upweight_class_tokens(context, empty, prompt.spans, weight)
     return context.to(dtype)

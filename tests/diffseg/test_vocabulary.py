@@ -5,6 +5,7 @@ from diffseg.vocabulary import (
     Vocabulary,
     class_token_weight,
     context_length,
+    empty_prompt_ids,
     encode_context,
     encode_text,
     upweight_class_tokens,
@@ -169,6 +170,21 @@ def test_compel_upweighting_keeps_the_real_encoder_output_at_weight_one(tiny_pip
     doubled = upweight_class_tokens(plain, empty, prompt.spans, 2.0)  # an all-zero empty: a plain scale
     cat = prompt.spans[0][0]
     assert torch.allclose(doubled[0, cat], 2 * plain[0, cat])
+
+
+@pytest.mark.parametrize("pad_token", [None, "!"])  # SD 1.x pads with the end token, SD 2.x with "!"
+def test_the_empty_prompt_is_what_clips_tokenizer_makes_of_an_empty_string(tmp_path, pad_token):
+    """encode_context (Compel's empty prompt) and generate (classifier-free guidance) share it."""
+    from transformers import CLIPTokenizer
+
+    from diffseg.tokenizer import write_tiny_tokenizer
+
+    folder = write_tiny_tokenizer(tmp_path)
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
+                        **({"pad_token": pad_token} if pad_token else {}))
+    for length in (77, 32):
+        made = tok("", padding="max_length", max_length=length, return_tensors="pt").input_ids
+        assert torch.equal(empty_prompt_ids(tok, length), made)
 
 
 def test_a_benchmark_name_gives_its_built_in_vocabulary(tmp_path, monkeypatch):
