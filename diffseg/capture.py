@@ -338,21 +338,20 @@ class capture:  # noqa: N801  (used as a context manager: `with capture(unet, ne
         self.recorder = _Recorder(keep, needs, self_mode)
         self._originals = None
         self._hooks = []
-        self._first_up: dict[int, str] = {}
-        self._heads: dict[int, int] = {}  # level index (0 = finest) -> heads of its cross-attention layers
-        self._made: dict[str, object] = {}  # capturing processors, made once and reused at every entry
+        # the layers read, found once: the U-Net and `needs` do not change after construction
+        self._cross, self._keep, self._first_up = locate_layers(unet, needs)
+        n_levels = len(unet.down_blocks)
+        # level index (0 = finest) -> heads of its cross-attention layers
+        self._heads = {layer_level(n, n_levels): int(unet.get_submodule(n).heads) for n in sorted(self._cross)}
+        self._made: dict[str, object] = {}  # capturing processors, made at the first entry and reused at every one
 
     def __enter__(self) -> capture:
         if getattr(self.unet, _ACTIVE_ATTR, False):
             raise RuntimeError("a diffseg capture is already installed on this U-Net; captures do not nest")
         self.recorder.clear()  # a capture context averages the forwards run inside it, and only those
-        cross, keep, first_up = locate_layers(self.unet, self.needs)
-        self._first_up = first_up
-        n_levels = len(self.unet.down_blocks)
-        self._heads = {layer_level(n, n_levels): int(self.unet.get_submodule(n).heads) for n in sorted(cross)}
         self._originals = dict(self.unet.attn_processors)
-        for name in (cross | keep) - set(self._made):
-            self._made[name] = self.make_processor(name, is_cross=name in cross)
+        for name in (self._cross | self._keep) - set(self._made):
+            self._made[name] = self.make_processor(name, is_cross=name in self._cross)
         self.unet.set_attn_processor(
             {key: self._made.get(key.removesuffix(".processor"), proc) for key, proc in self._originals.items()}
         )
