@@ -27,16 +27,13 @@ def check_model(uri: str) -> None:
 
 
 def check_model_setup(uri: str, vocab, resolution: int, mode: str = "joint", option: str = "--vocab",
-                      separator: str | None = None, class_template: str | None = None) -> None:
+                      separator: str | None = None) -> None:
     """Raises ConfigError (naming `option`) when the model named by `uri` (already checked by check_model)
     cannot run `vocab` at `resolution`: the resolution is not a multiple of its total downsampling
     (8 x 2^(levels-1) = 64 for SD), or the prompt does not build with its tokenizer (a class with its
     aliases, or the template around it, longer than one 77-token context). The prompt is built as a
     Segmenter builds it (``vocab.encode``): `vocab` with its templates, in `mode` ("joint"
-    or "per_class"), classes joined by `separator` in a joint prompt (None: the vocabulary's default).
-    `class_template`: kept for callers that pass a per-class template here rather than in `vocab`
-    (``{}`` accepted for ``{class}``); new callers build their Vocabulary with it."""
-    from diffseg import Vocabulary
+    or "per_class"), classes joined by `separator` in a joint prompt (None: the vocabulary's default)."""
     from diffseg.checkpoint import downsampling, load_tokenizer
 
     step = downsampling(uri)
@@ -46,8 +43,6 @@ def check_model_setup(uri: str, vocab, resolution: int, mode: str = "joint", opt
             f"--resolution {resolution}: must be a multiple of {step}, the model's total downsampling (VAE x U-Net "
             f"levels: 8 x 2^(levels-1) for Stable Diffusion); e.g. {lower} or {upper}"
         )
-    if class_template is not None:
-        vocab = Vocabulary(vocab.names, class_template=class_template.replace("{}", "{class}"))
     try:
         vocab.encode(load_tokenizer(uri), mode, **({} if separator is None else {"separator": separator}))
     except ValueError as exc:

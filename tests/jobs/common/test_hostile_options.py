@@ -79,8 +79,8 @@ def test_preflight_checks_resolution_and_prompt_as_the_actor_would(tiny_pipe, tm
     with pytest.raises(ConfigError, match="--vocab: vocabulary: 'potted potted .* longer than one 77-token context"):
         check_model_setup("tiny", Vocabulary(["cat", long_name]), 128)
     with pytest.raises(ConfigError, match="--classes: class 'potted potted"):
-        check_model_setup("tiny", Vocabulary([long_name]), 128, mode="per_class", option="--classes",
-                          class_template="a photograph of a {}")
+        check_model_setup("tiny", Vocabulary([long_name], class_template="a photograph of a {class}"), 128,
+                          mode="per_class", option="--classes")
 
 
 @pytest.mark.parametrize("position", ["input", "output", "--vocab", "--model", "--fitted"])
