@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -265,16 +266,26 @@ def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int =
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    commits = Path(output) / "_commits" / "default"
+    log_dir = Path(output) / "_log" / "default"
 
     def committed_markers() -> int:
-        # whole markers only: store.put writes a hidden ".tmp-<uuid>-<unit>.json" first, then renames it
-        return len([p for p in commits.glob("*.json") if not p.name.startswith(".")])
+        """Units named by the run's commit entries (whole entries only: the store writes a hidden
+        temporary first, then links it into place)."""
+        units = 0
+        for path in log_dir.glob("*.json"):
+            if path.name.startswith(("." , "_")):
+                continue
+            try:
+                entry = json.loads(path.read_text())
+            except ValueError:
+                continue
+            units += len(entry.get("units", ())) if entry.get("kind") == "commit" else 0
+        return units
 
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and committed_markers() >= min_commits:
+            if log_dir.is_dir() and committed_markers() >= min_commits:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, Path(log_path).read_text()[-3000:]

@@ -1,32 +1,35 @@
 """Workers write, the driver commits: the worker side of the commit protocol and the compaction of a unit.
 
 A worker (the model actor, right after its model) splits its batch's result rows by unit and writes them
-itself (:func:`write_results`); it returns only one small metadata row per (batch, unit)
-(:data:`META_SCHEMA`: the unit, the positions of its items in the unit, whether the part is the unit's
-final files, counts; the files' names follow from these: :func:`part_files`).
+itself (:func:`write_results`) under names no other attempt can have: ``<table>/part-<run_id>-<invocation>-
+<unit_id>-<attempt>.parquet`` (``attempt``: 8 random hex digits per write). It returns only one small
+metadata row per (batch, unit) (:data:`META_SCHEMA`): the unit, the positions of its items in the unit, which
+of them are error rows (final or retryable), counts, and each file it wrote with its size and md5 (what the
+commit records; on S3 the md5 is the object's ETag).
 
-- When the batch holds a whole unit, the rows go straight to the unit's final files
-  (``<table>/part-<run_id>-<unit_id>.parquet``, diffseg.lake.units.unit_files), in the unit's order.
-  Whoever writes these names writes each item of the unit exactly once, so a retried task or a
-  restarted actor that rewrites them never makes a row visible twice.
-- Otherwise the rows go to staging files under ``_staging/<run_id>/<unit_id>/`` (a hidden folder that
-  dataset readers skip), named by a hash of the positions they hold, so a retry with the same items
-  rewrites the same names. When the driver has accepted positions covering the unit, one compaction
-  (:func:`compact_unit`, a Ray task in the jobs) merges the accepted parts into the final files, keeping
-  for each item the rows of the part the driver accepted first.
+- When the batch holds a whole unit, the rows go straight to the table folders, in the unit's order.
+- Otherwise they go to staging files under ``_staging/<run_id>/<invocation>/<unit_id>/`` (a hidden folder
+  that dataset readers skip). When the driver has accepted parts covering the unit, one compaction
+  (:func:`compact_unit`, a Ray task in the jobs) merges the accepted parts into new attempt-unique files,
+  keeping for each item the rows of the part the driver accepted first.
+
+Nothing a worker writes is visible to the run until the driver names it in a commit entry of the run's log
+(diffseg.lake.log), and no name is ever written twice, so a late or repeated attempt (a zombie worker of
+an earlier invocation, a task Ray re-runs, a compaction racing a whole-unit attempt) can never change a
+committed file: at worst it leaves an uncommitted file that the sweep removes (diffseg.lake.sweep).
 
 Every file carries the run in its Parquet key-value metadata (key :data:`METADATA_KEY`, JSON: the
 vocabulary as a list whose position is the label id, 0 = ``"background"``; ``run_id``, ``model``,
-``vocab_hash``), so a copied table keeps its class list; compaction keeps it.
-
-The driver then writes the unit's commit marker (the only commit point) and removes its staging files
-(diffseg.lake.writer.UnitCommitter). No Ray here: the jobs wrap these functions in tasks and actors.
+``vocab_hash``), so a copied table keeps its class list; compaction keeps it. No Ray here: the jobs wrap
+these functions in tasks and actors.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -35,29 +38,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diffseg.lake.schemas import TableSet
+from diffseg.lake.schemas import WRITE_NAMES, TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import STAGING, unit_files
 
 METADATA_KEY = b"diffseg"  # Parquet key-value metadata: {"vocabulary": [names by id], "run_id", "model", "vocab_hash"}
+STAGING = "_staging"  # _staging/<run_id>/<invocation>/<unit_id>/<table>-<attempt>.parquet: parts of units
+
+# <table>/part-<run_id>-<invocation>-<unit_id>-<attempt>.parquet (run ids may hold '-': parsed from the right)
+PART_NAME = re.compile(r"^part-(?P<run>[A-Za-z0-9][A-Za-z0-9._-]{0,63})-(?P<inv>[0-9a-f]{12})-(?P<unit>[0-9a-f]{16})"
+                       r"-(?P<attempt>[0-9a-f]{8})\.parquet$")
 
 META_SCHEMA = pa.schema([
     ("unit_id", pa.string()),
-    ("positions", pa.list_(pa.int32())),  # the batch's items of the unit, as positions in the unit (its uris)
+    ("positions", pa.list_(pa.int32())),  # the batch's items of the unit, as positions in the unit (its keys)
+    ("errors", pa.list_(pa.int32())),  # positions of final error rows
+    ("retry", pa.list_(pa.int32())),  # positions of retryable error rows
     ("counts", pa.string()),  # JSON {"items", "errors", "errors_<stage>", row counters}
-    ("final", pa.bool_()),  # the files are the unit's final files (the batch held the whole unit)
+    ("files", pa.string()),  # JSON {table: {"path", "bytes", "md5", "rows"}}
+    ("final", pa.bool_()),  # the files are in the table folders (the batch held the whole unit)
 ])
 
 
 @dataclass(frozen=True)
 class WriteTarget:
-    """Where and as what a worker writes its rows: OUTPUT, the run and the run columns of the rows."""
+    """Where and as what a worker writes its rows: OUTPUT, the run, the invocation and the rows' run columns."""
 
     output: str  # OUTPUT (any fsspec URL)
     run_id: str
     model: str  # the rows' model column (redacted URI)
     run_hash: str  # the rows' vocab_hash column
     vocabulary: tuple[str, ...] = ()  # class names of ids 1..K (the files' metadata); () when unknown
+    invocation: str = "000000000000"  # the invocation writing (12 hex digits; diffseg.lake.log.new_invocation_id)
 
     def file_metadata(self) -> dict[bytes, bytes]:
         """The Parquet key-value metadata of every file written for this target (see :data:`METADATA_KEY`)."""
@@ -71,7 +82,7 @@ class WriteTarget:
 class Part:
     """Files of one (batch, unit) the driver accepted, and the positions it accepted from them."""
 
-    files: dict[str, str]
+    files: dict[str, dict]  # table -> {"path", "bytes", "md5", "rows"}
     positions: tuple[int, ...]
 
 
@@ -81,20 +92,36 @@ class Compaction:
 
     output: str
     run_id: str
+    invocation: str
     unit_id: str
     keys: tuple[str, ...]  # the unit's work-item keys (its uris), in unit order
     parts: tuple[Part, ...]  # in the order the driver accepted them
 
 
-def staging_files(run_id: str, unit_id: str, positions: np.ndarray, schemas) -> dict[str, str]:
-    """Staging paths of a part holding `positions` (int32) of a unit: the same items give the same names."""
-    tag = hashlib.sha256(np.ascontiguousarray(positions, dtype="<i4").tobytes()).hexdigest()[:16]
-    return {t: f"{STAGING}/{run_id}/{unit_id}/{t}-{tag}.parquet" for t in schemas}
+def new_attempt() -> str:
+    return uuid.uuid4().hex[:8]
 
 
-def part_files(run_id: str, unit_id: str, positions: np.ndarray, final: bool, schemas) -> dict[str, str]:
-    """The files a worker writes for a part: the unit's final files, or its staging files."""
-    return unit_files(run_id, unit_id, schemas) if final else staging_files(run_id, unit_id, positions, schemas)
+def final_files(run_id: str, invocation: str, unit_id: str, attempt: str, schemas) -> dict[str, str]:
+    """The table-folder paths of one attempt at a unit: a name no other attempt can have."""
+    return {t: f"{t}/part-{run_id}-{invocation}-{unit_id}-{attempt}.parquet" for t in schemas}
+
+
+def staging_files(run_id: str, invocation: str, unit_id: str, attempt: str, schemas) -> dict[str, str]:
+    """The staging paths of one attempt at a part of a unit."""
+    return {t: f"{STAGING}/{run_id}/{invocation}/{unit_id}/{t}-{attempt}.parquet" for t in schemas}
+
+
+def stamp_rows(data: pa.Table, invocation: str, written_at: float) -> pa.Table:
+    """`data` with its write columns (diffseg.lake.schemas.WRITE_COLUMNS) filled: `invocation`, `written_at`."""
+    n = data.num_rows
+    values = {"invocation": pa.array([invocation] * n, pa.string()),
+              "written_at": pa.array([int(written_at * 1000)] * n, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))}
+    for name in WRITE_NAMES:
+        if name in data.column_names:
+            i = data.schema.get_field_index(name)
+            data = data.set_column(i, data.schema.field(i), values[name].cast(data.schema.field(i).type))
+    return data
 
 
 def table_counts(tables: TableSet, split: dict[str, pa.Table], items: int) -> dict:
@@ -102,8 +129,23 @@ def table_counts(tables: TableSet, split: dict[str, pa.Table], items: int) -> di
     errors = split["errors"]
     counts = Counter({"items": items, "errors": errors.num_rows, "done": items - errors.num_rows})
     counts.update({f"errors_{s}": n for s, n in Counter(errors.column("stage").to_pylist()).items()})
+    if "retryable" in errors.column_names:
+        counts["errors_retryable"] = int(pc.sum(pc.cast(errors.column("retryable").fill_null(False), pa.int64())).as_py() or 0)
     counts.update({counter: split[t].num_rows for t, counter in tables.row_counters.items()})
     return dict(counts)
+
+
+def error_positions(results: pa.Table, positions: np.ndarray) -> tuple[list[int], list[int]]:
+    """(final, retryable) positions of the error rows among `results` (result rows, `positions` aligned)."""
+    failed = results.column("stage").is_valid().to_numpy(zero_copy_only=False)
+    retry = results.column("retryable").fill_null(False).to_numpy(zero_copy_only=False) & failed
+    return positions[failed & ~retry].tolist(), positions[retry].tolist()
+
+
+def write_tables(store: OutputStore, paths: dict[str, str], split: dict[str, pa.Table],
+                 metadata: dict[bytes, bytes] | None) -> dict[str, dict]:
+    """Writes each table of `split` to its path; returns the files as a commit records them."""
+    return {t: {**store.put_parquet(paths[t], data, metadata), "rows": data.num_rows} for t, data in split.items()}
 
 
 def write_results(store: OutputStore, target: WriteTarget, tables: TableSet, results: pa.Table,
@@ -111,22 +153,27 @@ def write_results(store: OutputStore, target: WriteTarget, tables: TableSet, res
     """Writes a batch's result rows (``tables.result_schema``) to OUTPUT; returns :data:`META_SCHEMA` rows.
 
     `positions` (N,) int: each row's position in its unit; `unit_rows` (N,) int: its unit's size. Rows
-    are written per unit, in position order; to the final files when the batch holds the whole unit.
+    are written per unit, in position order; to the table folders when the batch holds the whole unit.
     """
     positions = np.asarray(positions, dtype=np.int32)
     unit_ids = results.column("unit_id")
+    written_at = time.time()
     meta = []
     for unit_id in pc.unique(unit_ids).to_pylist():
         rows = np.flatnonzero(pc.equal(unit_ids, unit_id).to_numpy(zero_copy_only=False))
         rows = rows[np.argsort(positions[rows], kind="stable")]
         pos = positions[rows]
         final = len(np.unique(pos)) == len(pos) == int(unit_rows[rows[0]])
-        split = tables.split(results.take(rows), target.run_id, target.model, target.run_hash)
-        files = part_files(target.run_id, unit_id, pos, final, tables.schemas)
-        for table, data in split.items():
-            store.put_parquet(files[table], data, target.file_metadata())
-        meta.append({"unit_id": unit_id, "positions": pos.tolist(),
-                     "counts": json.dumps(table_counts(tables, split, len(pos))), "final": final})
+        unit_results = results.take(rows)
+        split = {t: stamp_rows(data, target.invocation, written_at)
+                 for t, data in tables.split(unit_results, target.run_id, target.model, target.run_hash).items()}
+        naming = final_files if final else staging_files
+        paths = naming(target.run_id, target.invocation, unit_id, new_attempt(), tables.schemas)
+        files = write_tables(store, paths, split, target.file_metadata())
+        errors, retry = error_positions(unit_results, pos)
+        meta.append({"unit_id": unit_id, "positions": pos.tolist(), "errors": errors, "retry": retry,
+                     "counts": json.dumps(table_counts(tables, split, len(pos))), "files": json.dumps(files),
+                     "final": final})
     return pa.Table.from_pylist(meta, schema=META_SCHEMA)
 
 
@@ -140,7 +187,8 @@ def row_keys(tables: TableSet, table: str, data: pa.Table) -> pa.Array:
 
 
 def compact_unit(spec: Compaction, tables: TableSet) -> dict:
-    """Merges a unit's accepted parts into its final files; returns the unit's counts.
+    """Merges a unit's accepted parts into new attempt-unique files in the table folders; returns
+    ``{"counts", "files", "errors", "retry"}`` as a commit records them.
 
     Of each part only the rows of the items accepted from it are kept, so an item that a retried batch
     wrote into two parts appears once; rows are ordered as the unit's keys (as a one-batch unit's are).
@@ -152,7 +200,7 @@ def compact_unit(spec: Compaction, tables: TableSet) -> dict:
     for table, schema in tables.schemas.items():
         pieces = []
         for part, keep in zip(spec.parts, accepted):
-            with store.fs.open(store.path(part.files[table]), "rb") as f:
+            with store.fs.open(store.path(part.files[table]["path"]), "rb") as f:
                 data = pq.read_table(f, schema=schema)
                 if table not in metadata:
                     f.seek(0)
@@ -161,10 +209,13 @@ def compact_unit(spec: Compaction, tables: TableSet) -> dict:
         data = pa.concat_tables(pieces) if pieces else schema.empty_table()
         order = pc.index_in(row_keys(tables, table, data), value_set=keys)
         merged[table] = data.take(pc.sort_indices(order)) if data.num_rows else data
-    files = unit_files(spec.run_id, spec.unit_id, tables.schemas)
-    for table, data in merged.items():
-        store.put_parquet(files[table], data, metadata.get(table))
-    return table_counts(tables, merged, len(spec.keys))
+    paths = final_files(spec.run_id, spec.invocation, spec.unit_id, new_attempt(), tables.schemas)
+    files = {t: {**store.put_parquet(paths[t], data, metadata.get(t)), "rows": data.num_rows} for t, data in merged.items()}
+    errors = merged["errors"]
+    where = pc.index_in(row_keys(tables, "errors", errors), value_set=keys).to_numpy(zero_copy_only=False)
+    retry = errors.column("retryable").fill_null(False).to_numpy(zero_copy_only=False) if errors.num_rows else np.zeros(0, bool)
+    return {"counts": table_counts(tables, merged, len(spec.keys)), "files": files,
+            "errors": sorted(int(p) for p in where[~retry]), "retry": sorted(int(p) for p in where[retry])}
 
 
 def file_metadata(source) -> dict[bytes, bytes]:

@@ -1,23 +1,25 @@
-"""A run's done index: what planning reads instead of one commit marker per unit.
+"""A run's state replayed from its commit log (diffseg.lake.log), and the done index that shortens the replay.
 
-Commit markers (``_commits/<run_id>/<unit_id>.json``) stay the commit points and are never rewritten.
-The index is a cache of them, compacted at the end of every invocation:
+:func:`load_state` gives, for one run: every committed unit with its files (what readers read) and every
+committed work-item key with its outcome (what planning excludes). It reads the newest ``index`` entry's
+snapshot (two Parquet files) and replays only the entries after it, so a restarted driver reads the commit
+records written since the last snapshot, not one record per unit for ever:
 
-    _index/<run_id>/uris.parquet     uri (string), unit_id (string): every item of the committed units
-    _index/<run_id>/units.parquet    unit_id, items, errors: one row per committed unit
+    _index/<run_id>/<invocation>-<version>-keys.parquet    uri, unit_id, status: every committed key
+    _index/<run_id>/<invocation>-<version>-units.parquet   unit_id, items, errors, retry, files (JSON)
 
-Planning lists ``_commits/<run_id>/`` (names only), reads the index and only the markers written since
-it was compacted (:func:`load_done`), so a nightly re-plan of a run with ten million items done reads
-two Parquet files and a listing, not forty thousand JSON objects. Keys stay in Arrow (no Python set of
-ten million strings): :meth:`DoneSet.exclude` filters a listing with ``pyarrow.compute.is_in``.
+Snapshot files have unique names and are named by a fenced ``index`` log entry, so two writers can never
+pair one's keys with the other's units; an older snapshot is deleted only after a newer entry names its
+replacement. Keys stay in Arrow (no Python set of ten million strings): :meth:`DoneSet.exclude` filters a
+listing with ``pyarrow.compute.is_in``.
 
-An unreadable index is ignored (rebuilt from the markers); a marker that cannot be parsed does not
-count as committed (diffseg.lake.units.load_commits). Items held by two committed units (duplicates left
-by versions before the lease and the per-unit commit check) are counted and reported by planning.
+Key status: :data:`OK` (segmented), :data:`FINAL` (a final error row), :data:`RETRY` (a retryable error row:
+the next invocation retries it, diffseg.lake.retry).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -25,26 +27,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from diffseg.lake.log import LAST_INDEX, list_versions, log_dir, read_entries
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import COMMITS
 
 log = logging.getLogger("diffseg.lake.done_index")
 
 INDEX = "_index"
-URIS_SCHEMA = pa.schema([("uri", pa.string()), ("unit_id", pa.string())])
-UNITS_SCHEMA = pa.schema([("unit_id", pa.string()), ("items", pa.int64()), ("errors", pa.int64())])
-# URIS_SCHEMA as planning holds it: a unit's id stored once per unit, not once per item
-HELD_URIS_SCHEMA = pa.schema([("uri", pa.string()), ("unit_id", pa.dictionary(pa.int32(), pa.string()))])
+OK, FINAL, RETRY = 0, 1, 2
+KEYS_SCHEMA = pa.schema([("uri", pa.string()), ("unit_id", pa.string()), ("status", pa.int8())])
+UNITS_SCHEMA = pa.schema([("unit_id", pa.string()), ("items", pa.int64()), ("errors", pa.int64()),
+                          ("retry", pa.int64()), ("files", pa.string())])
+# KEYS_SCHEMA as planning holds it: a unit's id stored once per unit, not once per item
+HELD_KEYS_SCHEMA = pa.schema([("uri", pa.string()), ("unit_id", pa.dictionary(pa.int32(), pa.string())),
+                              ("status", pa.int8())])
 
 
 @dataclass
 class DoneSet:
-    """The committed items of one run: keys (Arrow strings) and per-unit counts."""
+    """The committed work items of one run: keys (Arrow strings) with their status, and its units.
 
-    uris: pa.Table  # URIS_SCHEMA rows (HELD_URIS_SCHEMA as load_done reads them)
-    units: pa.Table  # UNITS_SCHEMA rows
-    markers_read: int = 0  # markers read individually (written since the index was compacted)
-    stale_units: int = 0  # markers the index did not hold yet (what a merge adds)
+    ``units``: unit_id -> {"items", "errors", "retry", "files": {table: {"path", "bytes", "md5", "rows"}}}.
+    ``version``: the last log version replayed (-1 for an empty log)."""
+
+    uris: pa.Table  # HELD_KEYS_SCHEMA rows
+    units: dict[str, dict]
+    version: int = -1
+    entries_read: int = 0  # log entries replayed after the snapshot
+    invocations: dict[str, dict] = field(default_factory=dict)  # invocation -> {"begin": entry, "swept": bool}
+    index_version: int = -1  # the version of the index entry the snapshot came from (-1: none)
+    changes: int = 0  # commit and retry entries replayed after the snapshot (what a new snapshot would add)
+    last_at: str | None = None  # when the newest replayed entry was written
     _set: set[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -52,106 +64,183 @@ class DoneSet:
 
     def __contains__(self, key: str) -> bool:
         if self._set is None:
-            self._set = set(self.uris.column("uri").to_pylist())
+            self._set = set(self.done_keys().to_pylist())
         return key in self._set
 
     @property
     def unit_ids(self) -> set[str]:
-        return set(self.units.column("unit_id").to_pylist())
+        return set(self.units)
 
-    def exclude(self, keys: list[str] | pa.Array) -> list[str] | pa.Array:
-        """`keys` (in order) minus the committed ones: a list for a list, an Arrow array for an Arrow array
-        (planning at lake scale keeps its listing in Arrow: no Python string per URI)."""
+    def done_keys(self, retry_errors: bool = False) -> pa.ChunkedArray:
+        """Keys planning must not redo: every committed key but retryable errors (and, with
+        `retry_errors`, but final errors too)."""
+        status = self.uris.column("status")
+        keep = pc.equal(status, OK) if retry_errors else pc.not_equal(status, RETRY)
+        return self.uris.column("uri").filter(keep)
+
+    def retryable(self, retry_errors: bool = False) -> pa.Table:
+        """(uri, unit_id) rows of error keys a new invocation retries."""
+        status = self.uris.column("status")
+        want = pc.not_equal(status, OK) if retry_errors else pc.equal(status, RETRY)
+        return self.uris.filter(want).select(["uri", "unit_id"])
+
+    def exclude(self, keys, retry_errors: bool = False):
+        """`keys` (in order) minus the done ones: a list for a list, an Arrow array for an Arrow array."""
         array = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.string())
-        if len(self):
-            seen = pc.is_in(array, value_set=self.uris.column("uri"))  # chunked as read: no combined copy
-            array = array.filter(pc.invert(seen))
+        done = self.done_keys(retry_errors)
+        if len(done):
+            array = array.filter(pc.invert(pc.is_in(array, value_set=done)))
         return array if isinstance(keys, pa.Array) else array.to_pylist()
 
     def duplicates(self) -> int:
-        """Items held by more than one committed unit (rows a plain read would see twice)."""
-        return len(self) - pc.count_distinct(self.uris.column("uri")).as_py()
+        """Keys held by more than one committed unit (rows a plain read would see twice)."""
+        return len(self) - (pc.count_distinct(self.uris.column("uri")).as_py() if len(self) else 0)
 
     def error_fraction(self) -> tuple[int, int]:
         """(items, errors) of the run's committed units."""
-        return pc.sum(self.units.column("items")).as_py() or 0, pc.sum(self.units.column("errors")).as_py() or 0
+        return sum(u["items"] for u in self.units.values()), sum(u["errors"] for u in self.units.values())
+
+    def files(self, table: str) -> list[str]:
+        """Relative paths of the committed files of `table`, in unit order."""
+        return [u["files"][table]["path"] for _, u in sorted(self.units.items()) if table in u["files"]]
+
+    def unswept(self, current: str | None = None) -> list[str]:
+        """Invocations that began and whose uncommitted files were not swept yet (but `current`)."""
+        return [i for i, s in self.invocations.items() if not s.get("swept") and i != current]
 
 
-def _read(store: OutputStore, rel: str, schema: pa.Schema) -> pa.Table | None:
-    """The Parquet file `rel` with `schema`; ``unit_id`` of the URIs file dictionary-encoded (a unit's id
-    once per unit, not once per item: 40 MB instead of 200 MB at ten million items)."""
+def _unit_record(unit: dict) -> dict:
+    return {"items": len(unit["keys"]), "errors": len(unit.get("errors", ())) + len(unit.get("retry", ())),
+            "retry": len(unit.get("retry", ())), "files": unit["files"]}
+
+
+def _unit_keys(unit: dict) -> pa.Table:
+    status = [OK] * len(unit["keys"])
+    for p in unit.get("errors", ()):
+        status[p] = FINAL
+    for p in unit.get("retry", ()):
+        status[p] = RETRY
+    return pa.table({"uri": pa.array(unit["keys"], pa.string()),
+                     "unit_id": pa.array([unit["unit_id"]] * len(unit["keys"]), pa.string()).dictionary_encode(),
+                     "status": pa.array(status, pa.int8())}).cast(HELD_KEYS_SCHEMA)
+
+
+def replay(done: DoneSet, entries: list[dict]) -> DoneSet:
+    """`done` advanced by log `entries` (ascending versions after ``done.version``)."""
+    keys = [done.uris]
+    released: list[str] = []
+    for entry in entries:
+        kind = entry["kind"]
+        if kind == "commit":
+            for unit in entry["units"]:
+                done.units[unit["unit_id"]] = _unit_record(unit)
+                keys.append(_unit_keys(unit))
+        elif kind == "retry":
+            for unit in entry["units"]:
+                record = done.units[unit["unit_id"]]
+                record["files"] = {**record["files"], **unit["files"]}
+                record["items"] -= len(unit["released"])
+                record["errors"] -= len(unit["released"])
+                record["retry"] = max(0, record["retry"] - len(unit["released"]))
+                released += unit["released"]
+        elif kind == "begin":
+            done.invocations.setdefault(entry["invocation"], {})["begin"] = entry
+        elif kind == "swept":
+            for inv in entry["invocations"]:
+                done.invocations.setdefault(inv, {})["swept"] = True
+        done.changes += kind in ("commit", "retry")
+        done.version, done.last_at = entry["version"], entry.get("at")
+        done.entries_read += 1
+    uris = pa.concat_tables(keys) if len(keys) > 1 else done.uris
+    if released:  # keys handed back to planning: the rows of those (unit, key) pairs are gone
+        gone = pc.is_in(uris.column("uri"), value_set=pa.array(released, pa.string()))
+        uris = uris.filter(pc.invert(pc.and_(gone, pc.not_equal(uris.column("status"), OK))))
+    done.uris = uris
+    done._set = None
+    return done
+
+
+def empty_done() -> DoneSet:
+    return DoneSet(HELD_KEYS_SCHEMA.empty_table(), {})
+
+
+def _newest_index(store: OutputStore, run_id: str, versions: list[int]) -> dict | None:
+    """The ``index`` entry the hint names (the hint is rewritten with every index entry), or None: then the
+    whole log is replayed. A hint older than the newest index is harmless: replaying the entries after the
+    index it names gives the same state."""
+    try:
+        version = int(store.get_json(f"{log_dir(run_id)}/{LAST_INDEX}")["version"])
+        if version in versions:
+            entry = read_entries(store, run_id, [version])[0]
+            if entry["kind"] == "index":
+                return entry
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        log.warning("run %r: ignoring the index hint (%s); replaying the whole log", run_id, exc)
+    return None
+
+
+def _read_parquet(store: OutputStore, rel: str, schema: pa.Schema) -> pa.Table:
+    from diffseg.lake.log import CommitRecordError
+
     try:
         data = store.get(rel)
-    except FileNotFoundError:
-        return None
-    held = HELD_URIS_SCHEMA if schema is URIS_SCHEMA else schema
-    table = pq.read_table(pa.BufferReader(data), columns=schema.names,
-                          read_dictionary=["unit_id"] if held is not schema else None)
-    del data
-    return table.cast(held)
-
-
-def read_index(store: OutputStore, run_id: str) -> tuple[pa.Table, pa.Table]:
-    """The run's compacted index (empty tables when there is none or it cannot be read)."""
-    try:
-        units = _read(store, f"{INDEX}/{run_id}/units.parquet", UNITS_SCHEMA)
-        uris = _read(store, f"{INDEX}/{run_id}/uris.parquet", URIS_SCHEMA) if units is not None else None
-        if units is not None and uris is not None:  # URIs of units the units file does not hold: a cut merge
-            held = pc.is_in(uris.column("unit_id"), value_set=units.column("unit_id").combine_chunks())
-            return (uris if pc.all(held).as_py() is not False else uris.filter(held)), units
+        return pq.read_table(pa.BufferReader(data), schema=schema)
     except Exception as exc:
-        log.warning("ignoring the unreadable done index of run %r (%s): reading its markers instead", run_id, exc)
-    return HELD_URIS_SCHEMA.empty_table(), UNITS_SCHEMA.empty_table()
+        raise CommitRecordError(f"cannot read the done index {store.uri(rel)} ({type(exc).__name__}: {exc}); "
+                                f"retry later, or remove its index entry's hint to rebuild from the log") from exc
 
 
-def markers_to_tables(markers: list[dict]) -> tuple[pa.Table, pa.Table]:
-    """Index rows of commit markers: (uris, units)."""
-    uris = [u for m in markers for u in m["uris"]]
-    unit_of = [m["unit_id"] for m in markers for _ in m["uris"]]
-    units = {"unit_id": [m["unit_id"] for m in markers], "items": [len(m["uris"]) for m in markers],
-             "errors": [int(m.get("rows", {}).get("errors", 0)) for m in markers]}
-    return (pa.table({"uri": uris, "unit_id": unit_of}, schema=URIS_SCHEMA),
-            pa.table(units, schema=UNITS_SCHEMA))
+def load_state(store: OutputStore, run_id: str) -> DoneSet:
+    """The run's state: its newest index snapshot plus the log entries after it."""
+    versions = list_versions(store, run_id)
+    if not versions:
+        return empty_done()
+    done = empty_done()
+    index = _newest_index(store, run_id, versions)
+    if index is not None:
+        keys = _read_parquet(store, index["files"]["keys"], KEYS_SCHEMA)
+        units = _read_parquet(store, index["files"]["units"], UNITS_SCHEMA).to_pylist()
+        done = DoneSet(keys.cast(HELD_KEYS_SCHEMA),
+                       {u["unit_id"]: {**{k: u[k] for k in ("items", "errors", "retry")}, "files": json.loads(u["files"])}
+                        for u in units},
+                       version=index["covers"], invocations=dict(index.get("invocations", {})),
+                       index_version=index["version"], last_at=index.get("at"))
+    tail = [v for v in versions if v > done.version]
+    for start in range(0, len(tail), 512):
+        replay(done, read_entries(store, run_id, tail[start: start + 512]))
+    return done
 
 
-def listed_units(store: OutputStore, run_id: str) -> set[str]:
-    """Unit ids of the run's commit markers, from one listing (names only)."""
-    names = (r.rsplit("/", 1)[-1] for r in store.list(f"{COMMITS}/{run_id}"))
-    return {n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")}
+def snapshot_tables(done: DoneSet) -> tuple[pa.Table, pa.Table]:
+    """The index snapshot of `done`: (keys, units) with KEYS_SCHEMA and UNITS_SCHEMA."""
+    units = sorted(done.units.items())
+    return (done.uris.cast(KEYS_SCHEMA),
+            pa.table({"unit_id": [u for u, _ in units], "items": [r["items"] for _, r in units],
+                      "errors": [r["errors"] for _, r in units], "retry": [r["retry"] for _, r in units],
+                      "files": [json.dumps(r["files"], separators=(",", ":")) for _, r in units]}, schema=UNITS_SCHEMA))
 
 
-def load_done(store: OutputStore, run_id: str) -> DoneSet:
-    """The run's done set: the index plus the markers written since it was compacted."""
-    from diffseg.lake.units import load_markers
-
-    uris, units = read_index(store, run_id)
-    listed = listed_units(store, run_id)
-    indexed = set(units.column("unit_id").to_pylist())
-    if indexed - listed:  # the index names units whose marker is gone: not trusted
-        log.warning("the done index of run %r names %d unit(s) without a marker: rebuilding it from the markers",
-                    run_id, len(indexed - listed))
-        uris, units, indexed = HELD_URIS_SCHEMA.empty_table(), UNITS_SCHEMA.empty_table(), set()
-    new = load_markers(store, run_id, sorted(listed - indexed))
-    more_uris, more_units = markers_to_tables(new)
-    if new:
-        uris = pa.concat_tables([uris, more_uris.cast(HELD_URIS_SCHEMA)])
-        units = pa.concat_tables([units, more_units])
-    return DoneSet(uris, units, len(new), len(new))
-
-
-def merge_index(store: OutputStore, run_id: str, done: DoneSet, committed: list[dict]) -> None:
-    """Writes the run's compacted index: `done` (as planning read it) plus the markers this invocation
-    `committed`. Units file last, so a reader never pairs new units with old URIs."""
-    if not committed and not done.stale_units and store.exists(f"{INDEX}/{run_id}/units.parquet"):
-        return
-    more_uris, more_units = markers_to_tables(committed)
-    uris = pa.concat_tables([done.uris.cast(URIS_SCHEMA), more_uris])
-    units = pa.concat_tables([done.units, more_units])
-    for rel, table in ((f"{INDEX}/{run_id}/uris.parquet", uris), (f"{INDEX}/{run_id}/units.parquet", units)):
-        store.put_parquet(rel, table)
+def write_index(store: OutputStore, commit_log, done: DoneSet) -> dict | None:
+    """Writes a snapshot of `done` (the run's state up to ``done.version``) and its fenced ``index`` entry;
+    removes the snapshot files of the previous index. Returns the entry (None when nothing is new)."""
+    if done.changes == 0:
+        return None
+    keys, units = snapshot_tables(done)
+    stem = f"{INDEX}/{commit_log.run_id}/{commit_log.invocation}-{done.version:020d}"
+    files = {"keys": f"{stem}-keys.parquet", "units": f"{stem}-units.parquet"}
+    store.put_parquet(files["keys"], keys)
+    store.put_parquet(files["units"], units)
+    invocations = {i: {"swept": bool(s.get("swept"))} for i, s in done.invocations.items()}
+    entry = commit_log.append("index", {"covers": done.version, "files": files, "invocations": invocations,
+                                        "keys": keys.num_rows, "units": units.num_rows})
+    commit_log.write_hint(LAST_INDEX, {"version": entry["version"]})
+    old = [r for r in store.list(f"{INDEX}/{commit_log.run_id}") if r not in files.values()]
+    store.remove(old)
+    return entry
 
 
 def describe_done(done: DoneSet) -> dict:
     """Planning counts of a done set (for the manifest)."""
-    return {"index_markers_read": done.markers_read, "duplicate_items": done.duplicates()}
-
+    return {"index_entries_read": done.entries_read, "duplicate_items": done.duplicates()}

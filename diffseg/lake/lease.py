@@ -46,10 +46,11 @@ def lease_path(run_id: str) -> str:
 class Lease:
     """The lease of one run, held by this process (use :func:`acquire`)."""
 
-    def __init__(self, store: OutputStore, run_id: str, heartbeat_s: float = 30.0):
-        self.store, self.run_id, self.heartbeat_s = store, run_id, heartbeat_s
+    def __init__(self, store: OutputStore, run_id: str, heartbeat_s: float = 30.0, stale_s: float = 120.0):
+        self.store, self.run_id, self.heartbeat_s, self.stale_s = store, run_id, heartbeat_s, stale_s
         self.token = uuid.uuid4().hex
         self.started = time.time()
+        self.last_ok = self.started  # when the lease object last held our heartbeat (a successful write)
         self.body: bytes | None = None  # what the lease object holds now (our last write)
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -61,9 +62,10 @@ class Lease:
                            "heartbeat_unix": now}, indent=1).encode()
 
     def write(self, expected: bytes | None) -> bool:
-        body = self.holder(time.time())
+        now = time.time()
+        body = self.holder(now)
         if self.store.put_if(lease_path(self.run_id), body, expected):
-            self.body = body
+            self.body, self.last_ok = body, now
             return True
         return False
 
@@ -73,10 +75,21 @@ class Lease:
             self.lost = "the lease was taken over by another invocation (--break-lease or a stale heartbeat)"
             log.error("run %r: %s; this invocation commits nothing more", self.run_id, self.lost)
 
+    @property
+    def margin_s(self) -> float:
+        """How long before the stale limit a holder without a successful heartbeat stops committing."""
+        return max(self.heartbeat_s, self.stale_s / 4)
+
     def check(self) -> None:
-        """Raises LeaseLostError once the lease is known to be lost (call before every commit)."""
+        """Raises LeaseLostError once the lease is known to be lost, or when no heartbeat succeeded for
+        longer than the stale limit minus :attr:`margin_s` (a holder cut off from the store stops before
+        anyone may take the lease over). Call before every commit."""
+        if self.lost is None and time.time() - self.last_ok > self.stale_s - self.margin_s:
+            self.lost = (f"no heartbeat reached the store for {time.time() - self.last_ok:.0f} s (the lease is taken "
+                         f"over after {self.stale_s:.0f} s without one)")
+            log.error("run %r: %s; this invocation commits nothing more", self.run_id, self.lost)
         if self.lost is not None:
-            raise LeaseLostError(f"run {self.run_id!r}: {self.lost}")
+            raise LeaseLostError(f"run {self.run_id!r}: {self.lost}; rerun the same command to finish the rest")
 
     def start(self) -> Lease:
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
@@ -126,7 +139,7 @@ def _holder_dead(holder: dict) -> bool:
 def acquire(store: OutputStore, run_id: str, stale_s: float = 120.0, break_lease: bool = False,
             heartbeat_s: float = 30.0) -> Lease:
     """Takes the run's lease and starts its heartbeat, or raises LeaseHeldError naming the holder."""
-    lease = Lease(store, run_id, heartbeat_s)
+    lease = Lease(store, run_id, heartbeat_s, stale_s)
     rel = lease_path(run_id)
     for _ in range(3):
         if lease.write(None):

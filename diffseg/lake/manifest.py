@@ -29,7 +29,9 @@ log = logging.getLogger("diffseg.lake.manifest")
 
 MANIFEST = "manifest.json"
 RUNS = "_runs"
-HISTORY = "_history"  # _history/<run_id>/<started_at>.json: every finished invocation's manifest
+HISTORY = "_history"  # _history/<run_id>/<started_at>-<invocation>.json: finished invocations' manifests
+HISTORY_KEEP = 100  # manifests kept per run in _history (the log keeps every invocation's begin and finish)
+MANIFESTS = "_manifests"  # _manifests/<run_id>.json: the manifest of each run's latest invocation
 PACKAGES = ("diffseg", "torch", "diffusers", "transformers", "ray", "pyarrow", "numpy", "Pillow", "fsspec",
             "s3fs", "pycocotools")
 
@@ -127,7 +129,7 @@ class RunInfo:
     started_at: str  # UTC, ISO 8601
 
 
-def build_manifest(run: RunInfo, status: str, counts: dict, timings: dict, committed_units: list[str],
+def build_manifest(run: RunInfo, status: str, counts: dict, timings: dict, committed_units: int,
                    resources: dict | None = None, error: str | None = None) -> dict:
     """The manifest.json object (see the module docstring)."""
     vocab, vocab_spec = run.vocab, run.vocab_spec
@@ -151,16 +153,28 @@ def build_manifest(run: RunInfo, status: str, counts: dict, timings: dict, commi
         },
         "counts": counts,
         "timings": timings,
-        "units": {"committed": len(committed_units), "ids": committed_units},
+        "units": {"committed": committed_units},
     }
     if error:
         manifest["error"] = error
     return manifest
 
 
+def run_manifest_path(run_id: str) -> str:
+    """Where the manifest of a run's latest invocation is kept (runs never overwrite each other's)."""
+    return f"{MANIFESTS}/{run_id}.json"
+
+
 def write_manifest(store: OutputStore, manifest: dict) -> None:
-    """Writes manifest.json; a finished invocation's manifest is also kept under _history/<run_id>/."""
+    """Writes the run's manifest (``_manifests/<run_id>.json``) and ``manifest.json`` (the latest invocation of
+    any run); a finished invocation's manifest is also kept under ``_history/<run_id>/`` (the newest
+    :data:`HISTORY_KEEP` per run). The caller writes it only after a fenced log entry (diffseg.lake.log)."""
+    run_id = manifest["run_id"]
+    store.put_json(run_manifest_path(run_id), manifest)
     store.put_json(MANIFEST, manifest)
     if manifest["status"] != "running":
         stamp = manifest["started_at"].replace(":", "").replace("-", "")
-        store.put_json(f"{HISTORY}/{manifest['run_id']}/{stamp}.json", manifest)
+        name = f"{stamp}-{manifest['invocation']}" if manifest.get("invocation") else stamp
+        store.put_json(f"{HISTORY}/{run_id}/{name}.json", manifest)
+        kept = sorted(r for r in store.list(f"{HISTORY}/{run_id}") if r.endswith(".json"))
+        store.remove(kept[:-HISTORY_KEEP])

@@ -3,8 +3,9 @@
 The one read path of evaluation (:mod:`diffseg.eval.predictions`), ``jobs.report`` and exports.
 
 OUTPUT is a local path or any fsspec URL (``s3://``, ``gs://``, ``file://``). Tables are read from the
-committed unit files only (:func:`diffseg.lake.units.committed_files`), so rows of a run still in flight (or
-debris of a killed one) are never counted twice or half.
+files the runs' commit logs name (:func:`diffseg.lake.units.committed_files`), so rows of a run still in
+flight (or debris of a killed one) are never counted twice or half, and a commit record that cannot be read
+is an error, never fewer rows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import posixpath
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from diffseg.codecs.images import IMAGE_EXTENSIONS
@@ -52,15 +52,18 @@ def vocabulary_of(manifest: dict) -> list[str]:
 
 
 def run_manifest(output: str, run_id: str, latest: dict | None = None) -> dict | None:
-    """The manifest of run `run_id`'s latest invocation in OUTPUT: ``manifest.json`` when it is that run's,
-    else the newest ``_history/<run_id>/*.json`` (finished invocations of runs that are not the latest), else
-    None (no manifest of it kept: killed before it finished while another run came after it, or no such run).
+    """The manifest of run `run_id`'s latest invocation in OUTPUT: ``_manifests/<run_id>.json``; for outputs
+    written before it existed, ``manifest.json`` when it is that run's, else the newest
+    ``_history/<run_id>/*.json``; else None (no manifest of it kept, or no such run).
 
     ``latest``: ``manifest.json`` when the caller has read it already (read here otherwise; {} when absent).
     """
+    from diffseg.lake.manifest import run_manifest_path
     from diffseg.lake.store import OutputStore
 
     store = OutputStore(output)
+    if store.exists(run_manifest_path(run_id)):
+        return store.get_json(run_manifest_path(run_id))
     if latest is None:
         latest = store.get_json(MANIFEST) if store.exists(MANIFEST) else {}
     if latest.get("run_id") == run_id:
@@ -110,15 +113,14 @@ def iter_committed(output: str, name: str, columns: list[str] | None = None, run
     Memory stays at one unit's rows (a few hundred images). Rows of units still being written, or left
     half-written by a killed run, are never included (:func:`diffseg.lake.units.committed_files`).
     """
-    import fsspec
-
     from diffseg.lake.schemas import SCHEMAS
-    from diffseg.lake.units import committed_files
+    from diffseg.lake.store import OutputStore
+    from diffseg.lake.units import committed_state, read_file
 
-    schema = SCHEMAS[name]
-    for uri in committed_files(output, name, run_id):
-        with fsspec.open(uri, "rb") as handle:
-            yield pq.read_table(handle, columns=columns, schema=schema)
+    store = OutputStore(output)
+    for done in committed_state(output, run_id).values():
+        for rel in done.files(name):
+            yield read_file(store, rel, SCHEMAS[name], columns)
 
 
 def read_table(

@@ -28,6 +28,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+# Every table ends with these: the invocation whose worker wrote the row (the manifest history and the
+# run's log name its host, start and outcome) and when (UTC). The row becomes visible when the driver
+# commits its unit, within seconds after; the commit time itself is in the run's log (diffseg.lake.log).
+WRITE_COLUMNS = [("invocation", pa.string()), ("written_at", pa.timestamp("ms", tz="UTC"))]
+WRITE_NAMES = tuple(name for name, _ in WRITE_COLUMNS)
+
 MASKS_SCHEMA = pa.schema(
     [
         ("uri", pa.string()),
@@ -40,6 +46,7 @@ MASKS_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("model", pa.string()),
         ("vocab_hash", pa.string()),
+        *WRITE_COLUMNS,
     ]
 )
 
@@ -60,6 +67,7 @@ STATS_SCHEMA = pa.schema(
         ("run_id", pa.string()),  # the run columns, as in masks
         ("model", pa.string()),
         ("vocab_hash", pa.string()),
+        *WRITE_COLUMNS,
     ]
 )
 
@@ -69,7 +77,11 @@ ERRORS_SCHEMA = pa.schema(
         ("stage", pa.string()),  # one of STAGES
         ("error_type", pa.string()),
         ("message", pa.string()),
+        ("retryable", pa.bool_()),  # a transient cause (network, throttling, credentials, memory, device): retried
         ("run_id", pa.string()),
+        ("model", pa.string()),
+        ("vocab_hash", pa.string()),
+        *WRITE_COLUMNS,
     ]
 )
 
@@ -79,7 +91,7 @@ STAGES = ("list", "read", "decode", "model", "encode")
 
 # What the actor computes per (image, method) and per (image, method, class); the driver adds uri and
 # the run columns. Field order follows the output tables.
-RUN_COLUMNS = ("run_id", "model", "vocab_hash")
+RUN_COLUMNS = ("run_id", "model", "vocab_hash", *WRITE_NAMES)
 _MASK_ITEM = pa.struct([f for f in MASKS_SCHEMA if f.name not in ("uri", *RUN_COLUMNS)])
 _STAT_ITEM = pa.struct([f for f in STATS_SCHEMA if f.name not in ("uri", *RUN_COLUMNS)])
 
@@ -90,6 +102,7 @@ RESULT_SCHEMA = pa.schema(
         ("stage", pa.string()),  # null when the image was segmented
         ("error_type", pa.string()),
         ("message", pa.string()),
+        ("retryable", pa.bool_()),  # error rows: whether a later invocation retries it (diffseg.lake.faults)
         ("masks", pa.list_(_MASK_ITEM)),  # one item per method; empty for an error row
         ("stats", pa.list_(_STAT_ITEM)),  # one item per (method, class present)
     ]
@@ -98,17 +111,23 @@ MASK_FIELDS = tuple(_MASK_ITEM.field(i).name for i in range(_MASK_ITEM.num_field
 STAT_FIELDS = tuple(_STAT_ITEM.field(i).name for i in range(_STAT_ITEM.num_fields))
 
 
-def error_result(uri: str, unit_id: str, stage: str, exc: BaseException | str, error_type: str | None = None) -> dict:
-    """A RESULT_SCHEMA row for an input that failed at `stage` (the message names the reason)."""
+def error_result(uri: str, unit_id: str, stage: str, exc: BaseException | str, error_type: str | None = None,
+                 retryable: bool | None = None) -> dict:
+    """A RESULT_SCHEMA row for an input that failed at `stage` (the message names the reason). `retryable`:
+    None classifies it (diffseg.lake.faults.is_retryable)."""
+    from diffseg.lake.faults import is_retryable
+
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
     message = str(exc) if str(exc) else repr(exc)
+    error_type = error_type or (type(exc).__name__ if isinstance(exc, BaseException) else "Error")
     return {
         "uri": uri,
         "unit_id": unit_id,
         "stage": stage,
-        "error_type": error_type or (type(exc).__name__ if isinstance(exc, BaseException) else "Error"),
+        "error_type": error_type,
         "message": message[:4000],
+        "retryable": is_retryable(stage, error_type, message) if retryable is None else bool(retryable),
         "masks": [],
         "stats": [],
     }
@@ -126,15 +145,8 @@ def split_results(results: pa.Table, run_id: str, model: str, vocab_hash: str) -
     masks, stats, errors = [], [], []
     for row in rows:
         if row["stage"] is not None:
-            errors.append(
-                {
-                    "uri": row["uri"],
-                    "stage": row["stage"],
-                    "error_type": row["error_type"],
-                    "message": row["message"],
-                    "run_id": run_id,
-                }
-            )
+            errors.append({"uri": row["uri"], "stage": row["stage"], "error_type": row["error_type"],
+                           "message": row["message"], "retryable": bool(row.get("retryable")), **run})
             continue
         for item in row["masks"]:
             masks.append({"uri": row["uri"], **item, **run})
@@ -167,6 +179,7 @@ SAMPLES_SCHEMA = pa.schema(
         ("rle_size", pa.list_(pa.int32())),  # [height, width]
         ("model", pa.string()),
         ("run_id", pa.string()),
+        *WRITE_COLUMNS,
     ]
 )
 
@@ -178,7 +191,9 @@ SYNTH_ERRORS_SCHEMA = pa.schema(
         ("stage", pa.string()),  # one of SYNTH_STAGES
         ("error_type", pa.string()),
         ("message", pa.string()),
+        ("retryable", pa.bool_()),
         ("run_id", pa.string()),
+        *WRITE_COLUMNS,
     ]
 )
 
@@ -186,7 +201,7 @@ SYNTH_SCHEMAS = {"samples": SAMPLES_SCHEMA, "errors": SYNTH_ERRORS_SCHEMA}
 SYNTH_STAGES = ("model", "encode")
 
 # Sample columns the actor fills (the driver adds model and run_id).
-_ITEM_FIELDS = [f for f in SAMPLES_SCHEMA if f.name not in ("model", "run_id")]
+_ITEM_FIELDS = [f for f in SAMPLES_SCHEMA if f.name not in ("model", "run_id", *WRITE_NAMES)]
 
 SYNTH_RESULT_SCHEMA = pa.schema(
     [
@@ -195,6 +210,7 @@ SYNTH_RESULT_SCHEMA = pa.schema(
         ("stage", pa.string()),  # null when the sample was generated
         ("error_type", pa.string()),
         ("message", pa.string()),
+        ("retryable", pa.bool_()),
         *_ITEM_FIELDS,
     ]
 )
@@ -203,16 +219,20 @@ SYNTH_RESULT_SCHEMA = pa.schema(
 def synth_error(key: str, unit_id: str, class_name: str, class_id: int, seed: int, stage: str,
                 exc: BaseException | str) -> dict:
     """A SYNTH_RESULT_SCHEMA row for a work item that failed at `stage` ("model" or "encode")."""
+    from diffseg.lake.faults import is_retryable
+
     if stage not in SYNTH_STAGES:
         raise ValueError(f"stage {stage!r} is not one of {', '.join(SYNTH_STAGES)}")
     text = str(exc) if str(exc) else repr(exc)
     message = f"{type(exc).__name__}: {text}" if isinstance(exc, BaseException) else text
+    error_type = type(exc).__name__ if isinstance(exc, BaseException) else "Error"
     return {
         "key": key,
         "unit_id": unit_id,
         "stage": stage,
-        "error_type": type(exc).__name__ if isinstance(exc, BaseException) else "Error",
+        "error_type": error_type,
         "message": message[:4000],
+        "retryable": is_retryable(stage, error_type, message),
         "class_name": class_name,
         "class_id": class_id,
         "seed": seed,
@@ -224,7 +244,7 @@ def split_samples(results: pa.Table, run_id: str, model: str, run_hash: str = ""
     samples, errors = [], []
     for row in results.to_pylist():
         if row["stage"] is not None:
-            errors.append({k: row[k] for k in SYNTH_ERRORS_SCHEMA.names if k != "run_id"} | {"run_id": run_id})
+            errors.append({k: row[k] for k in SYNTH_ERRORS_SCHEMA.names if k in row} | {"run_id": run_id})
         else:
             samples.append({f.name: row[f.name] for f in _ITEM_FIELDS} | {"model": model, "run_id": run_id})
     return {

@@ -7,6 +7,7 @@ under a final name. Hidden names (``.tmp-*``) are skipped by pyarrow/DuckDB data
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -139,9 +140,12 @@ class OutputStore:
             return None
         return info.get("ETag") or info.get("etag")
 
-    def put_parquet(self, rel: str, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> None:
-        """Writes `table` to `rel` as zstd Parquet (see :func:`parquet_bytes`)."""
-        self.put(rel, parquet_bytes(table, metadata))
+    def put_parquet(self, rel: str, table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> dict:
+        """Writes `table` to `rel` as zstd Parquet (see :func:`parquet_bytes`); returns what identifies the
+        file: ``{"path": rel, "bytes": size, "md5": hex}`` (on S3 the md5 is the object's ETag)."""
+        data = parquet_bytes(table, metadata)
+        self.put(rel, data)
+        return {"path": rel, "bytes": len(data), "md5": hashlib.md5(data).hexdigest()}
 
     def put_json(self, rel: str, obj) -> None:
         self.put(rel, (json.dumps(obj, indent=1, sort_keys=False, default=str) + "\n").encode())
@@ -174,7 +178,50 @@ class OutputStore:
         prefix = self.root + "/"
         return sorted(p[len(prefix):] for p in found if p.startswith(prefix))
 
+    def list_prefix(self, rel_prefix: str) -> list[str]:
+        """Relative paths of the files whose path starts with `rel_prefix` (a name prefix inside one folder,
+        e.g. ``masks/part-default-0123abcd4567-``): one prefix listing on S3, not the whole folder."""
+        self.invalidate()
+        folder, _, stem = rel_prefix.rpartition("/")
+        if self.protocol in ("s3", "s3a"):
+            bucket, key, _ = self.fs.split_path(self.path(rel_prefix))
+            found, token = [], None
+            while True:
+                kwargs = {"Bucket": bucket, "Prefix": key, **({"ContinuationToken": token} if token else {})}
+                reply = self.fs.call_s3("list_objects_v2", **kwargs)
+                found += [f"{bucket}/{item['Key']}" for item in reply.get("Contents", [])]
+                token = reply.get("NextContinuationToken")
+                if not reply.get("IsTruncated") or not token:
+                    break
+        else:
+            base = self.path(folder) if folder else self.root
+            try:
+                names = self.fs.ls(base, detail=False)
+            except FileNotFoundError:
+                return []
+            found = [p for p in names if p.rsplit("/", 1)[-1].startswith(stem)]
+        prefix = self.root + "/"
+        return sorted(p[len(prefix):] for p in found if p.startswith(prefix) and p[len(prefix):].startswith(rel_prefix))
+
     def remove(self, rels: list[str]) -> None:
+        """Deletes `rels` (missing ones are fine): one batched request per 1000 keys on S3."""
+        if not rels:
+            return
+        if not self.local and self.protocol in ("s3", "s3a"):
+            paths = [self.path(r) for r in rels]
+            for start in range(0, len(paths), 1000):
+                for attempt in range(WRITE_ATTEMPTS):
+                    try:
+                        self.fs.rm(paths[start: start + 1000])
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        if attempt + 1 == WRITE_ATTEMPTS:
+                            raise
+                        time.sleep(0.5 * 2**attempt)
+            self.invalidate()
+            return
         for rel in rels:
             try:
                 self.fs.rm_file(self.path(rel))

@@ -1,31 +1,29 @@
-"""Work units, commit markers, the done set, debris removal and the committed-read helper.
+"""Work units, the committed-read helpers, and a one-process unit writer for tools and tests.
 
 Layout under OUTPUT (one run = one ``run_id``; several runs may share an OUTPUT)::
 
-    masks/part-<run_id>-<unit_id>.parquet     one file per unit and table
-    stats/part-<run_id>-<unit_id>.parquet
-    errors/part-<run_id>-<unit_id>.parquet    (written even when empty, so every table is readable)
-    _commits/<run_id>/<unit_id>.json          the unit's commit marker, written LAST
-    _runs/<run_id>.json                       what the run is (model, vocabulary hash, methods)
-    manifest.json                             the latest invocation (see diffseg.lake.manifest)
+    masks/part-<run_id>-<invocation>-<unit_id>-<attempt>.parquet     one file per unit and table
+    stats/part-...                                                   (names never written twice)
+    errors/part-...                                                  (written even when empty)
+    _log/<run_id>/<version>.json                                     the run's commit log (diffseg.lake.log)
+    _index/<run_id>/...                                              its done index (diffseg.lake.done_index)
+    _runs/<run_id>.json                                              what the run is (model, vocabulary hash, methods)
 
 A unit is a sorted run of a few hundred URIs; its id is a hash of those URIs, so the same remaining
-images always form the same units. A unit exists for readers only once its marker exists; the marker
-lists its URIs and files. The done set of a run is the union of its markers' URIs; files that no marker
-lists are debris of a killed run and are removed when the next run starts. Names starting with ``_`` or
-``.`` are skipped by pyarrow/DuckDB dataset readers, so markers never get in the way of a plain read.
+images always form the same units. A unit exists for readers only once a commit entry of its run's log
+names it with its files; files no entry names are debris (diffseg.lake.sweep). Names starting with
+``_`` or ``.`` are skipped by pyarrow/DuckDB dataset readers, so the bookkeeping never gets in the way of a
+plain read.
 
 The machinery is shared by every job that writes units: the functions that touch table files take the
-job's ``schemas`` (table name -> Arrow schema; the segment job's :data:`diffseg.lake.schemas.SCHEMAS` by default),
-and a unit's ``uris`` are its work-item keys (image URIs here, ``"class\tseed"`` keys for
-``jobs.synthesize``; the markers keep the field name ``uris`` for both).
+job's ``schemas`` (table name -> Arrow schema; the segment job's :data:`diffseg.lake.schemas.SCHEMAS` by
+default), and a unit's ``uris`` are its work-item keys (image URIs here, ``"class\\tseed"`` keys for
+``jobs.synthesize``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,16 +31,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from diffseg.lake.manifest import utc_stamp
 from diffseg.lake.schemas import SCHEMAS
-from diffseg.lake.store import TMP_PREFIX, OutputStore
+from diffseg.lake.store import OutputStore
 
-log = logging.getLogger("diffseg.lake.units")
-
-COMMITS = "_commits"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-STAGING = "_staging"  # _staging/<run_id>/<unit_id>/<table>-<tag>.parquet: parts of units (diffseg.lake.commit)
-_PART = re.compile(r"^part-(?P<run>[A-Za-z0-9][A-Za-z0-9._-]{0,63})-(?P<unit>[0-9a-f]{16})\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -89,141 +81,14 @@ def units_of_sorted(uris, unit_size: int) -> list:
             for u in make_units(uris.slice(start, unit_size).to_pylist(), unit_size)]
 
 
-def unit_files(run_id: str, unit_id: str, schemas: Mapping[str, pa.Schema] = SCHEMAS) -> dict[str, str]:
-    """Relative paths of a unit's Parquet files, one per table of `schemas`."""
-    return {t: f"{t}/part-{run_id}-{unit_id}.parquet" for t in schemas}
+def committed_state(output: str, run_id: str | None = None) -> dict:
+    """{run_id: diffseg.lake.done_index.DoneSet} of one run, or of every run with a log under OUTPUT."""
+    from diffseg.lake.done_index import load_state
+    from diffseg.lake.log import logged_runs
 
-
-def marker_path(run_id: str, unit_id: str) -> str:
-    return f"{COMMITS}/{run_id}/{unit_id}.json"
-
-
-def load_commits(store: OutputStore, run_id: str | None = None) -> list[dict]:
-    """Every valid commit marker under OUTPUT (of one run, or of all runs when `run_id` is None).
-
-    A marker that cannot be parsed (a local write cut short) counts as not committed.
-    """
-    rels = [r for r in store.list(COMMITS if run_id is None else f"{COMMITS}/{run_id}")
-            if r.endswith(".json") and not r.rsplit("/", 1)[-1].startswith(".")]
-    return _parse_markers(store, rels)
-
-
-def load_markers(store: OutputStore, run_id: str, unit_ids: list[str]) -> list[dict]:
-    """The valid commit markers of these units of a run (see :func:`load_commits`)."""
-    return _parse_markers(store, [marker_path(run_id, u) for u in unit_ids])
-
-
-def _parse_markers(store: OutputStore, rels: list[str]) -> list[dict]:
-    markers = []
-    for rel, data in store.get_many(rels).items():
-        try:
-            if isinstance(data, Exception):
-                raise data
-            marker = json.loads(data)
-            if marker["unit_id"] + ".json" != rel.rsplit("/", 1)[-1] or not isinstance(marker["uris"], list):
-                raise ValueError("marker does not describe the unit its name says")
-            markers.append(marker)
-        except Exception as exc:
-            log.warning("ignoring unreadable commit marker %s (%s): its unit is not committed", rel, exc)
-    markers.sort(key=lambda m: (m["run_id"], m["unit_id"]))
-    return markers
-
-
-def done_set(markers: list[dict]) -> set[str]:
-    """URIs already covered (segmented or final error) by the given commit markers."""
-    return {u for m in markers for u in m["uris"]}
-
-
-def known_runs(store: OutputStore, markers: list[dict]) -> set[str]:
-    """Run ids this OUTPUT knows: recorded under ``_runs/`` or named by a commit marker."""
-    recorded = {r.rsplit("/", 1)[-1].removesuffix(".json") for r in store.list("_runs") if r.endswith(".json")}
-    return recorded | {m["run_id"] for m in markers}
-
-
-def listed_commits(store: OutputStore, schemas: Mapping[str, pa.Schema] = SCHEMAS) -> list[dict]:
-    """Light markers ``{run_id, unit_id, files}`` of every commit marker under OUTPUT, from one listing
-    (names only, nothing read: a unit's files follow from its run and id, :func:`unit_files`)."""
-    light = []
-    for rel in store.list(COMMITS):
-        parts = rel.split("/")
-        if len(parts) == 3 and parts[2].endswith(".json") and not parts[2].startswith("."):
-            run_id, unit_id = parts[1], parts[2][:-5]
-            light.append({"run_id": run_id, "unit_id": unit_id, "files": unit_files(run_id, unit_id, schemas)})
-    return light
-
-
-def find_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS,
-                runs: set[str] | None = None, busy: set[str] = frozenset()) -> list[str]:
-    """Files a killed run left behind: part files no valid marker lists, staging parts, temporaries,
-    broken markers.
-
-    Only what this job's naming scheme and run ids could have produced counts (``part-<run>-<16 hex>``
-    with a run id of `runs`, default :func:`known_runs`, in the table folders of `schemas`); any other
-    file is left alone and logged as foreign (another job's tables are not searched at all). Files of
-    the `busy` runs (another invocation holds their lease) are not touched."""
-    runs = known_runs(store, markers) if runs is None else runs
-    keep = {rel for m in markers for rel in m["files"].values()}
-    keep |= {marker_path(m["run_id"], m["unit_id"]) for m in markers}
-    debris, foreign = [], []
-    for table in schemas:
-        for rel in store.list(table):
-            name = rel.rsplit("/", 1)[-1]
-            part = _PART.match(name)
-            if rel in keep or (part and part["run"] in busy):
-                continue
-            if name.startswith(TMP_PREFIX) or (part and part["run"] in runs and rel.count("/") == 1):
-                debris.append(rel)
-            else:
-                foreign.append(rel)
-    debris += [rel for rel in store.list(STAGING) + store.list(COMMITS)
-               if rel not in keep and rel.split("/")[1] not in busy]
-    if foreign:
-        log.warning("leaving %d file(s) under the tables' folders that this job did not write (not part-<run>-<unit> "
-                    "names of a run of this OUTPUT): %s%s. A plain read of the folder includes them", len(foreign),
-                    ", ".join(foreign[:5]), " ..." if len(foreign) > 5 else "")
-    return debris
-
-
-def remove_debris(store: OutputStore, markers: list[dict], schemas: Mapping[str, pa.Schema] = SCHEMAS,
-                  runs: set[str] | None = None, busy: set[str] = frozenset()) -> list[str]:
-    """Removes (and returns) the debris of killed runs (see :func:`find_debris`)."""
-    debris = find_debris(store, markers, schemas, runs, busy)
-    if debris:
-        log.info("removing %d file(s) a killed run left half-written: %s%s", len(debris),
-                 ", ".join(debris[:5]), " ..." if len(debris) > 5 else "")
-        store.remove(debris)
-    return debris
-
-
-def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa.Table],
-               schemas: Mapping[str, pa.Schema] = SCHEMAS) -> dict:
-    """Writes a unit's files (masks, stats and errors; or the tables of `schemas`), then its commit
-    marker (last). Returns the marker. (The jobs' workers write the files themselves:
-    diffseg.lake.commit; this serves tests and tools that hold a unit's tables in one process.)"""
-    files = unit_files(run_id, unit.unit_id, schemas)
-    rows = {}
-    for table, schema in schemas.items():
-        data = tables[table]
-        if data.schema != schema:
-            data = data.cast(schema)
-        store.put_parquet(files[table], data)
-        rows[table] = data.num_rows
-    return write_marker(store, run_id, unit, files, rows)
-
-
-def write_marker(store: OutputStore, run_id: str, unit: Unit, files: dict[str, str], rows: dict[str, int]) -> dict:
-    """Writes (and returns) the commit marker of `unit` whose `files` exist: the unit's commit point."""
-    marker = {
-        "format": 1,
-        "run_id": run_id,
-        "unit_id": unit.unit_id,
-        "files": files,
-        "rows": rows,
-        "committed_at": utc_stamp(),
-        "uris": list(unit.uris),
-    }
-    store.put_json(marker_path(run_id, unit.unit_id), marker)
-    return marker
+    store = OutputStore(output)
+    runs = [run_id] if run_id is not None else logged_runs(store)
+    return {r: load_state(store, r) for r in runs}
 
 
 def committed_files(output: str, table: str = "masks", run_id: str | None = None,
@@ -231,13 +96,14 @@ def committed_files(output: str, table: str = "masks", run_id: str | None = None
     """URIs of the committed files of `table` ("masks", "stats" or "errors"), of one run or all runs.
 
     Reading exactly these files gives every committed row exactly once, even while a job is writing
-    OUTPUT or after a job was killed (before the next run removes its debris). Another job's tables:
-    pass its `schemas` (``diffseg.lake.schemas.SYNTH_SCHEMAS`` for ``samples``).
+    OUTPUT or after a job was killed (before the next run removes its debris). A commit record that cannot
+    be read raises diffseg.lake.log.CommitRecordError (never fewer rows). Another job's tables: pass its
+    `schemas` (``diffseg.lake.schemas.SYNTH_SCHEMAS`` for ``samples``).
     """
     if table not in schemas:
         raise ValueError(f"table {table!r} is not one of {', '.join(schemas)}")
     store = OutputStore(output)
-    return [store.uri(m["files"][table]) for m in load_commits(store, run_id) if table in m["files"]]
+    return [store.uri(rel) for done in committed_state(output, run_id).values() for rel in done.files(table)]
 
 
 def read_committed(output: str, table: str = "masks", run_id: str | None = None,
@@ -249,16 +115,57 @@ def read_committed(output: str, table: str = "masks", run_id: str | None = None,
     read of ``OUTPUT/masks/`` gives the same rows. Another job's tables: pass its `schemas`, e.g.
     ``read_committed(out, "samples", schemas=diffseg.lake.schemas.SYNTH_SCHEMAS)``.
     """
-    store = OutputStore(output)
-    markers = load_commits(store, run_id)
-    schema = schemas[table] if table in schemas else None
-    if schema is None:
+    if table not in schemas:
         raise ValueError(f"table {table!r} is not one of {', '.join(schemas)}")
+    schema = schemas[table]
+    store = OutputStore(output)
     parts = []
-    for marker in (m for m in markers if table in m["files"]):
-        with store.fs.open(store.path(marker["files"][table]), "rb") as f:
-            parts.append(pq.read_table(f, columns=columns, schema=schema))
+    for rel in (r for done in committed_state(output, run_id).values() for r in done.files(table)):
+        parts.append(read_file(store, rel, schema, columns))
     if not parts:
         empty = schema if columns is None else pa.schema([schema.field(c) for c in columns])
         return empty.empty_table()
     return pa.concat_tables(parts)
+
+
+def read_file(store: OutputStore, rel: str, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """One committed Parquet file of a table, with `schema` (columns a file written before them lacks read as
+    null); a committed file that is gone raises diffseg.lake.log.CommitRecordError naming it."""
+    from diffseg.lake.log import CommitRecordError
+
+    try:
+        with store.fs.open(store.path(rel), "rb") as f:
+            return pq.read_table(f, columns=columns, schema=schema)
+    except FileNotFoundError as exc:
+        raise CommitRecordError(f"the committed file {store.uri(rel)} is missing: it was deleted by hand or by a "
+                                f"tool that does not know the run's log; the run's rows are incomplete") from exc
+
+
+def write_unit(store: OutputStore, run_id: str, unit: Unit, tables: dict[str, pa.Table],
+               schemas: Mapping[str, pa.Schema] = SCHEMAS, commit_log=None) -> dict:
+    """Writes a unit's files (masks, stats and errors; or the tables of `schemas`) and commits them in one
+    log entry; returns the unit as committed. For tests and tools that hold a unit's tables in one process
+    (the jobs' workers write their own files: diffseg.lake.commit). `commit_log`: an open
+    diffseg.lake.log.CommitLog (a new invocation begins one when None)."""
+    from diffseg.lake.commit import final_files, new_attempt, write_tables
+    from diffseg.lake.log import CommitLog, new_invocation_id
+
+    if commit_log is None:
+        commit_log = CommitLog(store, run_id, new_invocation_id())
+        commit_log.begin()
+    data = {t: (tables[t] if tables[t].schema == schema else tables[t].cast(schema)) for t, schema in schemas.items()}
+    paths = final_files(run_id, commit_log.invocation, unit.unit_id, new_attempt(), schemas)
+    files = write_tables(store, paths, data, None)
+    position = {key: i for i, key in enumerate(unit.uris)}
+    errors = data["errors"]
+    keys = (errors.column("uri") if "uri" in errors.column_names else
+            [f"{c}\t{s}" for c, s in zip(errors.column("class_name").to_pylist(), errors.column("seed").to_pylist())])
+    keys = [str(k) for k in (keys.to_pylist() if hasattr(keys, "to_pylist") else keys)]
+    retryable = (errors.column("retryable").fill_null(False).to_pylist() if "retryable" in errors.column_names
+                 else [False] * len(keys))
+    committed = {"unit_id": unit.unit_id, "keys": list(unit.uris), "files": files,
+                 "errors": sorted(position[k] for k, r in zip(keys, retryable) if not r),
+                 "retry": sorted(position[k] for k, r in zip(keys, retryable) if r),
+                 "rows": {t: f["rows"] for t, f in files.items()}}
+    commit_log.append("commit", {"units": [committed]})
+    return committed

@@ -1,24 +1,28 @@
 """The driver's side of "workers write, the driver commits": :class:`UnitCommitter`.
 
-The workers write every row themselves (diffseg.lake.commit.write_results) and send the driver one small
-metadata row per (batch, unit): the positions of the unit's items the batch holds, the files written,
-counts. The committer keeps, per unit in flight, which positions are covered (one boolean array) and
-which parts it accepted, first come first served: a part that repeats positions already accepted (a
-retried batch) only contributes its new ones. When a unit is covered:
+The workers write every row themselves (diffseg.lake.commit.write_results) under attempt-unique names and
+send the driver one small metadata row per (batch, unit): the positions of the unit's items the batch
+holds, which are error rows, counts, and the files written (path, bytes, md5). The committer keeps, per
+unit in flight, which positions are covered (one boolean array) and which parts it accepted, first come
+first served: a part that repeats positions already accepted (a retried batch) only contributes its new
+ones. When a unit is covered:
 
 - by one part holding the whole unit (the common case: input blocks are cut along units), its files are
-  already the unit's final files: the committer writes the marker at once;
+  already in the table folders: the unit is queued for commit at once;
 - by several parts, it returns a :class:`diffseg.lake.commit.Compaction` that the job runs in the cluster
-  (diffseg.lake.commit.compact_unit); :meth:`UnitCommitter.compacted` then writes the marker.
+  (diffseg.lake.commit.compact_unit); :meth:`UnitCommitter.compacted` then queues the unit.
 
-After a marker is written the unit's staging files are deleted (late parts of committed units too, at
-:meth:`UnitCommitter.finish`). The driver's work is per unit and per batch, never per row of a table.
+A commit thread appends the queued units to the run's log, as many as are ready in one entry (group
+commit: while one entry is being written the next batch of units gathers, so commits keep up with any
+rate at any store latency). Files no commit will name (late or repeated attempts, merged staging parts)
+are deleted in batches. The driver's work is per unit and per batch, never per row of a table.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,121 +30,196 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from diffseg.lake.commit import Compaction, Part, part_files
+from diffseg.lake.commit import Compaction, Part
 from diffseg.lake.schemas import SEGMENT_TABLES, TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, unit_files, write_marker
+from diffseg.lake.units import Unit
 
 log = logging.getLogger("diffseg.lake.writer")
 
+MAX_UNITS_PER_ENTRY = 512  # a commit entry names at most this many units (keeps entries under a few MB)
+
 
 class UnitCommitter:
-    """Consumes worker metadata (diffseg.lake.commit.META_SCHEMA batches) and commits complete units;
-    counts what it committed: ``items``, ``done`` (items without an error row), ``errors``,
-    ``errors_<stage>`` and the tables' row counters (``tables.row_counters``).
+    """Consumes worker metadata (diffseg.lake.commit.META_SCHEMA batches) and commits complete units to the
+    run's log (`commit_log`, a begun diffseg.lake.log.CommitLog); counts what it committed: ``items``,
+    ``done`` (items without an error row), ``errors``, ``errors_<stage>``, ``errors_retryable`` and the
+    tables' row counters (``tables.row_counters``).
 
-    `before_commit`: called before each marker is written (the job checks it still holds the run's lease).
-    """
+    `before_commit`: called before each log entry (the job checks it still holds the run's lease and
+    records the run identity with the first commit). `background`: commit from a thread (group commit);
+    False commits synchronously in :meth:`add` (tests, tools)."""
 
-    def __init__(self, store: OutputStore, run_id: str, units: list[Unit], tables: TableSet = SEGMENT_TABLES,
-                 progress_every_s: float = 10.0, before_commit: Callable[[], None] | None = None):
-        self.store, self.run_id, self.tables = store, run_id, tables
+    def __init__(self, store: OutputStore, commit_log, units: list[Unit], tables: TableSet = SEGMENT_TABLES,
+                 before_commit: Callable[[], None] | None = None, background: bool = True):
+        self.store, self.log, self.tables = store, commit_log, tables
+        self.run_id = commit_log.run_id
         self.units = {u.unit_id: u for u in units}
         self.covered: dict[str, np.ndarray] = {}  # unit_id -> bool per position, for units in flight
         self.parts: dict[str, list[Part]] = {}
-        self.committed_markers: dict[str, dict] = {}  # unit_id -> the marker written, in commit order
-        self.compacting: set[str] = set()  # units whose Compaction was handed out
-        self.stale: list[str] = []  # staging files no commit needs (repeats, parts of units committed whole)
+        self.committed_units: dict[str, dict] = {}  # unit_id -> what its entry recorded, in commit order
+        self.closed: set[str] = set()  # units queued or committed (later parts of them are stale)
+        self.compacting: set[str] = set()
+        self.stale: list[str] = []  # files no commit names (late attempts, merged staging parts)
         self.counts = Counter()
         self.bytes_received = 0
+        self.entries = 0
         self.total_items = sum(len(u.uris) for u in units)
-        self.started = time.monotonic()
-        self.progress_every_s = progress_every_s
         self.before_commit = before_commit
-        self._last_progress = 0.0
+        self._queue: list[tuple[dict, dict, list[str]]] = []  # (unit record, counts, staging files to delete)
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._busy = False
+        self._stopping = False
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._commit_loop, name="unit-committer", daemon=True)
+            self._thread.start()
 
+    # -- intake ---------------------------------------------------------------------------------------
     def add(self, meta: pa.Table) -> list[Compaction]:
-        """Takes one batch of metadata rows; commits the units they complete with one final part and
+        """Takes one batch of metadata rows; queues the units they complete with one final part and
         returns the compactions of units completed by several parts."""
+        self._raise_error()
         self.bytes_received += meta.nbytes
         todo = []
-        columns = (meta.column(c).to_pylist() for c in ("unit_id", "positions", "counts", "final"))
-        for unit_id, positions, counts, final in zip(*columns):
-            files = part_files(self.run_id, unit_id, np.asarray(positions, np.int32), final, self.tables.schemas)
+        columns = (meta.column(c).to_pylist() for c in ("unit_id", "positions", "errors", "retry", "counts", "files", "final"))
+        for unit_id, positions, errors, retry, counts, files, final in zip(*columns):
+            files = json.loads(files)
             unit = self.units.get(unit_id)
-            if unit is None or unit_id in self.committed_markers or unit_id in self.compacting:
-                self._discard(files, final)
+            if unit is None or unit_id in self.closed or unit_id in self.compacting:
+                self._discard(files)
                 continue
             if final:
-                self.stale += [f for p in self.parts.pop(unit_id, []) for f in p.files.values()]
+                self._discard([f for p in self.parts.pop(unit_id, []) for f in p.files.values()])
                 self.covered.pop(unit_id, None)
-                self._commit(unit, files, json.loads(counts))
+                self._enqueue(unit, files, errors, retry, json.loads(counts), [])
                 continue
             covered = self.covered.setdefault(unit_id, np.zeros(len(unit.uris), dtype=bool))
             pos = np.unique(np.asarray(positions, dtype=np.int64))
             new = pos[~covered[pos]]
             if not len(new):
-                self._discard(files, final)
+                self._discard(files)
                 continue
             covered[new] = True
             self.parts.setdefault(unit_id, []).append(Part(files, tuple(int(p) for p in new)))
             if covered.all():
                 del self.covered[unit_id]
                 self.compacting.add(unit_id)
-                todo.append(Compaction(self.store.output, self.run_id, unit_id, unit.uris, tuple(self.parts[unit_id])))
+                todo.append(Compaction(self.store.output, self.run_id, self.log.invocation, unit_id, unit.uris,
+                                       tuple(self.parts[unit_id])))
+        self._sync_commit()
         return todo
 
-    def compacted(self, spec: Compaction, counts: dict) -> None:
-        """Commits a unit whose parts :func:`diffseg.lake.commit.compact_unit` merged (`counts`: its result)."""
+    def compacted(self, spec: Compaction, result: dict) -> None:
+        """Queues a unit whose parts :func:`diffseg.lake.commit.compact_unit` merged (`result`: its return)."""
+        self._raise_error()
         parts = self.parts.pop(spec.unit_id, [])
         self.compacting.discard(spec.unit_id)
-        self._commit(self.units[spec.unit_id], unit_files(self.run_id, spec.unit_id, self.tables.schemas), counts)
-        self.store.remove([f for p in parts for f in p.files.values()])
+        staging = [f["path"] for p in parts for f in p.files.values()]
+        self._enqueue(self.units[spec.unit_id], result["files"], result["errors"], result["retry"], result["counts"],
+                      staging)
+        self._sync_commit()
+
+    def _enqueue(self, unit: Unit, files: dict, errors: list, retry: list, counts: dict, staging: list[str]) -> None:
+        self.closed.add(unit.unit_id)
+        record = {"unit_id": unit.unit_id, "keys": list(unit.uris), "files": files, "errors": sorted(errors),
+                  "retry": sorted(retry)}
+        with self._cond:
+            self._queue.append((record, counts, staging))
+            self._cond.notify_all()
+
+    def _discard(self, files) -> None:
+        paths = [f["path"] for f in (files.values() if isinstance(files, dict) else files)]
+        with self._cond:
+            self.stale += paths
+
+    # -- committing -----------------------------------------------------------------------------------
+    def _commit_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue and self._stopping:
+                    return
+                self._busy = True
+            try:
+                self._commit_queued()
+            except BaseException as exc:  # LogFencedError, LeaseLostError, a store that stays down
+                with self._cond:
+                    self._error = exc
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _commit_queued(self) -> None:
+        with self._cond:
+            batch, self._queue = self._queue[:MAX_UNITS_PER_ENTRY], self._queue[MAX_UNITS_PER_ENTRY:]
+            stale, self.stale = self.stale, []
+        if batch:
+            if self.before_commit is not None:
+                self.before_commit()
+            self.log.append("commit", {"units": [record for record, _, _ in batch]})
+            self.entries += 1
+            for record, counts, _ in batch:
+                self.committed_units[record["unit_id"]] = record
+                self.counts.update({k: int(v) for k, v in counts.items()})
+            stale += [f for _, _, staging in batch for f in staging]
+        if stale:
+            try:
+                self.store.remove(stale)
+            except Exception as exc:  # the sweep of the next invocation removes them
+                log.warning("could not delete %d uncommitted file(s) (%s); the next run's sweep removes them",
+                            len(stale), exc)
+
+    def _sync_commit(self) -> None:
+        if self._thread is None:
+            while self._queue:
+                self._commit_queued()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Waits until every queued unit is committed (raises what stopped the commit thread)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and self._error is None and self._thread is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{len(self._queue)} unit(s) still waiting to be committed")
+                self._cond.wait(left)
+        self._raise_error()
 
     def finish(self) -> list[str]:
-        """Removes staging files no commit needs (late repeats of committed units); returns them."""
+        """Commits what is queued, stops the commit thread and deletes files no commit names; returns them."""
+        try:
+            self.flush()
+        finally:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            if self._thread is not None:
+                self._thread.join(timeout=60)
         stale, self.stale = self.stale, []
         self.store.remove(stale)
         return stale
 
-    def _discard(self, files: dict, final: bool) -> None:
-        if not final:
-            self.stale += list(files.values())  # staging files (final files are the unit's own)
-
-    def _commit(self, unit: Unit, files: dict[str, str], counts: dict) -> None:
-        if self.before_commit is not None:
-            self.before_commit()
-        rows = {t: int(counts.get(c, 0)) for t, c in self.tables.row_counters.items()} | {"errors": int(counts["errors"])}
-        self.committed_markers[unit.unit_id] = write_marker(self.store, self.run_id, unit, files, rows)
-        self.counts.update({k: int(v) for k, v in counts.items()})
-        self._progress(force=len(self.committed_markers) in (1, len(self.units)))
-
-    def _progress(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.progress_every_s:
-            return
-        self._last_progress = now
-        elapsed = max(now - self.started, 1e-9)
-        log.debug(  # the runner's jobs.common.progress lines are what users read
-            "committed %d/%d units: %d/%d %s (%d errors), %.2f %s/s",
-            len(self.committed_markers), len(self.units), self.counts["items"], self.total_items, self.tables.item_name,
-            self.counts["errors"], self.counts["items"] / elapsed, self.tables.item_name,
-        )
-
+    # -- what happened --------------------------------------------------------------------------------
     @property
     def committed(self) -> list[str]:
         """The units committed, in commit order."""
-        return list(self.committed_markers)
-
-    @property
-    def markers(self) -> list[dict]:
-        """The markers written, in commit order (what the done index merges at the end)."""
-        return list(self.committed_markers.values())
+        return list(self.committed_units)
 
     @property
     def incomplete(self) -> list[str]:
-        """Units not committed (after the dataset is exhausted this should be empty)."""
-        return [u for u in self.units if u not in self.committed_markers]
+        """Units not committed (after the dataset is exhausted and :meth:`finish` this should be empty)."""
+        return [u for u in self.units if u not in self.committed_units]
 
     def errors_by_stage(self) -> dict[str, int]:
-        return {k.removeprefix("errors_"): v for k, v in self.counts.items() if k.startswith("errors_")}
+        return {k.removeprefix("errors_"): v for k, v in self.counts.items()
+                if k.startswith("errors_") and k != "errors_retryable"}

@@ -43,6 +43,7 @@ class RunOptions:
     shared_output: bool = False  # a local OUTPUT path that every node sees (NFS): allowed on a multi-node cluster
     wait_for_nodes: bool = False  # a request no node can hold waits for nodes instead of exiting 2
     break_lease: bool = False  # take over the run's lease although its holder's heartbeat is fresh
+    retry_errors: bool = False  # retry the run's final error rows too (retryable ones are always retried)
     lease_stale_s: float = 120.0  # a lease whose heartbeat (every 30 s) is older than this is taken over
     placement_warn_s: float = 60.0  # log when pool actors have waited this long for a node
     verbose: bool = False  # also Ray Data's own progress bars/lines and execution banners (-v)

@@ -91,11 +91,17 @@ class PlacementWatchdog:
                 since = time.monotonic()
 
 
-def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: int | None):
-    """`ds` -> ``map_batches(actor_class)`` on a pool of ``resources.actors`` actors, each holding
-    ``resources.cpus_per_actor`` CPUs and ``resources.gpus_per_actor`` GPUs (a jobs.common.config.Resources).
+ACTOR_RESTARTS = 4  # restarts of one actor (a segfault, a host OOM kill, a poisoned device) before Ray gives up
+ACTOR_TASK_RETRIES = 3  # retries of one batch on a restarted or other actor (Ray Data's default: for ever)
+TASK_RETRIES = 3  # retries of one decode task
 
-    Ray Data restarts a killed actor and retries its in-flight batches (max_restarts=-1 by default)."""
+
+def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: int | None):
+    """`ds` -> ``map_batches(actor_class)`` on an elastic pool of up to ``resources.actors`` actors (at least
+    one), each holding ``resources.cpus_per_actor`` CPUs and ``resources.gpus_per_actor`` GPUs (a
+    jobs.common.config.Resources). A node lost and not replaced shrinks the pool instead of leaving it
+    waiting for an actor it can never place; restarts and retries are bounded (Ray Data's defaults retry
+    for ever)."""
     from ray.data import ActorPoolStrategy
 
     return ds.map_batches(
@@ -103,15 +109,18 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
         fn_constructor_args=constructor_args,
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=resources.actors),
+        compute=ActorPoolStrategy(min_size=1, max_size=resources.actors, initial_size=resources.actors),
         num_cpus=resources.cpus_per_actor,
         num_gpus=resources.gpus_per_actor,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=ACTOR_TASK_RETRIES,
     )
 
 
 def commit_stream(committer, dataset, tables) -> None:
     """Feeds the metadata batches of `dataset` to `committer` (a diffseg.lake.writer.UnitCommitter), runs
-    the compactions it asks for as Ray tasks in the cluster and commits their units as they finish."""
+    the compactions it asks for as Ray tasks in the cluster and queues their units as they finish; returns
+    once every queued unit is committed."""
     import ray
 
     from diffseg.lake.commit import compact_unit
@@ -131,4 +140,4 @@ def commit_stream(committer, dataset, tables) -> None:
             collect(block=False)
     if running:
         collect(block=True)
-    committer.finish()
+    committer.flush()

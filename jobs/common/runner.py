@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from diffseg.lake.manifest import RunInfo, build_manifest, check_run_identity, utc_stamp, write_manifest
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, check_run_id, known_runs, listed_commits, remove_debris, unit_files
+from diffseg.lake.units import Unit, check_run_id
 from jobs.common.config import ConfigError, Resources, resolve_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
@@ -108,7 +108,8 @@ class _Invocation:
     t_run: float = 0.0
     resources: Resources | None = None
     writer: object = None  # diffseg.lake.writer.UnitCommitter once the pipeline runs
-    before_commit: object = None  # called before every commit marker (lease check, identity record)
+    before_commit: object = None  # called before every log entry (lease check, identity record)
+    commit_log: object = None  # diffseg.lake.log.CommitLog of this invocation (begun)
 
     @property
     def done(self) -> int:
@@ -122,7 +123,8 @@ class _Invocation:
             counts.update({"processed": w.counts["items"], words.done: w.counts["done"], "errors": w.counts["errors"],
                            "errors_by_stage": w.errors_by_stage(),
                            **{key: w.counts[key] for key in self.job.tables.row_counters.values()},
-                           "units_committed": len(w.committed_markers), "units_incomplete": len(w.incomplete),
+                           "units_committed": len(w.committed_units), "units_incomplete": len(w.incomplete),
+                           "errors_retryable": w.counts["errors_retryable"], "commit_entries": w.entries,
                            "driver_bytes_received": w.bytes_received})
         counts[words.run_done] = self.done + (w.counts["items"] if w else 0)
         return counts
@@ -138,16 +140,26 @@ class _Invocation:
                 f"{self.job.words.items}_per_s": round(items / process, 3) if process > 0 else 0.0}
 
     def write_manifest(self, status: str, error: str | None = None) -> dict:
+        """Writes the manifest (after a fenced log entry: a ``finish`` entry unless the run is only starting,
+        so an invocation that lost the run writes none)."""
         c, config = self.checked, self.config
-        committed = sorted(self.done_set.unit_ids | set(self.writer.committed_markers if self.writer else ()))
+        committed = len(self.done_set.units) + (len(self.writer.committed_units) if self.writer else 0)
         res = None if self.resources is None else {k: getattr(self.resources, k) for k in self.resources.__dataclass_fields__}
         timings = {} if status == "running" else self.timings()
+        counts = self.counts()
+        if status != "running":
+            self.commit_log.append("finish", {"status": status, "counts": _scalar_counts(counts), "error": error})
         info = RunInfo(run_id=config.run_id, output=config.output, config=config.to_dict(), model=config.model,
                        vocab=c.vocab, vocab_spec=c.vocab_spec, vocab_hash=c.run_hash, started_at=self.started_at)
-        manifest = build_manifest(info, status, self.counts(), timings, committed, res, error)
+        manifest = build_manifest(info, status, counts, timings, committed, res, error)
+        manifest["invocation"] = self.commit_log.invocation
         manifest = self.job.manifest_extra(manifest, config, c)
         write_manifest(c.store, manifest)
         return timings
+
+
+def _scalar_counts(counts: dict) -> dict:
+    return {k: v for k, v in counts.items() if isinstance(v, (int, float, str))}
 
 
 def run(job: Job, config) -> int:
@@ -175,14 +187,21 @@ def _usage_error(job: Job, exc: Exception) -> int:
 
 
 def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at: str) -> int:
-    """Everything after the lease is taken: identity, debris, planning, Ray, index."""
-    from diffseg.lake.done_index import describe_done, load_done
-    from diffseg.lake.lease import lease_path
+    """Everything after the lease is taken: the fence, identity, sweeps, planning, Ray, index."""
+    import os
+    import socket
+
+    from diffseg.lake.done_index import describe_done, load_state
+    from diffseg.lake.log import CommitLog, new_invocation_id
     from diffseg.lake.manifest import record_run_identity
+    from diffseg.lake.sweep import sweep, sweep_other_runs
     from diffseg.model import redact_uri
 
     store, run_id = checked.store, config.run_id
-    done = load_done(store, run_id)
+    commit_log = CommitLog(store, run_id, new_invocation_id())
+    commit_log.begin({"host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
+                      "lease": lease.token})
+    done = load_state(store, run_id)
     try:
         new_run = check_run_identity(store, run_id, checked.identity, has_commits=len(done.units) > 0)
     except ValueError as exc:  # RunConflictError
@@ -190,19 +209,15 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
     if new_run and len(done.units):  # committed units but no identity (written by another tool): record it now
         record_run_identity(store, run_id, checked.identity, checked.vocab.names)
         new_run = False
-    markers = [m for m in listed_commits(store, job.tables.schemas) if m["run_id"] != run_id]
-    markers += [{"run_id": run_id, "unit_id": u, "files": unit_files(run_id, u, job.tables.schemas)}
-                for u in done.unit_ids]
-    runs = known_runs(store, markers) | {run_id}
-    busy = {r for r in runs if r != run_id and store.exists(lease_path(r))}
-    debris = remove_debris(store, markers, job.tables.schemas, runs, busy)
+    debris = sweep(store, commit_log, done, done.unswept(commit_log.invocation), job.tables.schemas)
+    others = sweep_other_runs(store, run_id, job.tables.schemas, config.lease_stale_s)
     planned = job.plan(config, checked, done)
-    planned.counts.update(debris_files_removed=len(debris), **describe_done(done))
+    planned.counts.update(debris_files_removed=len(debris) + sum(others.values()), **describe_done(done))
     if planned.counts["duplicate_items"]:
-        job.log.warning("run %r holds %d item(s) in two committed units (written by a version before the run lease); "
-                        "a plain read sees them twice: read with diffseg.lake.units.read_committed and drop duplicate "
-                        "URIs, or rerun into a new --run-id", run_id, planned.counts["duplicate_items"])
-    run = _Invocation(job, config, checked, planned, done, started_at, t0, time.monotonic())
+        job.log.warning("run %r holds %d item(s) in two committed units; a plain read sees them twice: read with "
+                        "diffseg.lake.units.read_committed and drop duplicate URIs, or rerun into a new --run-id",
+                        run_id, planned.counts["duplicate_items"])
+    run = _Invocation(job, config, checked, planned, done, started_at, t0, time.monotonic(), commit_log=commit_log)
 
     def before_commit() -> None:
         nonlocal new_run
@@ -214,23 +229,45 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
     run.before_commit = before_commit
     if not planned.units:
         return _nothing_to_do(run, redact_uri(config.output))
+    _release_retried(run)
     run.write_manifest("running")
     try:
         return _run_on_ray(run)
     finally:
-        _merge_index(run)
+        _end_invocation(run)
 
 
-def _merge_index(run: _Invocation) -> None:
-    """Compacts the run's done index with this invocation's commits (a failure only costs re-reads)."""
-    from diffseg.lake.done_index import merge_index
+def _release_retried(run: _Invocation) -> None:
+    """Hands the error rows of planned keys back (a fenced ``retry`` entry; diffseg.lake.retry)."""
+    import pyarrow as pa
 
-    w = run.writer
+    from diffseg.lake.retry import release_errors
+
+    keys = pa.array([k for unit in run.planned.units for k in unit.uris], pa.string())
+    released = release_errors(run.checked.store, run.commit_log, run.done_set, keys, run.job.tables)
+    run.planned.counts["errors_retried"] = released
+    if released:
+        run.job.log.info("retrying %d error row(s) of earlier invocations", released)
+
+
+def _end_invocation(run: _Invocation) -> None:
+    """After the pipeline: sweeps this invocation's uncommitted files and writes the done index (a failure
+    only costs re-reads: the log stays the truth)."""
+    from diffseg.lake.done_index import load_state, write_index
+    from diffseg.lake.log import LogFencedError
+    from diffseg.lake.sweep import sweep
+
+    store, log = run.checked.store, run.job.log
     try:
-        merge_index(run.checked.store, run.config.run_id, run.done_set, w.markers if w else [])
+        if run.writer is not None:
+            run.writer.finish()
+        done = load_state(store, run.config.run_id)
+        sweep(store, run.commit_log, done, [run.commit_log.invocation], run.job.tables.schemas)
+        write_index(store, run.commit_log, load_state(store, run.config.run_id))
+    except LogFencedError as exc:
+        log.error("%s", exc)
     except Exception as exc:
-        run.job.log.warning("could not compact the done index of run %r (%s); the next run reads its markers",
-                            run.config.run_id, exc)
+        log.warning("could not finish the bookkeeping of run %r (%s); the next run does it", run.config.run_id, exc)
 
 
 def _nothing_to_do(run: _Invocation, output: str) -> int:
@@ -240,7 +277,7 @@ def _nothing_to_do(run: _Invocation, output: str) -> int:
     items, errors = run.done_set.error_fraction()
     fraction, too_many = _error_fraction(items, errors, config.max_error_fraction)
     planned.counts.update(run_items=items, run_errors=errors)
-    _merge_index(run)
+    _end_invocation(run)
     run.write_manifest("nothing to do")
     print(f"diffseg: nothing to do: all {planned.everything} are already committed in run {config.run_id!r} of "
           f"{output} (no model work); the run has {errors} errors in {items} {run.job.words.items} = {fraction:.1%}"
@@ -287,8 +324,8 @@ def _run_on_ray(run: _Invocation) -> int:
                  config.batch_size)
         run.t_run = time.monotonic()
         target = WriteTarget(config.output, config.run_id, run.checked.identity["model"], run.checked.run_hash,
-                             vocabulary=tuple(run.checked.vocab.names))
-        run.writer = UnitCommitter(run.checked.store, config.run_id, run.planned.units, job.tables,
+                             vocabulary=tuple(run.checked.vocab.names), invocation=run.commit_log.invocation)
+        run.writer = UnitCommitter(run.checked.store, run.commit_log, run.planned.units, job.tables,
                                    before_commit=run.before_commit)
         dataset = job.dataset(config, run.checked, run.planned.units, res, target)
         progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
@@ -297,6 +334,7 @@ def _run_on_ray(run: _Invocation) -> int:
                 commit_stream(_Counted(run.writer, progress), dataset, job.tables)
         finally:
             progress.close()
+        run.writer.flush()
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
     except Exception as exc:
@@ -308,7 +346,7 @@ def _run_on_ray(run: _Invocation) -> int:
         log.exception("run failed")
         w = run.writer
         print(f"diffseg: FAILED after {w.counts['items'] if w else 0} {job.words.items} were committed "
-              f"({len(w.committed_markers) if w else 0} units; rerun the same command to finish the rest): {message[:500]}")
+              f"({len(w.committed_units) if w else 0} units; rerun the same command to finish the rest): {message[:500]}")
         return EXIT_FAILED
     finally:
         if started_ray and ray.is_initialized():
@@ -356,7 +394,7 @@ def _finish(run: _Invocation) -> int:
     timings = run.write_manifest("too many errors" if too_many else "succeeded")
     print(
         f"diffseg: {items} {words.items} ({w.counts['done']} {words.done}, {errors} errors = {fraction:.1%}) "
-        f"in {timings['process_s']:.1f} s, {timings[f'{words.items}_per_s']:.2f} {words.items}/s; {len(w.committed_markers)} "
+        f"in {timings['process_s']:.1f} s, {timings[f'{words.items}_per_s']:.2f} {words.items}/s; {len(w.committed_units)} "
         f"units committed to run {config.run_id!r} of {redact_uri(config.output)}"
         + (f"; error fraction above --max-error-fraction {config.max_error_fraction:g}" if too_many else "")
     )

@@ -16,7 +16,7 @@ import pyarrow as pa
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
-from jobs.common.ray_env import map_actors
+from jobs.common.ray_env import TASK_RETRIES, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 
@@ -52,6 +52,7 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         # Ray Data from fusing decoding into the actors (it fuses a task stage into an actor stage with
         # equal resources), so decoding stays on parallel CPU tasks.
         memory=resources.decode_memory,
+        max_retries=TASK_RETRIES,  # a task that dies (its worker killed) is retried this often, not for ever
     )
     # a batch of a unit's size: one unit per call (Ray Data also requires a batch size with GPUs)
     return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)

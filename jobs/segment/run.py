@@ -47,7 +47,7 @@ class SegmentJob(Job):
         from diffseg.model import redact_uri
 
         uris = checked.inputs
-        todo = done.exclude(uris)
+        todo = done.exclude(uris, retry_errors=config.retry_errors)
         limited_out = 0
         if config.limit is not None and len(todo) > config.limit:
             limited_out = len(todo) - config.limit

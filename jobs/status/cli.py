@@ -2,7 +2,7 @@
 
 ``ray job submit`` turns a job's exit 3 into 1, and a retry of a run with too many errors finds nothing to
 do; this command reads what the run left in OUTPUT instead, so an alert or a scheduler's last step gets
-the run's own outcome. Reads manifest.json, _history/ and the run's commit markers only (a few small
+the run's own outcome. Reads manifest.json, _history/ and the run's commit log only (a few small
 files); needs no Ray. The rules are in jobs.status.state and docs/deploy.md.
 """
 
@@ -34,7 +34,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.status", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Print a run's state from OUTPUT/manifest.json and its commit markers.",
+                                description="Print a run's state from OUTPUT/manifest.json and its commit log.",
                                 epilog=EPILOG)
     p.add_argument("output", metavar="OUTPUT", help="the job's OUTPUT (local path or s3://, gs://, file:// URL)")
     p.add_argument("--run-id", help="which run (default: the latest invocation's, manifest.json's run_id)")

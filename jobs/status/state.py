@@ -1,10 +1,10 @@
-"""A run's state from what OUTPUT holds: its latest invocation's manifest and its commit markers.
+"""A run's state from what OUTPUT holds: its latest invocation's manifest and its commit log.
 
 Pure functions on already-read data (:func:`run_status`) plus one reader (:func:`read_run_status`); no Ray.
 
 - The invocation: ``manifest.json`` when its ``run_id`` is the run, else the newest
   ``_history/<run_id>/*.json`` (finished invocations of runs that are not the latest).
-- The run's totals come from its commit markers, over every invocation: images committed (segmented or
+- The run's totals come from its commit log (diffseg.lake.log), over every invocation: images committed (segmented or
   final error) and error rows. A run finished in several invocations (one failed half-way, a rerun
   did the rest) is judged on all of its images, not on the last invocation's.
 - Outcome and exit code:
@@ -22,7 +22,7 @@ Pure functions on already-read data (:func:`run_status`) plus one reader (:func:
   =================================================  ===============  ====
 
   The limit is the run's ``--max-error-fraction`` (recorded in the manifest's config), unless given.
-  The last sign of life of a running invocation is the later of its start and its newest commit marker.
+  The last sign of life of a running invocation is the later of its start and its newest log entry.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import calendar
 import time
 from dataclasses import asdict, dataclass
 
+from diffseg.lake.done_index import load_state
 from diffseg.lake.manifest import MANIFEST, RUNS
 from diffseg.lake.read import OutputError, read_manifest, run_manifest
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import load_commits
 from jobs.common.config import RunOptions
 from jobs.common.runner import EXIT_FAILED, EXIT_OK, EXIT_TOO_MANY_ERRORS, EXIT_USAGE
 
@@ -54,7 +54,7 @@ class RunStatus:
     invocation_status: str | None  # the manifest's status (None: no manifest for this run)
     started_at: str | None
     finished_at: str | None
-    last_activity: str | None  # newest of start and commit markers
+    last_activity: str | None  # newest of start and log entries
     images: int  # committed in the run (segmented + errors), every invocation
     errors: int
     error_fraction: float
@@ -77,16 +77,16 @@ def parse_time(stamp: str | None) -> float | None:
         return None
 
 
-def run_status(output: str, run_id: str, manifest: dict | None, markers: list[dict], now: float,
+def run_status(output: str, run_id: str, manifest: dict | None, totals: dict, now: float,
                stale_after_s: float = DEFAULT_STALE_AFTER_S, max_error_fraction: float | None = None) -> RunStatus:
-    """The status of run `run_id` from its invocation `manifest` (None: none recorded) and commit `markers`."""
-    images = sum(len(m["uris"]) for m in markers)
-    errors = sum(int(m.get("rows", {}).get("errors", 0)) for m in markers)
+    """The status of run `run_id` from its invocation `manifest` (None: none recorded) and the `totals` of
+    its commit log (:func:`log_totals`: images, errors, units, last_at)."""
+    images, errors = totals["images"], totals["errors"]
     fraction = errors / images if images else 0.0
     config = (manifest or {}).get("config") or {}
     limit = max_error_fraction if max_error_fraction is not None else float(
         config.get("max_error_fraction", DEFAULT_MAX_ERROR_FRACTION))
-    stamps = [s for s in ((manifest or {}).get("started_at"), *(m.get("committed_at") for m in markers)) if parse_time(s)]
+    stamps = [s for s in ((manifest or {}).get("started_at"), totals.get("last_at")) if parse_time(s)]
     last = max(stamps, key=parse_time) if stamps else None
     status = (manifest or {}).get("status")
     if manifest is None:
@@ -104,7 +104,7 @@ def run_status(output: str, run_id: str, manifest: dict | None, markers: list[di
     return RunStatus(output=output, run_id=run_id, outcome=outcome, exit_code=code, invocation_status=status,
                      started_at=(manifest or {}).get("started_at"), finished_at=(manifest or {}).get("finished_at"),
                      last_activity=last, images=images, errors=errors, error_fraction=fraction,
-                     max_error_fraction=limit, units=len(markers), listed=counts.get("listed"),
+                     max_error_fraction=limit, units=totals["units"], listed=counts.get("listed"),
                      error=(manifest or {}).get("error"))
 
 
@@ -129,6 +129,12 @@ def read_run_status(output: str, run_id: str | None = None, now: float | None = 
     """Reads OUTPUT and returns :func:`run_status` of `run_id` (default: the latest run)."""
     store = OutputStore(output)
     chosen, manifest = invocation_manifest(store, run_id)
-    markers = load_commits(store, chosen)
-    return run_status(output, chosen, manifest, markers, time.time() if now is None else now, stale_after_s,
-                      max_error_fraction)
+    return run_status(output, chosen, manifest, log_totals(store, chosen), time.time() if now is None else now,
+                      stale_after_s, max_error_fraction)
+
+
+def log_totals(store: OutputStore, run_id: str) -> dict:
+    """{"images", "errors", "units", "last_at"} of a run's commit log (its index and the entries after it)."""
+    done = load_state(store, run_id)
+    images, errors = done.error_fraction()
+    return {"images": images, "errors": errors, "units": len(done.units), "last_at": done.last_at}
