@@ -207,7 +207,7 @@ def load_state(store: OutputStore, run_id: str) -> DoneSet:
                         for u in units},
                        version=index["covers"], invocations=dict(index.get("invocations", {})),
                        index_version=index["version"], last_at=index.get("at"))
-    tail = [v for v in versions if v > done.version]
+    tail = [v for v in versions if v > done.version and v != done.index_version]  # the index entry is read
     for start in range(0, len(tail), 512):
         replay(done, read_entries(store, run_id, tail[start: start + 512]))
     return done

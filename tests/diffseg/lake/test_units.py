@@ -1,25 +1,19 @@
-"""Work units, commit markers, the done set, debris removal and the committed-read helper."""
+"""Work units, commit entries, the done set, the sweep and the committed-read helper."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow as pa
 import pytest
 
-from diffseg.lake.schemas import ERRORS_SCHEMA, MASKS_SCHEMA, STATS_SCHEMA
+from diffseg.lake.done_index import load_state
+from diffseg.lake.log import CommitLog
+from diffseg.lake.schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCHEMAS, STATS_SCHEMA
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import (
-    check_run_id,
-    committed_files,
-    done_set,
-    find_debris,
-    load_commits,
-    make_units,
-    read_committed,
-    remove_debris,
-    write_unit,
-)
+from diffseg.lake.sweep import sweep
+from diffseg.lake.units import check_run_id, committed_files, make_units, read_committed, write_unit
 
 
 def tables_for(uris: list[str], run_id: str = "default") -> dict[str, pa.Table]:
@@ -50,47 +44,48 @@ def test_run_ids_must_be_safe_file_name_parts():
             check_run_id(bad)
 
 
-def test_commit_marker_is_written_last_and_defines_the_done_set(tmp_path):
+def test_a_commit_entry_names_every_file_and_defines_the_done_set(tmp_path):
     store = OutputStore(str(tmp_path / "out"))
     units = make_units([f"file:///img/{i}.jpg" for i in range(5)], 3)
-    marker = write_unit(store, "default", units[0], tables_for(list(units[0].uris)))
-    assert marker["rows"] == {"masks": 2, "stats": 0, "errors": 1}
-    assert sorted(store.list("")) == sorted(
-        [f"{t}/part-default-{units[0].unit_id}.parquet" for t in ("masks", "stats", "errors")]
-        + [f"_commits/default/{units[0].unit_id}.json"]
-    )
-    markers = load_commits(store)
-    assert done_set(markers) == set(units[0].uris)
-    assert load_commits(store, "other-run") == []
+    committed = write_unit(store, "default", units[0], tables_for(list(units[0].uris)))
+    assert committed["rows"] == {"masks": 2, "stats": 0, "errors": 1}
+    files = committed["files"]
+    for table, info in files.items():  # attempt-unique names, identified by size and md5
+        data = store.get(info["path"])
+        assert info["path"].startswith(f"{table}/part-default-") and len(data) == info["bytes"]
+        assert hashlib.md5(data).hexdigest() == info["md5"]
+    entries = [json.loads(store.get(rel)) for rel in store.list("_log/default")]
+    assert [e["kind"] for e in entries] == ["begin", "commit"]
+    done = load_state(store, "default")
+    assert set(done.done_keys().to_pylist()) == set(units[0].uris) and load_state(store, "other-run").units == {}
+    # a second attempt at the same unit writes new names: the committed files never change
+    again = write_unit(store, "default", units[0], tables_for(list(units[0].uris)))
+    assert {i["path"] for i in again["files"].values()}.isdisjoint(i["path"] for i in files.values())
+    assert all(store.get(i["path"]) for i in files.values())
 
 
-def test_debris_of_a_killed_run_is_found_and_removed(tmp_path):
+def test_sweep_removes_only_uncommitted_files_of_ended_invocations(tmp_path):
     store = OutputStore(str(tmp_path / "out"))
     units = make_units([f"file:///img/{i}.jpg" for i in range(6)], 3)
-    write_unit(store, "default", units[0], tables_for(list(units[0].uris)))
-    # a killed run: unit 1's masks file written, its marker not; a temporary file; a cut-short marker
-    store.put(f"masks/part-default-{units[1].unit_id}.parquet", b"half a parquet file")
-    store.put("stats/.tmp-123-part-default-x.parquet", b"tmp")
-    store.put("_commits/default/ffffffffffffffff.json", b'{"unit_id": "ffff')
-    store.put(f"_staging/default/{units[1].unit_id}/masks-0123456789abcdef.parquet", b"a part never compacted")
-    # files this job could not have written: other names, runs this OUTPUT never had, sub-folders
-    foreign = ["masks/README.txt", "masks/part-0.parquet", "masks/part-elsewhere-0123456789abcdef.parquet",
-               f"masks/2024/part-default-{units[1].unit_id}.parquet"]
+    killed = CommitLog(store, "default", "aaaaaaaaaaaa")
+    killed.begin()
+    committed = write_unit(store, "default", units[0], tables_for(list(units[0].uris)), commit_log=killed)
+    # the killed invocation's half-written unit 1, a staging part, and files of someone else
+    half = f"masks/part-default-aaaaaaaaaaaa-{units[1].unit_id}-0badc0de.parquet"
+    store.put(half, b"half a parquet file")
+    store.put(f"_staging/default/aaaaaaaaaaaa/{units[1].unit_id}/masks-12345678.parquet", b"a part")
+    foreign = ["masks/README.txt", "masks/part-0.parquet", f"masks/part-elsewhere-bbbbbbbbbbbb-{units[1].unit_id}-00000000.parquet"]
     for rel in foreign:
         store.put(rel, b"a user's file is never touched")
-    markers = load_commits(store)
-    assert [m["unit_id"] for m in markers] == [units[0].unit_id]
-    debris = find_debris(store, markers)
-    assert sorted(debris) == sorted([f"masks/part-default-{units[1].unit_id}.parquet",
-                                     "stats/.tmp-123-part-default-x.parquet",
-                                     f"_staging/default/{units[1].unit_id}/masks-0123456789abcdef.parquet",
-                                     "_commits/default/ffffffffffffffff.json"])
-    assert sorted(remove_debris(store, markers)) == sorted(debris)
-    assert find_debris(store, load_commits(store)) == []
+    nxt = CommitLog(store, "default", "cccccccccccc")
+    nxt.begin()  # the fence: the killed invocation can append nothing more
+    done = load_state(store, "default")
+    assert done.unswept("cccccccccccc") == ["aaaaaaaaaaaa"]
+    removed = sweep(store, nxt, done, done.unswept("cccccccccccc"), SCHEMAS)
+    assert sorted(removed) == sorted([half, f"_staging/default/aaaaaaaaaaaa/{units[1].unit_id}/masks-12345678.parquet"])
+    assert all(store.exists(i["path"]) for i in committed["files"].values())
     assert all(store.exists(rel) for rel in foreign)
-    # a run whose first invocation was killed before its first commit: the runner names it
-    store.put(f"masks/part-first-{units[1].unit_id}.parquet", b"half")
-    assert find_debris(store, load_commits(store), runs={"first"}) == [f"masks/part-first-{units[1].unit_id}.parquet"]
+    assert load_state(store, "default").unswept("cccccccccccc") == []  # recorded: listed once, not every start
 
 
 def test_committed_helper_reads_only_committed_rows_of_a_run(tmp_path, bucket):
@@ -99,11 +94,9 @@ def test_committed_helper_reads_only_committed_rows_of_a_run(tmp_path, bucket):
         units = make_units([f"s3://lake/{i}.jpg" for i in range(6)], 3)
         write_unit(store, "a", units[0], tables_for(list(units[0].uris), "a"))
         write_unit(store, "b", units[1], tables_for(list(units[1].uris), "b"))
-        store.put(f"masks/part-a-{units[1].unit_id}.parquet", b"debris: never read")
+        store.put(f"masks/part-a-aaaaaaaaaaaa-{units[1].unit_id}-00000000.parquet", b"debris: never read")
         assert len(committed_files(output, "masks")) == 2
         assert read_committed(output, "masks").num_rows == 4
         table = read_committed(output, "masks", run_id="b", columns=["uri", "run_id"])
         assert table.column_names == ["uri", "run_id"] and set(table["run_id"].to_pylist()) == {"b"}
         assert read_committed(output, "errors", run_id="nope").schema == ERRORS_SCHEMA
-        marker = json.loads(store.get(f"_commits/a/{units[0].unit_id}.json"))
-        assert marker["uris"] == list(units[0].uris)

@@ -1,6 +1,6 @@
 """Workers write, the driver commits: parts of units arrive in any order, some twice or overlapping (a
 retried batch); each unit is committed once, when covered, with every image exactly once in a plain read
-of the tables, and no staging file is left."""
+of the tables, and no staging file is left. With a commit thread, units gather into few log entries."""
 
 from __future__ import annotations
 
@@ -10,10 +10,18 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from diffseg.lake.commit import WriteTarget, compact_unit, write_results
+from diffseg.lake.done_index import load_state
+from diffseg.lake.log import CommitLog
 from diffseg.lake.schemas import SEGMENT_TABLES, error_result, results_to_table
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import load_commits, make_units, read_committed
+from diffseg.lake.units import make_units, read_committed
 from diffseg.lake.writer import UnitCommitter
+
+
+def begun(store, invocation="0123456789ab") -> CommitLog:
+    commit_log = CommitLog(store, "default", invocation)
+    commit_log.begin()
+    return commit_log
 
 
 def result_row(uri: str, unit_id: str, ok: bool) -> dict:
@@ -40,18 +48,18 @@ def test_parts_in_any_order_and_retried_batches_commit_each_image_once(tmp_path)
     uris = [f"s3://lake/{i:02d}.jpg" for i in range(10)]
     units = make_units(uris, 4)  # 4 + 4 + 2 images
     store = OutputStore(str(tmp_path))
-    target = WriteTarget(str(tmp_path), "default", "tiny", "h")
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h", invocation="0123456789ab")
     batches = [[(0, 0), (0, 1)], [(0, 2), (0, 3)], [(0, 1), (0, 2)],  # unit 0 in parts; a retry overlaps two
                [(1, p) for p in range(4)],  # unit 1 whole: its final files at once
                [(2, 1)], [(2, 1)], [(2, 0)]]  # unit 2: one part delivered twice
     random.Random(0).shuffle(batches)
-    committer = UnitCommitter(store, "default", units)
+    committer = UnitCommitter(store, begun(store), units, background=False)
     compactions = 0
     for picks in batches:
         for spec in committer.add(worker_batch(store, target, units, picks)):
             compactions += 1
             committer.compacted(spec, compact_unit(spec, SEGMENT_TABLES))
-        assert {m["unit_id"] for m in load_commits(store)} == set(committer.committed)  # markers when complete
+        assert set(load_state(store, "default").units) == set(committer.committed)  # commits when complete
     late = worker_batch(store, target, units, [(0, 3)])  # a straggler after its unit was committed
     committer.add(late)
     committer.finish()
@@ -64,21 +72,42 @@ def test_parts_in_any_order_and_retried_batches_commit_each_image_once(tmp_path)
     assert len(store.list("masks")) == 3 and read_committed(str(tmp_path), "masks").num_rows == 9
     assert errors["uri"].to_pylist() == ["s3://lake/03.jpg"] and errors["stage"].to_pylist() == ["decode"]
     assert set(masks["run_id"].to_pylist()) == {"default"} and set(masks["vocab_hash"].to_pylist()) == {"h"}
+    done = load_state(store, "default")
     for unit in units:  # rows of a unit keep the unit's order, whatever parts it came in
-        rows = pads.dataset(str(tmp_path / f"masks/part-default-{unit.unit_id}.parquet")).to_table()["uri"].to_pylist()
+        path = done.units[unit.unit_id]["files"]["masks"]["path"]
+        assert path.startswith(f"masks/part-default-0123456789ab-{unit.unit_id}-")
+        rows = pads.dataset(str(tmp_path / path)).to_table()["uri"].to_pylist()
         assert rows == [u for u in unit.uris if not u.endswith("3.jpg")]
     assert dict(committer.counts) == {"items": 10, "done": 9, "errors": 1, "mask_rows": 9, "stats_rows": 9,
-                                      "errors_decode": 1}
-    assert committer.bytes_received < 256 * 10  # metadata only: never masks
+                                      "errors_decode": 1, "errors_retryable": 0}
+    assert len(done.done_keys()) == 10 and done.retryable().num_rows == 0
+    # metadata only, never masks: per part its positions and the identity of its files (path, size, md5)
+    assert committer.bytes_received < 800 * (len(batches) + 1)
 
 
 def test_metadata_of_unknown_units_is_ignored(tmp_path):
     units = make_units(["s3://lake/a.jpg"], 4)
     store = OutputStore(str(tmp_path))
     target = WriteTarget(str(tmp_path), "default", "tiny", "h")
-    committer = UnitCommitter(store, "default", units)
+    committer = UnitCommitter(store, begun(store), units, background=False)
     other = make_units(["s3://lake/z.jpg"], 4)
     committer.add(worker_batch(store, target, other, [(0, 0)]))
     assert committer.committed == [] and committer.incomplete == [units[0].unit_id]
     committer.add(worker_batch(store, target, units, [(0, 0)]))
     assert committer.committed == [units[0].unit_id]
+
+
+def test_background_committer_batches_units_into_few_entries_and_counts_them(tmp_path):
+    uris = [f"s3://lake/{i:03d}.jpg" for i in range(60)]
+    units = make_units(uris, 2)  # 30 units
+    store = OutputStore(str(tmp_path))
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h", invocation="0123456789ab")
+    metas = [worker_batch(store, target, units, [(u, 0), (u, 1)]) for u in range(len(units))]
+    committer = UnitCommitter(store, begun(store), units)  # commit thread: group commit
+    for meta in metas:
+        assert committer.add(meta) == []
+    committer.finish()
+    done = load_state(store, "default")
+    assert sorted(done.units) == sorted(u.unit_id for u in units) and committer.incomplete == []
+    assert 1 <= committer.entries <= len(units) and committer.counts["items"] == 60
+    assert sorted(done.done_keys().to_pylist()) == uris
