@@ -27,12 +27,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from diffseg.lake.schemas import STATS_SCHEMA
+from diffseg.lake.schemas import RUN_COLUMNS, STATS_SCHEMA
 
 log = logging.getLogger("jobs.stage")
 
 # per-class statistics of one (image, method): the stats table's columns without the row's identity
-STAT_STRUCT = pa.struct([f for f in STATS_SCHEMA if f.name not in ("uri", "method", "run_id", "model", "vocab_hash")])
+STAT_STRUCT = pa.struct([f for f in STATS_SCHEMA if f.name not in ("uri", "method", *RUN_COLUMNS)])
 # the columns the stage adds (after the batch's own), one row per (image, method)
 OUTPUT_FIELDS = [
     pa.field("method", pa.string()),

@@ -66,7 +66,8 @@ def test_actor_returns_encoded_masks_and_stats_at_original_size(udf, sample_phot
     tables = split_results(result, "r1", "tiny", "hash")
     assert tables["errors"].to_pylist() == [
         {"uri": "s3://lake/chelsea.jpg", "stage": "decode", "error_type": "ImageDecodeError", "message": "broken",
-         "run_id": "r1"}]
+         "retryable": False, "run_id": "r1", "model": "tiny", "vocab_hash": "hash", "invocation": None,
+         "written_at": None}]  # the writer fills invocation and written_at (diffseg.lake.commit.stamp_rows)
     (mask,) = tables["masks"].to_pylist()
     assert (mask["height"], mask["width"], mask["method"]) == (400, 600, "diffsegmenter")
     assert decode_label_png(mask["label_map_png"]).shape == (400, 600)

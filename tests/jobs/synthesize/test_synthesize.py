@@ -171,13 +171,17 @@ def test_result_rows_split_into_samples_and_errors_with_exact_schemas():
 def test_shared_unit_committer_commits_synth_units_and_debris_removal_keeps_to_its_tables(tmp_path):
     from diffseg.lake.commit import WriteTarget, compact_unit, write_results
     from diffseg.lake.schemas import synth_error
-    from diffseg.lake.units import find_debris, load_commits
+    from diffseg.lake.done_index import load_state
+    from diffseg.lake.log import CommitLog
+    from diffseg.lake.sweep import sweep
     from diffseg.lake.writer import UnitCommitter
 
     store = OutputStore(str(tmp_path))
     units = make_synth_units(["cat"], range(4), unit_size=2)
-    target = WriteTarget(str(tmp_path), "default", "tiny", "h")
-    committer = UnitCommitter(store, "default", units, SYNTH_TABLES)
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h", invocation="0123456789ab")
+    commit_log = CommitLog(store, "default", "0123456789ab")
+    commit_log.begin()
+    committer = UnitCommitter(store, commit_log, units, SYNTH_TABLES, background=False)
     # unit 0 arrives whole, unit 1 one item at a time, its first item twice (a retried batch)
     for unit, picks in ((0, [0, 1]), (1, [1]), (1, [1]), (1, [0])):
         keys = [units[unit].uris[p] for p in picks]
@@ -191,9 +195,12 @@ def test_shared_unit_committer_commits_synth_units_and_debris_removal_keeps_to_i
     assert store.list("_staging") == []
     errors = read_committed(str(tmp_path), "errors", schemas=SYNTH_SCHEMAS)
     assert sorted(errors["seed"].to_pylist()) == [0, 1, 2, 3] and set(errors["message"].to_pylist()) == {"boom"}
-    store.put("samples/part-default-feedfeedfeedfeed.parquet", b"half-written")
-    store.put("masks/part-other-feedfeedfeedfeed.parquet", b"another job's table: not ours to judge")
-    assert find_debris(store, load_commits(store), SYNTH_SCHEMAS) == ["samples/part-default-feedfeedfeedfeed.parquet"]
+    half = "samples/part-default-0123456789ab-feedfeedfeedfeed-00000000.parquet"
+    store.put(half, b"half-written")
+    store.put("masks/part-default-0123456789ab-feedfeedfeedfeed-00000000.parquet", b"another job's table: not ours")
+    nxt = CommitLog(store, "default", "ba9876543210")
+    nxt.begin()
+    assert sweep(store, nxt, load_state(store, "default"), ["0123456789ab"], SYNTH_SCHEMAS) == [half]
 
 
 def test_actor_generates_each_group_in_one_call_and_isolates_a_failing_seed(monkeypatch, request):
