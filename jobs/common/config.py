@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from diffseg.argtypes import recipe_kwargs
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
-from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
+from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 
 
 class ConfigError(ValueError):

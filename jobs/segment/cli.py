@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
-from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
+from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 from jobs.common.cli import (
     add_actor_options,
     add_common_options,

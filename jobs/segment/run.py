@@ -26,7 +26,7 @@ class SegmentJob(Job):
 
     def check(self, config: JobConfig) -> Checked:
         from diffseg import methods as method_registry
-        from diffseg.lake.inputs import list_inputs_array
+        from diffseg.inputs import list_inputs_array
         from diffseg.lake.manifest import run_identity
         from diffseg.model import redact_uri
 
