@@ -41,3 +41,10 @@ class NoImageError(MemberError):
     """A sample or row holds no image (only sidecars, or a null image cell)."""
 
     stage = "decode"
+
+
+class CorruptContainerError(ValueError):
+    """A shard's tar stream or a table file is corrupt from some position on (final: reading again gives
+    the same); what was read before it is kept."""
+
+    stage = "read"

@@ -71,12 +71,14 @@ def list_inputs_array(spec: str, uris: list[str] | None = None):
     """:func:`list_inputs` as a ``pyarrow.StringArray`` (same URIs, same order): what planning holds at
     lake scale, about a third of the memory of a Python list of ten million URIs. The listing's Python
     strings are dropped before the array is sorted (UTF-8 byte order is code point order, so the order
-    is Python's). `uris`: an unsorted listing already made (a form that lists loose files, such as an
-    inventory), instead of listing `spec`."""
+    is Python's). `uris`: an unsorted listing already made (a Python list or an Arrow array: a form that
+    lists loose files, such as an inventory), instead of listing `spec`."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    array = pa.array(listed(spec) if uris is None else uris, pa.string())
+    if uris is None:
+        uris = listed(spec)
+    array = uris.cast(pa.string()) if isinstance(uris, (pa.Array, pa.ChunkedArray)) else pa.array(uris, pa.string())
     array = pc.unique(array)
     return array.take(pc.sort_indices(array))
 

@@ -35,6 +35,9 @@ class ReadLimits:
     timeout: float = READ_TIMEOUT_S  # --read-timeout
 
 
+DEFAULT_LIMITS = ReadLimits()
+
+
 def read_uris(uris: list[str], max_bytes: int = READ_MAX_BYTES,
               timeout: float = READ_TIMEOUT_S) -> dict[str, bytes | Exception]:
     """Bytes of every URI, or the exception that stopped its read (after retrying transient errors).
@@ -74,9 +77,10 @@ def too_large(uri: str, max_bytes: int) -> ReadLimitError:
 def transient(exc: BaseException) -> bool:
     """True when reading again may succeed (network, throttling, timeouts), False for a missing object, a
     permission, a path of the wrong kind, or bad content."""
-    from diffseg.inputs.errors import InputError, MemberError
+    from diffseg.inputs.errors import CorruptContainerError, InputError, MemberError
 
-    if isinstance(exc, (ReadLimitError, NotRegularFileError, NonUtf8NameError, MemberError, InputError)):
+    if isinstance(exc, (ReadLimitError, NotRegularFileError, NonUtf8NameError, MemberError, InputError,
+                        CorruptContainerError)):
         return False
     return not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
 
@@ -159,3 +163,85 @@ def is_regular(path: str) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+class ResumingReader:
+    """A read-only binary stream over the one object `uri` names, reopened at the position reached when a
+    transient error breaks it (READ_ATTEMPTS tries per break): a shard's stream survives a dropped
+    connection without reading its start again. ``position`` is the number of bytes read so far."""
+
+    def __init__(self, uri: str, block_size: int = STREAM_BLOCK_BYTES):
+        self.uri, self.block_size, self.position = uri, block_size, 0
+        self._file = open_stream(uri, block_size)
+
+    def read(self, n: int = -1) -> bytes:
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                data = self._file.read(n)
+                self.position += len(data)
+                return data
+            except Exception as exc:
+                if not transient(exc) or attempt + 1 == READ_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+                self._reopen()
+        raise AssertionError("unreachable")
+
+    def _reopen(self) -> None:
+        try:
+            self._file.close()
+        except Exception:
+            pass
+        self._file = open_stream(self.uri, self.block_size)
+        self._file.seek(self.position)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def with_timeout(items, timeout: float, on_timeout):
+    """The elements of iterator `items`, produced by a daemon thread; when the next one takes longer than
+    `timeout` seconds, yields ``on_timeout()`` and stops (the stuck thread is abandoned: it ends at its
+    next element, and cannot keep the process from exiting). At most a few elements wait in between."""
+    import queue
+
+    box: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for element in items:
+                while not stop.is_set():
+                    try:
+                        box.put((element, None), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put((done, None))
+        except BaseException as exc:  # handed to the consumer: raised there
+            box.put((done, exc))
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        while True:
+            try:
+                element, exc = box.get(timeout=timeout)
+            except queue.Empty:
+                yield on_timeout()
+                return
+            if element is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield element
+    finally:
+        stop.set()
