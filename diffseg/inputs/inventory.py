@@ -17,6 +17,7 @@ the manifest: ``<manifest folder>/../data/<file name>``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.parse
 
@@ -93,7 +94,7 @@ def _read_csv(uri: str, manifest: dict):
     if "bucket" not in lower or "key" not in lower:
         raise InputError(f"S3 Inventory fileSchema {manifest.get('fileSchema')!r} has no Bucket and Key columns")
     names = lower
-    with open_stream(uri) as f:
+    with open_stream(uri) as raw, (gzip.GzipFile(fileobj=raw) if uri.lower().endswith(".gz") else raw) as f:
         return pcsv.read_csv(f, read_options=pcsv.ReadOptions(column_names=names),
                              convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names}))
 
