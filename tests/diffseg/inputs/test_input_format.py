@@ -1,0 +1,79 @@
+"""--input-format auto: the form is found from INPUT's name and contents, and ambiguous INPUT is refused
+naming the choice; explicit forms and their options."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from diffseg.inputs import InputError, InputOptions, list_input, parse_format
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_an_img2dataset_output_folder_is_webdataset_and_mixed_folders_are_ambiguous(tmp_path):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for i in range(2):  # img2dataset writes, per shard: the tar, a metadata .parquet (no image bytes), stats
+        (lake / f"0000{i}.tar").write_bytes(tar_bytes({f"0000{i}0000.jpg": b"x", f"0000{i}0000.json": b"{}"}))
+        pq.write_table(pa.table({"key": [f"0000{i}0000"], "url": ["http://x"], "caption": ["c"]}),
+                       lake / f"0000{i}.parquet")
+        (lake / f"0000{i}_stats.json").write_text("{}")
+    listing = list_input(str(lake))
+    assert listing.form == "webdataset" and len(listing) == 2 and "2 WebDataset shards" in listing.detected
+    # a *.tar glob is shards (it used to make each shard one image and one error row)
+    assert list_input(str(lake / "*.tar")).form == "webdataset"
+    assert list_input(str(lake / "*")).form == "webdataset"
+    (lake / "cover.jpg").write_bytes(b"an image beside the shards")
+    with pytest.raises(InputError, match=r"ambiguous: it holds 1 image files and 2 WebDataset shards \(.tar\); "
+                                         r"choose one with --input-format files or --input-format webdataset"):
+        list_input(str(lake))
+    assert list_input(str(lake), "files").uris.to_pylist() == [f"file://{lake}/cover.jpg"]
+    assert len(list_input(str(lake), "webdataset")) == 2
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    (rows / "cover.jpg").write_bytes(b"an image")
+    pq.write_table(pa.table({"jpg": [b"bytes"]}), rows / "rows.parquet")  # detection reads the first footer
+    with pytest.raises(InputError, match="1 image files and 1 Parquet files with image bytes; choose one with "
+                                         "--input-format files or --input-format parquet"):
+        list_input(str(rows))
+
+
+def test_todays_forms_are_detected_as_files(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"1")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "list.txt").write_text("a.jpg\n")
+    pq.write_table(pa.table({"uri": ["a.jpg"]}), tmp_path / "list.parquet")
+    for spec in ("", "a.jpg", "list.txt", "list.parquet", "*.jpg"):
+        listing = list_input(str(tmp_path / spec) if spec else str(tmp_path))
+        assert listing.form == "files" and listing.uris.to_pylist() == [f"file://{tmp_path}/a.jpg"], spec
+    assert list_input(str(tmp_path / "n*")).uris.to_pylist() == [f"file://{tmp_path}/notes.txt"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no image files"):
+        list_input(str(tmp_path / "empty"))
+    with pytest.raises(InputError, match="does not exist"):
+        list_input(str(tmp_path / "missing"))
+
+
+def test_input_format_values_and_their_options():
+    assert parse_format("auto") == ("auto", InputOptions())
+    assert parse_format("parquet:image=jpg,key=id,metadata=1") == ("parquet", InputOptions("jpg", "id", True))
+    assert parse_format("WebDataset:image=png") == ("webdataset", InputOptions(image="png"))
+    with pytest.raises(InputError, match="must be one of auto, files, webdataset, parquet, inventory"):
+        parse_format("tar")
+    with pytest.raises(InputError, match="'colour=red' is not one of image=NAME, key=COLUMN, metadata=1"):
+        parse_format("parquet:colour=red")
+    with pytest.raises(InputError, match="key= names a column of a table"):
+        parse_format("webdataset:key=id")
