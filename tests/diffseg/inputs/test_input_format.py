@@ -77,3 +77,28 @@ def test_input_format_values_and_their_options():
         parse_format("parquet:colour=red")
     with pytest.raises(InputError, match="key= names a column of a table"):
         parse_format("webdataset:key=id")
+
+
+def test_the_segment_job_exits_2_naming_the_choice_for_ambiguous_input(tmp_path, capsys):
+    """python -m jobs.segment on a folder of images and shards: exit 2 before any image is read, the
+    message naming --input-format; a bad --input-format value is a usage error (exit 2)."""
+    from jobtest_utils import run_main
+
+    from jobs.segment.cli import build_parser, config_from_args, main
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "00000.tar").write_bytes(tar_bytes({"k.jpg": b"x"}))
+    (lake / "a.jpg").write_bytes(b"x")
+    common = ["--model", "tiny", "--vocab", "cat", "--resolution", "64"]
+    code, out, err = run_main(main, capsys, lake, tmp_path / "out", *common)
+    assert code == 2, out + err
+    assert "ambiguous" in out and "--input-format files or --input-format webdataset" in out
+    # the shards named: recognised, and (until units per shard land) refused before any image is read
+    code, out, err = run_main(main, capsys, lake, tmp_path / "out2", *common, "--input-format", "webdataset")
+    assert code == 2 and "holds 1 WebDataset shards" in out and "does not plan them yet" in out
+    config = config_from_args(build_parser().parse_args([str(lake), "out/", *common, "--input-format", "files"]))
+    assert config.input_format == "files" and config.to_dict()["input_format"] == "files"
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args([str(lake), "out/", *common, "--input-format", "tar"])
+    assert exit_.value.code == 2 and "must be one of auto, files, webdataset, parquet, inventory" in capsys.readouterr().err
