@@ -165,3 +165,63 @@ def test_shards_on_s3_are_read_with_one_request_stream_each(tmp_path, bucket, mo
     per_shard = {path: calls.count(path) for path in set(calls)}
     print("GET requests per shard of 10 images:", per_shard)
     assert len(per_shard) == 3 and max(per_shard.values()) <= 2
+
+
+def test_gzipped_shards_are_read_too(tmp_path):
+    import webdataset as wds
+
+    (tmp_path / "gz").mkdir()
+    with wds.ShardWriter(str(tmp_path / "gz" / "%05d.tar.gz"), maxcount=3, verbose=0) as sink:
+        for i in range(5):
+            sink.write({"__key__": f"{i:04d}", "jpg": jpeg(i)})
+    sources = list_sources(str(tmp_path / "gz"))
+    assert [s.id.rsplit("/", 1)[1] for s in sources] == ["00000.tar.gz", "00001.tar.gz"]
+    assert [it.data for it in read_all(sources)] == [jpeg(i) for i in range(5)]
+
+
+def _memory_shard(tmp_path, name: str, n: int) -> str:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    write_shards(tmp_path / name, n=n, per_shard=n)
+    MemoryFileSystem().pipe_file(f"/{name}/00000.tar", (tmp_path / name / "00000.tar").read_bytes())
+    return f"memory:///{name}/00000.tar"
+
+
+def test_a_broken_connection_resumes_the_shard_where_it_was(tmp_path, monkeypatch):
+    from fsspec.implementations.memory import MemoryFile
+
+    uri = _memory_shard(tmp_path, "flaky", 6)
+    real, reads = MemoryFile.read, []
+
+    def flaky(self, n=-1):
+        reads.append(self.tell())
+        if len(reads) == 3:
+            raise ConnectionResetError("connection reset by peer")
+        return real(self, n)
+
+    monkeypatch.setattr(MemoryFile, "read", flaky)
+    items = list(read_source(list_sources(uri)[0]))
+    assert [it.data for it in items] == [jpeg(i) for i in range(6)]
+    assert reads[3] == reads[2] > 0  # reopened at the byte reached, not from the start
+
+
+def test_a_stalled_shard_ends_with_a_timeout_error_after_what_it_gave(tmp_path, monkeypatch):
+    import threading
+
+    from fsspec.implementations.memory import MemoryFile
+
+    uri = _memory_shard(tmp_path, "stalled", 40)
+    real, release, reads = MemoryFile.read, threading.Event(), []
+
+    def stalls(self, n=-1):
+        reads.append(n)
+        if self.tell() > 4000:
+            release.wait(30)  # a storage call that never answers
+        return real(self, n)
+
+    monkeypatch.setattr(MemoryFile, "read", stalls)
+    items = list(read_source(list_sources(uri)[0], ReadLimits(timeout=0.5)))
+    release.set()
+    assert items[-1].identity.startswith(f"{uri}#@") and items[-1].error.error_type == "ReadLimitError"
+    assert "read timeout of 0.5 s (--read-timeout)" in items[-1].error.message
+    assert all(it.error is None for it in items[:-1]) and len(items) < 40
