@@ -5,11 +5,12 @@ both hold images:
 
 - a brace list (``shards/{00000..00099}.tar``) or a single ``.tar``/``.tar.gz``/``.tgz``: webdataset;
 - a file named ``manifest.json`` that is an S3 Inventory manifest: inventory (else: one loose file);
+- a single ``.arrow``: parquet (an Arrow stream, as ``datasets.save_to_disk`` writes);
 - a single ``.parquet``: rows with image bytes (parquet) when it has an image column or Hugging Face
   metadata; a URI manifest (files) when it has a ``uri``/``path`` or a single string column; both: ambiguous;
 - a ``.txt`` manifest: webdataset when the entries in its first 64 KiB are all shards, else files;
-- a folder, prefix or glob: listed once; its image files, shards (.tar...) and Parquet files with an
-  image column (the first one's footer is read) are counted. One kind: that form (other files are
+- a folder, prefix or glob: listed once; its image files, shards (.tar...) and Parquet/Arrow files
+  with an image column (the first one's schema is read) are counted. One kind: that form (other files are
   ignored: img2dataset's per-shard ``.parquet``/``.json`` beside its shards hold no image). Images and
   shards, or images and image tables, or shards and image tables: ambiguous. None: the files form (a
   glob then takes every file it matches, as before; a folder says it holds no images).
@@ -91,6 +92,8 @@ def _auto(spec: str, options: InputOptions) -> Listing:
             return _list(spec, "webdataset", options, None, "auto: one shard")
         if name == "manifest.json" and _is_inventory(spec):
             return _list(spec, "inventory", options, None, "auto: an S3 Inventory manifest")
+        if name.endswith(".arrow"):
+            return _list(spec, "parquet", options, None, "auto: one Arrow file")
         if name.endswith(".parquet"):
             return _list(spec, _table_form(spec), options, None, "auto: one Parquet file")
         if name.endswith(".txt"):
@@ -118,7 +121,7 @@ def _auto_listed(spec: str, fs, path: str, options: InputOptions) -> Listing:
     image_tables = len(tables) if tables and has_image_column(read_schema(full_uri(fs, tables[0]))) else 0
     kinds = [(form, n, what) for form, n, what in (
         ("files", images, "image files"), ("webdataset", shards, "WebDataset shards (.tar)"),
-        ("parquet", image_tables, "Parquet files with image bytes")) if n]
+        ("parquet", image_tables, "Parquet/Arrow files with image bytes")) if n]
     if len(kinds) > 1:
         held = " and ".join(f"{n} {what}" for _, n, what in kinds)
         choices = " or ".join(f"--input-format {form}" for form, _, _ in kinds)

@@ -2,8 +2,10 @@
 img2dataset's Parquet output.
 
 INPUT is one ``.parquet`` file, a folder or prefix of them (recursive: a Hugging Face dataset folder
-such as ``data/train-00000-of-00004.parquet``; other files are ignored), or a glob. Each file is one
-source; :func:`diffseg.inputs.source.split_source` cuts it into its row groups (counts from the footer).
+such as ``data/train-00000-of-00004.parquet``; other files are ignored), or a glob. Arrow IPC files
+(``.arrow``: a folder written by ``datasets.Dataset.save_to_disk``) are read the same way, as one stream
+each, with no row groups and no count before reading. Each file is one source;
+:func:`diffseg.inputs.source.split_source` cuts a Parquet file into its row groups (counts from the footer).
 
 Which columns (``--input-format parquet:image=COL,key=COL``; otherwise detected in this order):
 
@@ -42,7 +44,7 @@ from diffseg.inputs.source import (
 )
 from diffseg.inputs.uri import exact_fs, full_uri, has_magic, invalidate, redact
 
-TABLE_SUFFIXES = (".parquet",)
+TABLE_SUFFIXES = (".parquet", ".arrow")  # .arrow: Arrow IPC streams, as datasets.save_to_disk writes
 KEY_COLUMNS = ("key", "__key__")  # img2dataset, and webdataset-style keys kept as a column
 IMAGE_NAMES = ("image", "img", *(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 BATCH_ROWS = 64  # rows decoded from Arrow to Python at a time
@@ -70,26 +72,47 @@ def list_tables(spec: str, options: InputOptions = DEFAULT_OPTIONS,
     except Exception as exc:
         raise InputError(f"INPUT {redact(spec)!r} cannot be listed: {type(exc).__name__}: {redact(exc)}") from exc
     if not uris:
-        raise InputError(f"INPUT {redact(spec)!r} holds no Parquet files ({', '.join(TABLE_SUFFIXES)})")
+        raise InputError(f"INPUT {redact(spec)!r} holds no Parquet or Arrow files ({', '.join(TABLE_SUFFIXES)})")
     columns(read_schema(uris[0]), options, uris[0])  # the first file says now if its columns are not found
     return [Source(u, "parquet", options=options) for u in uris]
 
 
+def is_arrow(uri: str) -> bool:
+    """True when `uri` is an Arrow IPC file (``.arrow``) rather than Parquet."""
+    return uri.lower().endswith(".arrow")
+
+
+def _arrow_reader(f):
+    """A record batch reader of an Arrow IPC stream (datasets.save_to_disk) or file."""
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(f)
+    except pa.ArrowInvalid:
+        f.seek(0)
+        return pa.ipc.open_file(f)
+
+
 def read_schema(uri: str):
-    """The Arrow schema of Parquet file `uri` (one footer read); InputError when it is not Parquet."""
+    """The Arrow schema of table file `uri` (a Parquet footer, or an Arrow stream's first message);
+    InputError when it is neither."""
     import pyarrow.parquet as pq
 
     try:
         with open_stream(uri, block_size=1 << 20) as f:
-            return pq.ParquetFile(f).schema_arrow
+            return _arrow_reader(f).schema if is_arrow(uri) else pq.ParquetFile(f).schema_arrow
     except Exception as exc:
-        raise InputError(f"{redact(uri)!r} cannot be read as Parquet: {type(exc).__name__}: {redact(exc)}") from exc
+        kind = "Arrow IPC" if is_arrow(uri) else "Parquet"
+        raise InputError(f"{redact(uri)!r} cannot be read as {kind}: {type(exc).__name__}: {redact(exc)}") from exc
 
 
-def table_row_groups(uri: str) -> list[tuple[int, int]]:
-    """(first row, rows) of each row group of Parquet file `uri`, from its footer."""
+def table_row_groups(uri: str) -> list[tuple[int, int]] | None:
+    """(first row, rows) of each row group of Parquet file `uri`, from its footer; None for an Arrow
+    stream (its row count is only known by reading it)."""
     import pyarrow.parquet as pq
 
+    if is_arrow(uri):
+        return None
     with open_stream(uri, block_size=1 << 20) as f:
         meta = pq.ParquetFile(f).metadata
     out, start = [], 0
@@ -176,8 +199,6 @@ def read_table_source(source: Source, limits: ReadLimits = DEFAULT_LIMITS):
 
 
 def _table_items(source: Source, limits: ReadLimits, state: dict):
-    import pyarrow.parquet as pq
-
     uri, options = source.id, source.options
     try:
         handle = open_stream(uri)
@@ -187,23 +208,38 @@ def _table_items(source: Source, limits: ReadLimits, state: dict):
     seen: set[str] = set()
     with handle:
         try:
-            pf = pq.ParquetFile(handle)
-            image, key = columns(pf.schema_arrow, options, uri)
-            wanted = [image] + ([key] if key else [])
-            read = pf.schema_arrow.names if options.metadata else wanted
-            starts, start = [], 0
-            for i in range(pf.metadata.num_row_groups):
-                starts.append(start)
-                start += pf.metadata.row_group(i).num_rows
-            groups = range(pf.metadata.num_row_groups) if source.row_groups is None else source.row_groups
-            for g in groups:
-                state["row"] = row = starts[g]
-                for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=read):
-                    yield from _batch_items(uri, batch, image, key, options, limits, row, seen)
-                    row += batch.num_rows
-                    state["row"] = row
+            for row, batch, image, key in _batches(handle, source, options, state):
+                yield from _batch_items(uri, batch, image, key, options, limits, row, seen)
         except Exception as exc:
             yield error_item(position_identity(uri, state["row"]), exc)
+
+
+def _batches(handle, source: Source, options: InputOptions, state: dict):
+    """(first row, record batch of at most BATCH_ROWS rows, image column, key column) of the source's
+    row groups (Parquet) or of the whole stream (Arrow), reading only the columns needed."""
+    import pyarrow.parquet as pq
+
+    if is_arrow(source.id):
+        reader = _arrow_reader(handle)
+        image, key = columns(reader.schema, options, source.id)
+        for big in reader:
+            for start in range(0, big.num_rows, BATCH_ROWS):
+                batch = big.slice(start, BATCH_ROWS)
+                yield state["row"], batch, image, key
+                state["row"] += batch.num_rows
+        return
+    pf = pq.ParquetFile(handle)
+    image, key = columns(pf.schema_arrow, options, source.id)
+    read = pf.schema_arrow.names if options.metadata else [image] + ([key] if key else [])
+    starts, start = [], 0
+    for i in range(pf.metadata.num_row_groups):
+        starts.append(start)
+        start += pf.metadata.row_group(i).num_rows
+    for g in range(pf.metadata.num_row_groups) if source.row_groups is None else source.row_groups:
+        state["row"] = starts[g]
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=read):
+            yield state["row"], batch, image, key
+            state["row"] += batch.num_rows
 
 
 def _batch_items(uri: str, batch, image: str, key: str | None, options: InputOptions, limits: ReadLimits,

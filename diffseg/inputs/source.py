@@ -171,23 +171,27 @@ def read_source(source: Source, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator
 
 
 def count_members(source: Source) -> int | None:
-    """Images in `source` when known without reading it: a loose file 1, a table file its rows (one footer
-    read), a shard None (only reading it tells)."""
+    """Images in `source` when known without reading it: a loose file 1, a Parquet file its rows (one
+    footer read), a shard or an Arrow stream None (only reading it tells)."""
     if source.count is not None or source.form == "webdataset":
         return source.count
     from diffseg.inputs.parquet import table_row_groups
 
     groups = table_row_groups(source.id)
+    if groups is None:  # an Arrow stream
+        return None
     return sum(n for i, (_, n) in enumerate(groups) if source.row_groups is None or i in source.row_groups)
 
 
 def split_source(source: Source) -> list[Source]:
-    """`source` as several smaller ones when its form allows it without reading it (a table file: one per
-    row group, each with its row count; one footer read); otherwise ``[source]``."""
+    """`source` as several smaller ones when its form allows it without reading it (a Parquet file: one
+    per row group, each with its row count; one footer read); otherwise ``[source]``."""
     if source.form != "parquet":
         return [source]
     from diffseg.inputs.parquet import table_row_groups
 
     groups = table_row_groups(source.id)
+    if groups is None:  # an Arrow stream has no row groups to start at
+        return [source]
     wanted = range(len(groups)) if source.row_groups is None else source.row_groups
     return [replace(source, row_groups=(i,), count=groups[i][1]) for i in wanted]

@@ -46,7 +46,7 @@ def test_an_img2dataset_output_folder_is_webdataset_and_mixed_folders_are_ambigu
     rows.mkdir()
     (rows / "cover.jpg").write_bytes(b"an image")
     pq.write_table(pa.table({"jpg": [b"bytes"]}), rows / "rows.parquet")  # detection reads the first footer
-    with pytest.raises(InputError, match="1 image files and 1 Parquet files with image bytes; choose one with "
+    with pytest.raises(InputError, match="1 image files and 1 Parquet/Arrow files with image bytes; choose one with "
                                          "--input-format files or --input-format parquet"):
         list_input(str(rows))
 

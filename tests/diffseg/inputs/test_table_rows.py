@@ -164,3 +164,15 @@ def test_a_parquet_file_on_s3_is_read_with_a_few_requests_not_one_per_row(tmp_pa
     assert items[0].identity == f"s3://{bucket}/i2d/00000.parquet#000000000"
     print("GET requests for a 40-row file of 4 row groups:", len(calls))
     assert len(calls) <= 4
+
+
+def test_a_dataset_saved_to_disk_is_read_from_its_arrow_files(tmp_path):
+    """datasets.Dataset.save_to_disk writes Arrow IPC streams (+ state.json, dataset_info.json)."""
+    hf_dataset(5).save_to_disk(str(tmp_path / "disk"))
+    listing = list_input(str(tmp_path / "disk"))
+    assert listing.form == "parquet" and [s.id.rsplit("/", 1)[1] for s in listing.sources] == ["data-00000-of-00001.arrow"]
+    (source,) = listing.sources
+    assert count_members(source) is None and split_source(source) == [source]  # known only by reading it
+    items = read_all([source])
+    assert [it.identity for it in items] == [f"{source.id}#{i:09d}" for i in range(5)]
+    assert [it.data for it in items] == [jpeg(i) for i in range(5)]
