@@ -3,7 +3,7 @@
 ``auto`` decides from INPUT's name, then from what it holds; it never guesses between two forms that
 both hold images:
 
-- a brace list (``shards/{00000..00099}.tar``) or a single ``.tar``/``.tar.gz``/``.tgz``: webdataset;
+- a brace list of shards (``shards/{00000..00099}.tar``; other names in braces are one path, as before) or a single ``.tar``/``.tar.gz``/``.tgz``: webdataset;
 - a file named ``manifest.json`` that is an S3 Inventory manifest: inventory (else: one loose file);
 - a single ``.arrow``: parquet (an Arrow stream, as ``datasets.save_to_disk`` writes);
 - a single ``.parquet``: rows with image bytes (parquet) when it has an image column or Hugging Face
@@ -78,9 +78,9 @@ def _list(spec: str, form: str, options: InputOptions, found, detected: str) -> 
 
 
 def _auto(spec: str, options: InputOptions) -> Listing:
-    from diffseg.inputs.webdataset import has_braces, is_shard
+    from diffseg.inputs.webdataset import is_shard, is_shard_list
 
-    if has_braces(spec):
+    if is_shard_list(spec):
         return _list(spec, "webdataset", options, None, "auto: a brace list of shards")
     try:
         fs, path = exact_fs(spec)
@@ -103,7 +103,7 @@ def _auto(spec: str, options: InputOptions) -> Listing:
 
 def _auto_listed(spec: str, fs, path: str, options: InputOptions) -> Listing:
     from diffseg.inputs.files import find_below, image_extensions
-    from diffseg.inputs.parquet import has_image_column, is_table, read_schema
+    from diffseg.inputs.parquet import is_table
     from diffseg.inputs.uri import full_uri
     from diffseg.inputs.webdataset import is_shard
 
@@ -118,7 +118,7 @@ def _auto_listed(spec: str, fs, path: str, options: InputOptions) -> Listing:
     images = sum(p.lower().endswith(image_extensions()) for p in files)
     shards = sum(is_shard(p) for p in files)
     tables = sorted(p for p in files if is_table(p))
-    image_tables = len(tables) if tables and has_image_column(read_schema(full_uri(fs, tables[0]))) else 0
+    image_tables = len(tables) if tables and _holds_images(full_uri(fs, tables[0])) else 0
     kinds = [(form, n, what) for form, n, what in (
         ("files", images, "image files"), ("webdataset", shards, "WebDataset shards (.tar)"),
         ("parquet", image_tables, "Parquet/Arrow files with image bytes")) if n]
@@ -128,6 +128,16 @@ def _auto_listed(spec: str, fs, path: str, options: InputOptions) -> Listing:
         raise InputError(f"INPUT {redact(spec)!r} is ambiguous: it holds {held}; choose one with {choices}")
     form = kinds[0][0] if kinds else "files"
     return _list(spec, form, options, found, f"auto: {kinds[0][1]} {kinds[0][2]}" if kinds else "auto")
+
+
+def _holds_images(uri: str) -> bool:
+    """True when table file `uri` has an image column (False when it cannot be read as a table)."""
+    from diffseg.inputs.parquet import has_image_column, read_schema
+
+    try:
+        return has_image_column(read_schema(uri))
+    except InputError:
+        return False
 
 
 def _is_inventory(spec: str) -> bool:

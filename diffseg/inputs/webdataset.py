@@ -62,6 +62,13 @@ def has_braces(spec: str) -> bool:
     return _BRACES.search(spec) is not None
 
 
+def is_shard_list(spec: str) -> bool:
+    """True when `spec` is a brace list whose every name is a shard (``shards/{00000..00099}.tar``)."""
+    from braceexpand import braceexpand
+
+    return has_braces(spec) and all(is_shard(name) for name in braceexpand(spec))
+
+
 def base_plus_ext(name: str) -> tuple[str | None, str | None]:
     """(key, extension) of a member name as webdataset splits it; (None, None) when it has no key."""
     match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
@@ -184,6 +191,7 @@ def _shard_items(source: Source, limits: ReadLimits, state: dict):
                     continue
                 sample.members[ext] = _member_data(tar, info, ext, options, limits, member_identity(uri, key))
                 state["offset"] = info.offset_data + info.size
+                tar.members = []  # a stream keeps every TarInfo otherwise (as webdataset, memory stays flat)
             last, sample = sample, None
             if last is not None and not last.repeat:
                 yield _finish(uri, last, options, limits)

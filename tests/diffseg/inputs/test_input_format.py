@@ -102,3 +102,36 @@ def test_the_segment_job_exits_2_naming_the_choice_for_ambiguous_input(tmp_path,
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([str(lake), "out/", *common, "--input-format", "tar"])
     assert exit_.value.code == 2 and "must be one of auto, files, webdataset, parquet, inventory" in capsys.readouterr().err
+
+
+def test_braces_make_a_shard_list_only_around_shard_names(tmp_path):
+    (tmp_path / "{a,b}.jpg").write_bytes(b"a file named with braces")
+    assert list_input(str(tmp_path / "{a,b}.jpg")).uris.to_pylist() == [f"file://{tmp_path}/{{a,b}}.jpg"]
+    for i in range(2):
+        (tmp_path / f"0000{i}.tar").write_bytes(tar_bytes({"k.jpg": b"x"}))
+    assert len(list_input(str(tmp_path / "{00000..00001}.tar"))) == 2
+
+
+def test_auto_lists_loose_files_as_the_files_form_does(tmp_path, bucket):
+    """What the job now calls (list_input, auto) gives list_inputs' URIs for today's forms, hostile names
+    included (test_files.py pins list_inputs itself)."""
+    import os
+
+    from jobtest_utils import put_files
+
+    from diffseg.inputs import list_inputs
+
+    files = {"a.jpg": b"1", "B.PNG": b"2", "sub/deeper/c.JpEg": b"3", "notes.txt": b"x", "sub/d.parquet": b"x",
+             ".hidden/e.webp": b"4", "colon::x.png": b"5", "take#2.jpg": b"6"}
+    put_files(str(tmp_path / "lake"), files)
+    put_files(f"s3://{bucket}/images", files)
+    with open(os.path.join(os.fsencode(str(tmp_path / "lake")), b"caf\xe9.jpg"), "wb") as f:
+        f.write(b"latin-1 name")
+    os.mkfifo(tmp_path / "lake" / "fifo.jpg")
+    (tmp_path / "list.txt").write_text("lake/a.jpg\nlake/take#2.jpg\n")
+    specs = [str(tmp_path / "lake"), f"file://{tmp_path}/lake/", str(tmp_path / "lake" / "*.jpg"),
+             str(tmp_path / "lake" / "n*"), str(tmp_path / "list.txt"), str(tmp_path / "lake" / "a.jpg"),
+             f"s3://{bucket}/images/", f"s3://{bucket}/images/sub/*/*", f"s3://{bucket}/images/a"]
+    for spec in specs:
+        listing = list_input(spec)
+        assert listing.form == "files" and listing.uris.to_pylist() == list_inputs(spec), spec
