@@ -47,7 +47,7 @@ def is_local(uri: str) -> bool:
 
 def _root(uri: str):
     """(fs, root path without trailing slash) of a checkpoint URI (one exact object: no '::' chaining)."""
-    from diffseg.lake.inputs import exact_fs
+    from diffseg.inputs.uri import exact_fs
 
     fs, root = exact_fs(os.path.expanduser(uri) if is_local(uri) else uri)
     return fs, root.rstrip("/")

@@ -104,7 +104,7 @@ class Vocabulary:
     @classmethod
     def from_file(cls, path: str, **kwargs) -> Vocabulary:
         """Reads a class file (see from_text) from a local path or any fsspec URL."""
-        from diffseg.lake.inputs import open_exact
+        from diffseg.inputs.uri import open_exact
         from diffseg.redact import describe_error, redact_uri
 
         try:

@@ -180,7 +180,7 @@ def put_files(base: str, files: dict[str, bytes]) -> list[str]:
     """Writes {relative name: bytes} under `base` (local folder or s3:// prefix); returns their URIs."""
     from fsspec.core import url_to_fs
 
-    from diffseg.lake.inputs import full_uri
+    from diffseg.inputs import full_uri
 
     fs, root = url_to_fs(base)
     uris = []

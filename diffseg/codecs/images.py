@@ -117,7 +117,7 @@ def load_image(
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:
     """Return the whole content of ``uri`` (local path or fsspec URL) as bytes; errors as ``OSError``."""
-    from diffseg.lake.inputs import open_exact  # `uri` names one object: no "::" URL chaining
+    from diffseg.inputs.uri import open_exact  # `uri` names one object: no "::" URL chaining
 
     try:
         with open_exact(uri, **(storage_options or {})) as handle:

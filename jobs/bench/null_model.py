@@ -219,7 +219,7 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int, slow:
             images, received = manifest["counts"]["processed"], manifest["counts"]["driver_bytes_received"]
             assert code == 0, manifest
         else:
-            from diffseg.lake.inputs import list_inputs
+            from diffseg.inputs import list_inputs
             from diffseg.lake.units import make_units
             from jobs.common.ray_env import alive_nodes
 
@@ -270,7 +270,7 @@ def write_index(folder: str, n: int) -> None:
 
 def replan(folder: str, n: int) -> dict:
     """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as
-    diffseg.lake.inputs.list_inputs_array returns it (a pyarrow StringArray), as jobs.segment plans:
+    diffseg.inputs.list_inputs_array returns it (a pyarrow StringArray), as jobs.segment plans:
     load the done set, filter the listing, cut units, count duplicates. The peak RSS includes the listing."""
     import pyarrow as pa
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from diffseg.argtypes import recipe_kwargs
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
-from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
+from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 
 
 class ConfigError(ValueError):
@@ -73,11 +73,12 @@ class RunOptions:
 class JobConfig(RunOptions):
     """Everything `python -m jobs.segment` was asked to do (written, resolved, into manifest.json)."""
 
-    input: str  # folder/prefix, glob or manifest (.txt/.parquet) of image URIs
+    input: str  # folder/prefix, glob or manifest (.txt/.parquet) of image URIs; shards, Parquet rows, an inventory
     output: str  # prefix that holds masks/, stats/, errors/, manifest.json
     vocab: str  # class file path/URL, or "person, car, road"
     model: str  # "tiny", "sd15-random", a folder or an fsspec URL of a diffusers SD checkpoint
     methods: tuple[str, ...] = ("diffsegmenter",)  # one U-Net forward serves every method listed
+    input_format: str = "auto"  # FORM[:options] of INPUT (diffseg.inputs.parse_format); auto: detected
     resolution: int = 512  # model input side (square)
     limit: int | None = None  # process at most this many of the not-yet-done images (smoke tests)
     save_scores: bool = False  # also store per-class scores (uint8) in masks.scores_png

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
+from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 from diffseg.lake.schemas import SEGMENT_TABLES, error_result
 from jobs.common.actor import ActorConfig, ModelActor, describe
 
@@ -55,7 +55,7 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
                  read_timeout: float = READ_TIMEOUT_S) -> dict[str, np.ndarray]:
     """Reads, decodes and resizes a batch of URIs (the ``read`` and ``decode`` stages; a CPU task).
 
-    `max_read_bytes`/`read_timeout`: diffseg.lake.inputs.read_uris's limits (default: its defaults); a file
+    `max_read_bytes`/`read_timeout`: diffseg.inputs.read_uris's limits (default: its defaults); a file
     over them is a ``read`` error naming the limit, an escaped non-UTF-8 name a ``list`` error.
 
     In: ``uri``, ``unit_id`` (N,) strings (and ``pos``, ``unit_rows``, passed on). Out: the same plus
@@ -63,7 +63,7 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
     ``stage``/``error_type``/``message`` strings ("" when the image is fine).
     """
     from diffseg.codecs.images import decode_image, resize_square
-    from diffseg.lake.inputs import read_uris
+    from diffseg.inputs import read_uris
     from diffseg.redact import describe_error
 
     uris = [str(u) for u in batch["uri"]]

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
-from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
+from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 from jobs.common.cli import (
     add_actor_options,
     add_common_options,
@@ -66,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT",
                    help="images: a folder or prefix (recursive; .jpg .jpeg .png .gif .bmp .tif .tiff .webp, any case), "
                    "a glob ('s3://lake/2024-*/*.jpg'), or a manifest file (.txt: one URI per line; .parquet: a 'uri' "
-                   "column). Local paths, file://, s3://, gs:// (anything fsspec reads)")
+                   "column); WebDataset .tar shards (a folder, glob or brace list 'shards/{00000..00099}.tar'); Parquet "
+                   "files or a Hugging Face dataset folder whose rows hold image bytes; an S3 Inventory manifest.json. "
+                   "Local paths, file://, s3://, gs:// (anything fsspec reads). See --input-format and docs/inputs.md")
+    p.add_argument("--input-format", default="auto", type=input_format, metavar="FORM[:OPTIONS]",
+                   help="what INPUT is: auto (default: detected from its name and contents; an ambiguous INPUT exits 2 "
+                   "naming the choice), files, webdataset, parquet or inventory. Options after a colon: image=EXT "
+                   "(webdataset: the image member's extension) or image=COLUMN (parquet: binary or struct<bytes, path>), "
+                   "key=COLUMN (parquet; default 'key' when present, else the row index), e.g. parquet:image=jpg,key=key")
     p.add_argument("output", metavar="OUTPUT", help="prefix or folder for masks/, stats/, errors/ and manifest.json")
     p.add_argument("--vocab", required=True, type=vocab_spec,
                    help="classes: a file (path or URL) with one class per line, 'name: alias, alias', or a "
@@ -117,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def input_format(value: str) -> str:
+    """``--input-format`` checked by diffseg.inputs.parse_format (a usage error names the bad part)."""
+    from diffseg.inputs import InputError, parse_format
+
+    try:
+        parse_format(value)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
 def method_params(args: argparse.Namespace) -> dict[str, dict]:
     """{method: {"tau": x}} from --tau (METHOD=X or a bare X) or --fitted ({} when neither is given; ConfigError when unusable)."""
     from diffseg.eval.fitted import background_values
@@ -150,7 +168,7 @@ def check_recipe(config: JobConfig) -> JobConfig:
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     """The JobConfig for parsed arguments (raises ConfigError for bad values)."""
     return check_recipe(JobConfig(
-        input=args.input, output=args.output, vocab=args.vocab, model=args.model,
+        input=args.input, input_format=args.input_format, output=args.output, vocab=args.vocab, model=args.model,
         methods=tuple(args.methods or ("diffsegmenter",)), batch_size=args.batch_size, actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, resolution=args.resolution,
         dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,

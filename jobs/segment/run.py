@@ -26,7 +26,6 @@ class SegmentJob(Job):
 
     def check(self, config: JobConfig) -> Checked:
         from diffseg import methods as method_registry
-        from diffseg.lake.inputs import list_inputs_array
         from diffseg.lake.manifest import run_identity
         from diffseg.model import redact_uri
 
@@ -37,7 +36,7 @@ class SegmentJob(Job):
         check_model(config.model)
         check_prompt(config, vocab)
         store = writable_store(config.output)
-        uris = list_inputs_array(config.input)  # Arrow strings: no Python str per URI while planning
+        uris = listed_images(config)  # Arrow strings: no Python str per URI while planning
         vocab_hash = vocab.hash(redact_uri(config.model))
         identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params,
                                 config.recipe_changes())
@@ -70,6 +69,23 @@ class SegmentJob(Job):
 
         manifest["recipe"] = resolve_recipe(config.methods, SegmenterConfig(**config.recipe_kwargs()), checked.vocab)
         return manifest
+
+
+def listed_images(config: JobConfig):
+    """The image URIs of INPUT (a sorted pyarrow StringArray) in ``--input-format`` (InputError, exit 2: a
+    missing, empty or ambiguous INPUT). Shards and Parquet rows are recognised but not planned yet: units
+    per shard or row group come with the commit layer (issue 22); until then they exit 2 saying so."""
+    from diffseg.inputs import list_input
+    from diffseg.model import redact_uri
+
+    listing = list_input(config.input, config.input_format)
+    if listing.form != "files":
+        what = {"webdataset": "WebDataset shards", "parquet": "Parquet files with image bytes"}[listing.form]
+        raise ConfigError(f"INPUT {redact_uri(config.input)!r} holds {len(listing)} {what} ({listing.detected}): "
+                          "jobs.segment does not plan them yet (diffseg.inputs reads them; units per shard or row "
+                          "group come next). Until then give loose image files, a manifest of URIs or an S3 Inventory")
+    SegmentJob.log.info("INPUT %s: %s (%s)", redact_uri(config.input), listing.form, listing.detected or "auto")
+    return listing.uris
 
 
 def check_prompt(config: JobConfig, vocab) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from jobtest_utils import run_main
 
-import diffseg.lake.inputs
+import diffseg.inputs
 from diffseg import Vocabulary
 from diffseg.segmenter import SegmenterConfig, resolve_recipe
 from jobs.segment.cli import build_parser, config_from_args, main
@@ -78,7 +78,7 @@ def test_preflight_builds_the_prompt_with_the_recipe_and_refuses_a_too_long_temp
     def not_listed(*args, **kwargs):
         raise AssertionError("INPUT listed before the prompt was checked")
 
-    monkeypatch.setattr(diffseg.lake.inputs, "list_inputs_array", not_listed)
+    monkeypatch.setattr(diffseg.inputs, "list_input", not_listed)
     template = "a photo of " + " ".join(["big"] * 80) + " {class}"
     code, out, err = run_main(main, capsys, tmp_path / "in", tmp_path / "out", "--model", "tiny", "--vocab", "cat",
                               "--resolution", "64", "--context", "per_class", "--template", template)

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from jobtest_utils import put_files
 
-from diffseg.lake.inputs import InputError, list_inputs, read_uris
+from diffseg.inputs import InputError, list_inputs, read_uris
 
 FILES = {
     "a.jpg": b"1",
@@ -148,7 +148,7 @@ def test_a_hash_inside_a_manifest_path_is_part_of_the_path(tmp_path):
 def test_a_name_that_is_not_utf8_is_listed_escaped_and_read_as_a_list_error(tmp_path, caplog):
     import os
 
-    from diffseg.lake.inputs import NonUtf8NameError, escape_name, unescape_name
+    from diffseg.inputs import NonUtf8NameError, escape_name, unescape_name
 
     put_files(str(tmp_path), {"good.jpg": b"ok", "100%.jpg": b"percent"})
     raw = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9 %41.jpg")
@@ -170,7 +170,7 @@ def test_a_name_that_is_not_utf8_is_listed_escaped_and_read_as_a_list_error(tmp_
 def test_fifos_and_device_links_are_not_listed_and_never_read(tmp_path, caplog):
     import os
 
-    from diffseg.lake.inputs import NotRegularFileError
+    from diffseg.inputs import NotRegularFileError
 
     put_files(str(tmp_path), {"real.jpg": b"pixels"})
     os.mkfifo(tmp_path / "fifo.jpg")
@@ -193,7 +193,7 @@ def test_fifos_and_device_links_are_not_listed_and_never_read(tmp_path, caplog):
 def test_every_read_has_a_byte_cap_and_a_timeout(tmp_path, bucket, monkeypatch):
     from fsspec.implementations.memory import MemoryFileSystem
 
-    from diffseg.lake.inputs import READ_MAX_BYTES, READ_TIMEOUT_S, ReadLimitError
+    from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S, ReadLimitError
 
     assert READ_MAX_BYTES == 256 << 20 and READ_TIMEOUT_S == 120
     local = put_files(str(tmp_path), {"big.jpg": b"x" * 1000, "small.jpg": b"x" * 100})
@@ -228,7 +228,7 @@ def test_a_zero_byte_object_on_s3_reads_as_empty_not_as_a_read_error(s3_endpoint
     """A ranged GET of an empty S3 object is refused with 416; the image is empty (a decode error later), not unreadable."""
     import boto3
 
-    from diffseg.lake.inputs import read_uris
+    from diffseg.inputs import read_uris
 
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="empty.jpg", Body=b"")
     uri = f"s3://{bucket}/empty.jpg"
@@ -238,7 +238,7 @@ def test_a_zero_byte_object_on_s3_reads_as_empty_not_as_a_read_error(s3_endpoint
 def test_the_arrow_listing_holds_the_same_uris_in_the_same_order(tmp_path):
     """list_inputs_array (what planning holds) = list_inputs, also for repeats, non-ASCII and code points
     whose UTF-8 bytes sort differently from UTF-16 (Python's order is code point order)."""
-    from diffseg.lake.inputs import list_inputs_array
+    from diffseg.inputs import list_inputs_array
 
     names = ["b.jpg", "a.jpg", "é.jpg", "z.jpg", "\uffe0.jpg", "\U0001f600.jpg", "A.jpg", "sub/a.jpg"]
     put_files(str(tmp_path / "lake"), {n: b"1" for n in names})
