@@ -3,8 +3,9 @@ a shard or table file (:func:`open_stream`).
 
 Every read has a byte cap (:data:`READ_MAX_BYTES`, ``--max-read-bytes``) and a timeout
 (:data:`READ_TIMEOUT_S`, ``--read-timeout``); passing either is a :class:`ReadLimitError` naming it.
-Transient storage errors are retried (:data:`READ_ATTEMPTS` tries); missing files and permission errors
-are not.
+Transient storage errors (throttling, resets, timeouts, a refused credential) are retried
+(:data:`READ_ATTEMPTS` tries, :func:`backoff_s` apart); missing files are not. An error that outlasts the
+retries becomes a retryable error row (diffseg.lake.faults), which the next invocation retries.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import random
 import time
 from dataclasses import dataclass
 
 from diffseg.inputs.errors import NonUtf8NameError, NotRegularFileError, ReadLimitError
 from diffseg.inputs.uri import exact_fs, is_escaped_name, is_local
 
-READ_ATTEMPTS = 3  # tries per file for transient storage errors (not for missing files or permissions)
+READ_ATTEMPTS = 5  # tries per file for transient storage errors (not for missing files): ~7.5 s of backoff
 READ_MAX_BYTES = 256 << 20  # default byte cap of one read: far above any real image file
 READ_TIMEOUT_S = 120.0  # default time one file may take to read (retries included)
 READ_THREADS = 16  # files read at once by one read_uris call
@@ -45,7 +47,7 @@ def read_uris(uris: list[str], max_bytes: int = READ_MAX_BYTES,
     Each URI is read as the exact object it names (:func:`exact_fs`), READ_THREADS at a time. A file
     larger than `max_bytes`, or still unread after `timeout` seconds, gives a :class:`ReadLimitError`
     naming the limit; a FIFO/device/socket a :class:`NotRegularFileError`; an escaped non-UTF-8 name a
-    :class:`NonUtf8NameError`. Missing files and permission errors are not retried; anything else is
+    :class:`NonUtf8NameError`. Missing files are not retried; anything else is
     tried READ_ATTEMPTS times with a short backoff.
     """
     out: dict[str, bytes | Exception] = {}
@@ -75,14 +77,21 @@ def too_large(uri: str, max_bytes: int) -> ReadLimitError:
 
 
 def transient(exc: BaseException) -> bool:
-    """True when reading again may succeed (network, throttling, timeouts), False for a missing object, a
-    permission, a path of the wrong kind, or bad content."""
+    """True when reading again may succeed (network, throttling, timeouts, an expired credential), False for
+    a missing object, a path of the wrong kind, or bad content."""
     from diffseg.inputs.errors import CorruptContainerError, InputError, MemberError
 
     if isinstance(exc, (ReadLimitError, NotRegularFileError, NonUtf8NameError, MemberError, InputError,
                         CorruptContainerError)):
         return False
-    return not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+    # PermissionError is transient: an expired token is refreshed by the credential chain
+    return not isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError))
+
+
+def backoff_s(attempt: int) -> float:
+    """Seconds to wait before retry `attempt` + 1 (0-based): exponential from 0.5 s to 8 s with jitter, as S3
+    asks of a client it answers 503 SlowDown (0.5 + 1 + 2 + 4 s for READ_ATTEMPTS tries)."""
+    return min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.25)
 
 
 def open_stream(uri: str, block_size: int = STREAM_BLOCK_BYTES):
@@ -99,7 +108,7 @@ def open_stream(uri: str, block_size: int = STREAM_BLOCK_BYTES):
         except Exception as exc:
             if not transient(exc) or attempt + 1 == READ_ATTEMPTS:
                 raise
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(backoff_s(attempt))
     raise AssertionError("unreachable")
 
 
@@ -124,7 +133,7 @@ def _read_one(uri: str, max_bytes: int) -> bytes:
                 return b""  # S3 answers a ranged read of a zero-byte object with 416: it is empty, not unreadable
             if not transient(exc) or attempt + 1 == READ_ATTEMPTS:
                 raise
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(backoff_s(attempt))
     if len(data) > max_bytes:
         raise too_large(uri, max_bytes)
     return data
@@ -183,7 +192,7 @@ class ResumingReader:
             except Exception as exc:
                 if not transient(exc) or attempt + 1 == READ_ATTEMPTS:
                     raise
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(backoff_s(attempt))
                 self._reopen()
         raise AssertionError("unreachable")
 

@@ -170,9 +170,9 @@ def test_result_rows_split_into_samples_and_errors_with_exact_schemas():
 
 def test_shared_unit_committer_commits_synth_units_and_debris_removal_keeps_to_its_tables(tmp_path):
     from diffseg.lake.commit import WriteTarget, compact_unit, write_results
-    from diffseg.lake.schemas import synth_error
     from diffseg.lake.done_index import load_state
     from diffseg.lake.log import CommitLog
+    from diffseg.lake.schemas import synth_error
     from diffseg.lake.sweep import sweep
     from diffseg.lake.writer import UnitCommitter
 
