@@ -1,0 +1,377 @@
+"""The commit protocol under the faults of issue 20 (docs/commits.md): zombie workers and drivers, lost and
+broken leases, failing heartbeats, racing compactions, sweeps of other runs, unreadable commit records, two
+index writers, takeovers while new images arrive, retryable error rows and exports during a commit.
+
+Every test drives the real functions (write_results, UnitCommitter, CommitLog, acquire, sweep, load_state,
+read_committed, write_index, release_errors, the runner's manifest writer) on local disks or moto S3. A
+failing store is a stand-in for the store (an OutputStore subclass, or an fsspec filesystem method that
+answers ``OSError("503 SlowDown")``), never a mock of this project's code. Each of these tests fails on the
+marker-based design these modules replaced (fixed file names per unit, markers without file identities,
+an unfenced lease)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from jobtest_utils import read_output
+
+from diffseg.lake.commit import WriteTarget, compact_unit, write_results
+from diffseg.lake.done_index import load_state, write_index
+from diffseg.lake.lease import LeaseLostError, acquire
+from diffseg.lake.log import (
+    CommitLog,
+    LogFencedError,
+    list_versions,
+    new_invocation_id,
+)
+from diffseg.lake.schemas import SCHEMAS, SEGMENT_TABLES, error_result, results_to_table
+from diffseg.lake.store import OutputStore
+from diffseg.lake.sweep import sweep
+from diffseg.lake.units import make_units, read_committed
+from diffseg.lake.writer import UnitCommitter
+
+RUN = "default"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def result_row(uri: str, unit_id: str, outcome: str = "ok") -> dict:
+    """A worker's result row: "ok" (one mask, one stats row), "read503" (a retryable read error: the store
+    throttled) or "decode" (a final decode error)."""
+    if outcome == "read503":
+        return error_result(uri, unit_id, "read", OSError(f"cannot read {uri!r}: 503 SlowDown"))
+    if outcome == "decode":
+        return error_result(uri, unit_id, "decode", ValueError(f"cannot decode image {uri!r}: empty"))
+    mask = {"width": 3, "height": 2, "method": "diffsegmenter", "label_map_png": b"png", "classes": ["cat"],
+            "scores_png": None}
+    stat = {"method": "diffsegmenter", "class_id": 1, "class_name": "cat", "pixel_count": 6, "fraction": 1.0,
+            "bbox_xywh": [0, 0, 3, 2], "score_mean": 0.5, "score_max": 0.9, "components": 1, "rle_counts": "06",
+            "rle_size": [2, 3]}
+    return {"uri": uri, "unit_id": unit_id, "stage": None, "error_type": None, "message": None, "retryable": None,
+            "masks": [mask], "stats": [stat]}
+
+
+class Invocation:
+    """One invocation of a run as the runner starts one: the run's lease (optional), then its ``begin``
+    entry (the fence), then the run's state read after it."""
+
+    def __init__(self, store: OutputStore, run_id: str = RUN, lease: bool = True, break_lease: bool = False,
+                 stale_s: float = 120.0, heartbeat_s: float = 30.0):
+        self.store, self.run_id = store, run_id
+        self.lease = acquire(store, run_id, stale_s, break_lease, heartbeat_s) if lease else None
+        self.log = CommitLog(store, run_id, new_invocation_id())
+        self.log.begin()
+        self.done = load_state(store, run_id)
+        self.target = WriteTarget(store.output, run_id, "tiny", "h", invocation=self.log.invocation)
+
+    @property
+    def invocation(self) -> str:
+        return self.log.invocation
+
+    def committer(self, units, before_commit=None) -> UnitCommitter:
+        check = before_commit or (self.lease.check if self.lease else None)
+        return UnitCommitter(self.store, self.log, units, SEGMENT_TABLES, before_commit=check, background=False)
+
+    def write(self, unit, outcomes: dict | None = None, positions=None, store: OutputStore | None = None) -> pa.Table:
+        """What an actor does with a batch holding `positions` of `unit` (default: all): writes the rows, returns
+        the metadata for the driver."""
+        positions = list(range(len(unit.uris))) if positions is None else list(positions)
+        rows = [result_row(unit.uris[p], unit.unit_id, (outcomes or {}).get(unit.uris[p], "ok")) for p in positions]
+        return write_results(store or self.store, self.target, SEGMENT_TABLES, results_to_table(rows),
+                             np.array(positions), np.full(len(positions), len(unit.uris)))
+
+    def sweep_ended(self) -> list[str]:
+        """The start of an invocation: sweeps every ended invocation of the run (as the runner does)."""
+        return sweep(self.store, self.log, self.done, self.done.unswept(self.invocation), SCHEMAS)
+
+    def sweep_own(self) -> list[str]:
+        """The end of an invocation: sweeps its own uncommitted files."""
+        return sweep(self.store, self.log, load_state(self.store, self.run_id), [self.invocation], SCHEMAS)
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+
+@pytest.fixture
+def invocations():
+    """Starts Invocations and releases their leases (stops their heartbeat threads) after the test."""
+    started = []
+
+    def start(*args, **kwargs) -> Invocation:
+        inv = Invocation(*args, **kwargs)
+        started.append(inv)
+        return inv
+
+    yield start
+    for inv in started:
+        inv.release()
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return f"s3://{request.getfixturevalue('bucket')}/out"
+
+
+def uris_of(n: int, prefix: str = "s3://in/") -> list[str]:
+    return [f"{prefix}{i:02d}.jpg" for i in range(n)]
+
+
+def plain_outcome(output: str) -> dict[str, list[str]]:
+    """uri -> the tables holding a row of it, in a plain pyarrow.dataset read of OUTPUT (what DuckDB, pandas
+    and polars users do after a run)."""
+    where: dict[str, list[str]] = {}
+    for table in ("masks", "errors"):
+        try:
+            data = read_output(output, table)
+        except (FileNotFoundError, OSError):
+            continue
+        for uri in data["uri"].to_pylist():
+            where.setdefault(uri, []).append(table)
+    return {u: sorted(t) for u, t in sorted(where.items())}
+
+
+def committed_outcome(output: str, run_id: str | None = RUN) -> dict[str, list[str]]:
+    """uri -> the tables holding a committed row of it (diffseg.lake.units.read_committed)."""
+    where: dict[str, list[str]] = {}
+    for table in ("masks", "errors"):
+        for uri in read_committed(output, table, run_id=run_id, columns=["uri"])["uri"].to_pylist():
+            where.setdefault(uri, []).append(table)
+    return {u: sorted(t) for u, t in sorted(where.items())}
+
+
+def exactly_once(uris, errors=()) -> dict[str, list[str]]:
+    return {u: ["errors"] if u in errors else ["masks"] for u in sorted(uris)}
+
+
+def file_md5s(store: OutputStore, done) -> dict[str, str]:
+    """path -> md5 of the bytes now stored, for every committed file of `done`."""
+    paths = [f["path"] for unit in done.units.values() for f in unit["files"].values()]
+    return {p: hashlib.md5(store.get(p)).hexdigest() for p in paths}
+
+
+def recorded_md5s(done) -> dict[str, str]:
+    return {f["path"]: f["md5"] for unit in done.units.values() for f in unit["files"].values()}
+
+
+class DyingStore(OutputStore):
+    """A store whose writer process dies after `puts` successful puts (a worker killed between its puts)."""
+
+    def __init__(self, output: str, puts: int):
+        super().__init__(output)
+        self.left = puts
+
+    def put(self, rel: str, data: bytes) -> None:
+        if self.left == 0:
+            raise SystemExit("the worker was killed between its puts")
+        self.left -= 1
+        super().put(rel, data)
+
+
+# ----------------------------------------------------------------------------------- committed files
+
+
+def test_zombie_attempt_after_commit_changes_nothing(output, invocations):
+    """A later attempt at a committed unit (a task Ray re-runs while the first attempt is cut off but
+    alive, or an actor of an invocation that lost the run) with another outcome, dying between its puts
+    or reporting late, changes no committed file and no committed row; the next invocation's sweep leaves a
+    plain read with every image exactly once."""
+    a = invocations(OutputStore(output))
+    uris = uris_of(4)
+    (unit,) = make_units(uris, 4)
+    committer = a.committer([unit])
+    committer.add(a.write(unit))
+    assert committer.committed == [unit.unit_id]
+    done = load_state(a.store, RUN)
+    before = file_md5s(a.store, done)
+    assert before == recorded_md5s(done)  # the commit records what identifies each file
+    assert committed_outcome(output) == exactly_once(uris)
+
+    # a re-run of the same batch: 00.jpg is a read error this time, and the worker dies after its masks
+    # and stats puts (the old design overwrote the unit's masks file and left 00.jpg in neither table)
+    with pytest.raises(SystemExit):
+        a.write(unit, {uris[0]: "read503"}, store=DyingStore(output, puts=2))
+    # another re-run with another outcome that completes and reports to the driver after the commit
+    late = a.write(unit, {uris[1]: "decode"})
+    assert committer.add(late) == []
+    committer.finish()
+
+    assert committer.committed == [unit.unit_id] and committer.entries == 1  # the unit is committed once
+    assert file_md5s(a.store, done) == before  # no committed file changed
+    assert committed_outcome(output) == exactly_once(uris)
+    assert not any(a.store.exists(f["path"]) for f in json_files(late))  # the reported late attempt is deleted
+
+    # the invocation ends without sweeping (killed): the next one sweeps the dead attempt's files
+    b = invocations(OutputStore(output), break_lease=True)
+    swept = b.sweep_ended()
+    assert len(swept) == 2 and all("/part-" in rel for rel in swept)  # the dying attempt's masks and stats
+    assert plain_outcome(output) == exactly_once(uris)
+    assert load_state(b.store, RUN).units.keys() == {unit.unit_id}
+
+
+def json_files(meta: pa.Table) -> list[dict]:
+    import json
+
+    return [f for files in meta.column("files").to_pylist() for f in json.loads(files).values()]
+
+
+def test_compaction_racing_a_whole_attempt(tmp_path, invocations):
+    """A unit covered by two parts is compacted while a whole-unit attempt of the same unit (a retried
+    batch) with another outcome also arrives, and the compaction task runs twice (Ray re-ran it). The
+    first complete set accepted is committed, the rest is deleted or swept: every image exactly once,
+    with the accepted outcome, in the committed rows and in a plain read."""
+    output = str(tmp_path / "out")
+    a = invocations(OutputStore(output))
+    uris = uris_of(4)
+    (unit,) = make_units(uris, 4)
+    committer = a.committer([unit])
+    assert committer.add(a.write(unit, positions=[0, 1])) == []
+    (spec,) = committer.add(a.write(unit, positions=[2, 3]))  # covered by parts: a compaction is due
+    whole = a.write(unit, {uris[0]: "read503"})  # the whole-unit attempt, 00.jpg a read error this time
+    assert committer.add(whole) == []  # arrives while the compaction runs: not accepted
+    rerun = compact_unit(spec, SEGMENT_TABLES)  # a first run of the compaction task whose reply is lost ...
+    result = compact_unit(spec, SEGMENT_TABLES)  # ... so Ray runs it again: this reply reaches the driver
+    committer.compacted(spec, result)
+    committer.finish()
+
+    assert committer.committed == [unit.unit_id] and committer.entries == 1
+    done = load_state(a.store, RUN)
+    assert {t: f["path"] for t, f in done.units[unit.unit_id]["files"].items()} == \
+        {t: f["path"] for t, f in result["files"].items()}
+    assert file_md5s(a.store, done) == recorded_md5s(done)
+    assert {f["path"] for f in rerun["files"].values()}.isdisjoint(f["path"] for f in result["files"].values())
+    assert committed_outcome(output) == exactly_once(uris)  # 00.jpg segmented, as the accepted parts say
+    assert a.store.list("_staging") == []
+    a.sweep_own()  # the end of the invocation: the re-run compaction's files are not named by any commit
+    assert plain_outcome(output) == exactly_once(uris)
+    assert sorted(a.store.list("masks")) == sorted([result["files"]["masks"]["path"]])
+
+
+# ----------------------------------------------------------------------------------------- fencing
+
+
+def test_fenced_driver_commits_nothing(output, invocations):
+    """A driver whose run was taken over (its begin entry is followed by another invocation's) commits
+    nothing, writes no index and no finish entry; what it committed before stays, the new holder does the
+    rest, and a plain read after the new holder's sweep has every image once."""
+    a = invocations(OutputStore(output))
+    uris = uris_of(8)
+    units = make_units(uris, 4)
+    committer = a.committer(units)
+    committer.add(a.write(units[0]))
+    assert committer.committed == [units[0].unit_id]
+
+    b = invocations(OutputStore(output), break_lease=True)  # takes over; a has not heard of it yet
+    meta = a.write(units[1], {uris[4]: "decode"})
+    with pytest.raises(LogFencedError, match="took the run over"):
+        committer.add(meta)  # a's lease check passes (no heartbeat since), its log append does not
+    with pytest.raises(LogFencedError):
+        write_index(a.store, a.log, load_state(a.store, RUN))
+    with pytest.raises(LogFencedError):
+        a.log.append("finish", {"status": "succeeded"})
+    entries = [e for e in _entries(a.store) if e["invocation"] == a.invocation]
+    assert [e["kind"] for e in entries] == ["begin", "commit"]
+    assert load_state(a.store, RUN).index_version == -1  # a's snapshot files are named by no index entry
+
+    assert set(b.done.units) == {units[0].unit_id}
+    todo = b.done.exclude(uris)
+    assert todo == uris[4:]
+    b.sweep_ended()  # a's uncommitted unit-1 files go
+    (rest,) = make_units(todo, 4)
+    b_committer = b.committer([rest])
+    b_committer.add(b.write(rest))
+    b_committer.finish()
+    b.sweep_own()
+    assert plain_outcome(output) == exactly_once(uris)
+    assert committed_outcome(output) == exactly_once(uris)
+
+
+def _entries(store: OutputStore, run_id: str = RUN) -> list[dict]:
+    from diffseg.lake.log import read_entries
+
+    return read_entries(store, run_id, list_versions(store, run_id))
+
+
+def test_lease_lost_between_check_and_commit(output, invocations):
+    """The lease check before a commit passes, then another invocation takes the run over before the
+    commit entry is written: the entry is not written (the fence), nothing of the old holder is committed."""
+    a = invocations(OutputStore(output))
+    uris = uris_of(4)
+    units = make_units(uris, 2)
+    taken = []
+
+    def check_then_lose():
+        a.lease.check()  # passes: the lease is still ours
+        if len(taken) == 0 and a.log.next_version > 1:  # after the first commit
+            taken.append(Invocation(OutputStore(output), break_lease=True))
+
+    committer = a.committer(units, before_commit=check_then_lose)
+    committer.add(a.write(units[0]))
+    with pytest.raises(LogFencedError):
+        committer.add(a.write(units[1]))
+    (b,) = taken
+    try:
+        state = load_state(a.store, RUN)
+        assert set(state.units) == {units[0].unit_id}
+        assert [e["invocation"] for e in _entries(a.store)][-1] == b.invocation  # nothing of a after b's begin
+        assert committed_outcome(output) == exactly_once(uris[:2])
+    finally:
+        b.release()
+
+
+def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invocations):
+    """``--break-lease`` against a live holder: the old holder learns it at its next heartbeat, commits
+    nothing more, and cannot write the manifest (the runner writes it only after a fenced finish entry),
+    the done index, or remove the new holder's lease."""
+    from jobtest_utils import put_files
+
+    from diffseg.lake.lease import lease_path
+    from diffseg.lake.manifest import MANIFEST, run_manifest_path
+    from jobs.common.config import JobConfig
+    from jobs.common.runner import _end_invocation, _Invocation
+    from jobs.segment.run import SegmentJob
+
+    uris = put_files(str(tmp_path / "in"), {f"{i:02d}.jpg": b"x" for i in range(6)})
+    output = str(tmp_path / "out")
+    config = JobConfig(input=str(tmp_path / "in"), output=output, vocab="cat", model="tiny", unit_size=3)
+    job = SegmentJob()
+
+    def start(break_lease: bool) -> tuple[Invocation, _Invocation]:
+        checked = job.check(config)
+        inv = invocations(checked.store, break_lease=break_lease)
+        planned = job.plan(config, checked, inv.done)
+        run = _Invocation(job, config, checked, planned, inv.done, "2026-01-01T00:00:00Z", 0.0, 0.0,
+                          commit_log=inv.log)
+        run.write_manifest("running")
+        return inv, run
+
+    a, a_run = start(break_lease=False)
+    units = a_run.planned.units
+    a_run.writer = a.committer(units)
+    a_run.writer.add(a.write(units[0]))
+
+    b, b_run = start(break_lease=True)  # --break-lease: b plans what a has not committed
+    assert [u.uris for u in b_run.planned.units] == [tuple(uris[3:])]
+    a.lease.beat()  # a's next heartbeat finds the lease rewritten
+    with pytest.raises(LeaseLostError, match="taken over"):
+        a_run.writer.add(a.write(units[1]))
+    with pytest.raises(LogFencedError):
+        a_run.write_manifest("succeeded")
+    _end_invocation(a_run)  # the runner's bookkeeping after the pipeline: logs the fence, writes nothing
+    a.release()
+
+    store = a.store
+    for rel in (MANIFEST, run_manifest_path(RUN)):
+        manifest = store.get_json(rel)
+        assert (manifest["status"], manifest["invocation"]) == ("running", b.invocation)
+    assert store.list(f"_history/{RUN}") == []
+    assert store.list(f"_index/{RUN}") == []
+    assert store.get_json(lease_path(RUN))["token"] == b.lease.token
+    assert [e["kind"] for e in _entries(store) if e["invocation"] == a.invocation] == ["begin", "commit"]
+    assert set(load_state(store, RUN).units) == {units[0].unit_id}
