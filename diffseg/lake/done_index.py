@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diffseg.lake.log import LAST_INDEX, list_versions, log_dir, read_entries
+from diffseg.lake.log import LAST_INDEX, CommitRecordError, entry_path, list_versions, log_dir, read_entries
 from diffseg.lake.store import OutputStore
 
 log = logging.getLogger("diffseg.lake.done_index")
@@ -182,8 +182,6 @@ def _newest_index(store: OutputStore, run_id: str, versions: list[int]) -> dict 
 
 
 def _read_parquet(store: OutputStore, rel: str, schema: pa.Schema) -> pa.Table:
-    from diffseg.lake.log import CommitRecordError
-
     try:
         data = store.get(rel)
         return pq.read_table(pa.BufferReader(data), schema=schema)
@@ -208,6 +206,12 @@ def load_state(store: OutputStore, run_id: str) -> DoneSet:
                        version=index["covers"], invocations=dict(index.get("invocations", {})),
                        index_version=index["version"], last_at=index.get("at"))
     tail = [v for v in versions if v > done.version]
+    missing = sorted(set(range(done.version + 1, versions[-1] + 1)) - set(tail))
+    if missing:  # entries are never deleted: a gap is a record removed by hand or by a tool, never "not committed"
+        raise CommitRecordError(
+            f"cannot read commit record {store.uri(entry_path(run_id, missing[0]))} (missing: version(s) "
+            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} of the run's log are gone while later "
+            f"ones exist); the run's committed rows cannot be known without it: restore it from a backup")
     for start in range(0, len(tail), 512):
         replay(done, read_entries(store, run_id, tail[start: start + 512]))
     return done
