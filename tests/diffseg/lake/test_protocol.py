@@ -12,18 +12,22 @@ an unfenced lease)."""
 from __future__ import annotations
 
 import hashlib
+import random
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from jobtest_utils import read_output
 
+from diffseg.codecs.masks import encode_label_png
 from diffseg.lake.commit import WriteTarget, compact_unit, write_results
 from diffseg.lake.done_index import load_state, write_index
 from diffseg.lake.lease import LeaseLostError, acquire
 from diffseg.lake.log import (
     CommitLog,
+    CommitRecordError,
     LogFencedError,
+    entry_path,
     list_versions,
     new_invocation_id,
 )
@@ -34,6 +38,7 @@ from diffseg.lake.units import make_units, read_committed
 from diffseg.lake.writer import UnitCommitter
 
 RUN = "default"
+LABEL_PNG = encode_label_png(np.ones((2, 3), np.uint8))  # every pixel class 1 ("cat")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -46,7 +51,7 @@ def result_row(uri: str, unit_id: str, outcome: str = "ok") -> dict:
         return error_result(uri, unit_id, "read", OSError(f"cannot read {uri!r}: 503 SlowDown"))
     if outcome == "decode":
         return error_result(uri, unit_id, "decode", ValueError(f"cannot decode image {uri!r}: empty"))
-    mask = {"width": 3, "height": 2, "method": "diffsegmenter", "label_map_png": b"png", "classes": ["cat"],
+    mask = {"width": 3, "height": 2, "method": "diffsegmenter", "label_map_png": LABEL_PNG, "classes": ["cat"],
             "scores_png": None}
     stat = {"method": "diffsegmenter", "class_id": 1, "class_name": "cat", "pixel_count": 6, "fraction": 1.0,
             "bbox_xywh": [0, 0, 3, 2], "score_mean": 0.5, "score_max": 0.9, "components": 1, "rle_counts": "06",
@@ -375,3 +380,186 @@ def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invoca
     assert store.get_json(lease_path(RUN))["token"] == b.lease.token
     assert [e["kind"] for e in _entries(store) if e["invocation"] == a.invocation] == ["begin", "commit"]
     assert set(load_state(store, RUN).units) == {units[0].unit_id}
+
+
+class HeartbeatFails(OutputStore):
+    """A store that answers 503 SlowDown to every write of the run's lease once `down` is set (the holder is
+    cut off from the store; its log writes would fail too, but it must stop before trying)."""
+
+    down = False
+
+    def put_if(self, rel: str, data: bytes, expected: bytes | None) -> bool:
+        if self.down and rel.startswith("_leases/"):
+            raise OSError("503 SlowDown: Please reduce your request rate.")
+        return super().put_if(rel, data, expected)
+
+
+def test_failing_heartbeats_stop_the_holder_before_its_lease_can_be_taken_over(output, invocations):
+    """Heartbeats that fail (503) are not swallowed for ever: once none reached the store for the stale limit
+    minus the margin, the holder stops committing with a message saying so, while its lease is still fresh
+    to others; once it is stale another invocation takes over and finishes the rest exactly once."""
+    import time
+
+    from diffseg.lake.lease import LeaseHeldError
+
+    store = HeartbeatFails(output)
+    a = invocations(store, stale_s=4.0, heartbeat_s=0.2)  # margin: max(0.2, 4 / 4) = 1 s: stops after 3 s
+    uris = uris_of(60)
+    units = make_units(uris, 1)
+    committer = a.committer(units)
+    committer.add(a.write(units[0]))
+    store.down = True
+    stopped, deadline = None, time.monotonic() + 60
+    for unit in units[1:]:
+        assert time.monotonic() < deadline, "the holder kept committing without a heartbeat"
+        try:
+            committer.add(a.write(unit))
+        except LeaseLostError as exc:
+            stopped = exc
+            break
+        time.sleep(0.1)
+    assert stopped is not None, "the holder committed every unit without a heartbeat"
+    assert "no heartbeat reached the store" in str(stopped) and "rerun the same command" in str(stopped)
+    with pytest.raises(LeaseHeldError):  # when it stops, nobody may take the run over yet
+        acquire(OutputStore(output), RUN, stale_s=4.0)
+    committed = set(load_state(OutputStore(output), RUN).units)
+    assert 1 <= len(committed) < len(units)
+
+    while True:  # once stale, the lease is taken over without --break-lease
+        assert time.monotonic() < deadline
+        try:
+            b = invocations(OutputStore(output), stale_s=4.0, heartbeat_s=0.2)
+            break
+        except LeaseHeldError:
+            time.sleep(0.2)
+    assert set(b.done.units) == committed
+    todo = b.done.exclude(uris)
+    assert len(todo) == len(uris) - len(committed)
+    b.sweep_ended()
+    rest = make_units(todo, 20)
+    b_committer = b.committer(rest)
+    for unit in rest:
+        b_committer.add(b.write(unit))
+    b_committer.finish()
+    b.sweep_own()
+    assert plain_outcome(output) == exactly_once(uris)
+
+
+# --------------------------------------------------------------------------- reading the commit log
+
+
+@pytest.fixture
+def failing_gets(monkeypatch):
+    """S3 GETs (s3fs ``_cat_file``: what reads of commit entries use) answer ``OSError("503 SlowDown")``
+    when ``rule(key, n)`` says so (`n`: how many GETs of that key came before). A stand-in for a store
+    that throttles after the client's own retries."""
+    import s3fs
+
+    original = s3fs.S3FileSystem._cat_file
+    calls: dict[str, int] = {}
+    state = {"rule": lambda key, n: False, "failed": 0, "gets": 0}
+
+    async def cat_file(self, path, *args, **kwargs):
+        n = calls.get(path, 0)
+        calls[path] = n + 1
+        state["gets"] += 1
+        if state["rule"](path, n):
+            state["failed"] += 1
+            raise OSError(f"503 SlowDown: Please reduce your request rate ({path})")
+        return await original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", cat_file)
+
+    def set_rule(rule) -> dict:
+        calls.clear()
+        state.update(rule=rule, failed=0, gets=0)
+        return state
+
+    return set_rule
+
+
+def two_entries(output: str, invocations) -> tuple[Invocation, list[str]]:
+    """A run with two commit entries (versions 1 and 2) of two units of two images each."""
+    a = invocations(OutputStore(output), lease=False)
+    uris = uris_of(4)
+    units = make_units(uris, 2)
+    committer = a.committer(units)
+    for unit in units:
+        committer.add(a.write(unit))
+    assert committer.entries == 2 and list_versions(a.store, RUN) == [0, 1, 2]
+    return a, uris
+
+
+def test_unreadable_entry_fails_loudly(bucket, invocations, failing_gets):
+    """A commit entry that keeps failing (503 after the retries), that is damaged, or that was deleted by hand
+    is an error naming it, never fewer rows: read_committed, the export and eval readers, and planning."""
+    from diffseg.lake.read import read_table
+
+    output = f"s3://{bucket}/out"
+    a, uris = two_entries(output, invocations)
+    assert read_committed(output, "masks").num_rows == 4
+    bad = entry_path(RUN, 2)
+
+    failing_gets(lambda key, n: key.endswith(bad))  # every GET of entry 2 answers 503
+    with pytest.raises(CommitRecordError, match=bad):
+        read_committed(output, "masks")
+    with pytest.raises(CommitRecordError, match=bad):
+        load_state(OutputStore(output), RUN)  # planning: never "not committed"
+    failing_gets(lambda key, n: False)
+
+    good = a.store.get(bad)
+    a.store.put(bad, good[: len(good) // 2])  # damaged: a truncated record
+    with pytest.raises(CommitRecordError, match=bad):
+        read_table(output, "masks")
+    a.store.put(bad, good)
+    assert read_committed(output, "masks").num_rows == 4
+
+    a.store.remove([entry_path(RUN, 1)])  # deleted by hand: versions 0 and 2 remain
+    with pytest.raises(CommitRecordError, match=entry_path(RUN, 1)):
+        read_committed(output, "masks")
+
+
+def test_transient_entry_reads_give_all_rows_or_raise(bucket, invocations, failing_gets):
+    """GETs of commit entries that fail now and then (503 SlowDown, within and beyond the reader's retries):
+    read_committed returns every committed row or raises, never fewer; and an invocation starting on that
+    store (its planning and its sweep of the killed invocation) never deletes a committed unit."""
+    output = f"s3://{bucket}/out"
+    a, uris = two_entries(output, invocations)  # a is killed: its invocation is not swept
+    stray = a.write(make_units(uris[:2], 2)[0])  # and it left an uncommitted attempt behind
+    assert len(json_files(stray)) == 3
+
+    failing_gets(lambda key, n: "/_log/" in key and n < 2)  # each entry's first two GETs fail
+    assert committed_outcome(output) == exactly_once(uris)
+
+    outcomes = []
+    for seed in range(6):
+        rng = random.Random(seed)
+        state = failing_gets(lambda key, n, rng=rng: "/_log/" in key and rng.random() < 0.5)
+        try:
+            rows = read_committed(output, "masks").num_rows
+            outcomes.append("all" if rows == 4 else f"{rows} rows")
+        except CommitRecordError:
+            outcomes.append("raised")
+        try:  # an invocation starts: its state and its sweep of the killed invocation, on the same flaky store
+            b = Invocation(OutputStore(output), lease=False)
+            b.sweep_ended()
+            outcomes.append("planned")
+        except CommitRecordError:
+            outcomes.append("raised")
+        assert state["failed"] > 0
+    failing_gets(lambda key, n: False)
+    assert set(outcomes) <= {"all", "raised", "planned"}, outcomes
+    assert "all" in outcomes and "planned" in outcomes  # the retries do carry most reads through
+    assert committed_outcome(output) == exactly_once(uris)  # every committed file is still there
+    assert plain_outcome(output) == exactly_once(uris)  # and the killed invocation's stray attempt was swept
+
+
+def test_a_stale_limit_shorter_than_the_heartbeat_still_commits(tmp_path, invocations):
+    """``--lease-stale-minutes 0.5`` (30 s, the default heartbeat period): the holder must still be able to
+    commit (a margin of the whole stale limit would stop it before its first commit)."""
+    output = str(tmp_path / "out")
+    a = invocations(OutputStore(output), stale_s=30.0)  # the runner's acquire: heartbeat_s left at its default
+    (unit,) = make_units(uris_of(2), 2)
+    committer = a.committer([unit])
+    committer.add(a.write(unit))
+    assert committer.committed == [unit.unit_id]
