@@ -563,3 +563,210 @@ def test_a_stale_limit_shorter_than_the_heartbeat_still_commits(tmp_path, invoca
     committer = a.committer([unit])
     committer.add(a.write(unit))
     assert committer.committed == [unit.unit_id]
+
+
+# ----------------------------------------------------------------------------- sweeps and indexes
+
+
+class HookStore(OutputStore):
+    """A store that calls `hook()` once, just before the first list, prefix listing or conditional put whose
+    path starts with `prefix`: another process acting at that exact moment."""
+
+    def __init__(self, output: str, prefix: str, hook, armed: bool = True):
+        super().__init__(output)
+        self.prefix, self.hook, self.fired = prefix, hook, not armed
+
+    def _at(self, rel: str) -> None:
+        if not self.fired and rel.startswith(self.prefix):
+            self.fired = True
+            self.hook()
+
+    def list(self, rel_dir: str) -> list[str]:
+        self._at(rel_dir)
+        return super().list(rel_dir)
+
+    def list_prefix(self, rel_prefix: str) -> list[str]:
+        self._at(rel_prefix)
+        return super().list_prefix(rel_prefix)
+
+    def put_if(self, rel: str, data: bytes, expected: bytes | None) -> bool:
+        self._at(rel)
+        return super().put_if(rel, data, expected)
+
+
+@pytest.mark.parametrize("moment", ["_log/r2", "_leases/r2", "masks/part-r2-"],
+                         ids=["while-listing-runs", "while-taking-the-lease", "while-sweeping"])
+def test_a_run_starting_while_another_run_sweeps_it_loses_nothing(tmp_path, invocations, moment):
+    """Run r1's invocation sweeps the other runs of OUTPUT (sweep_other_runs) while run r2 starts at three
+    moments: when r1 reads r2's log, when r1 takes r2's lease, and inside r1's sweep of r2. r2 either starts
+    (r1 then leaves it alone) or is refused until r1 is done; either way every unit r2 commits stays
+    readable and a plain read after r2 finishes has each of its images once."""
+    from diffseg.lake.lease import LeaseHeldError
+    from diffseg.lake.sweep import sweep_other_runs
+
+    output = str(tmp_path / "out")
+    uris = uris_of(8, "s3://r2/")
+    units = make_units(uris, 4)
+    killed = invocations(OutputStore(output), run_id="r2", lease=False)  # r2's killed invocation: unit 0 ...
+    committer = killed.committer(units)
+    committer.add(killed.write(units[0]))
+    killed.write(units[1], positions=[0, 1])  # ... and a part of unit 1, never committed
+    r2: list[Invocation] = []
+    refused: list[Exception] = []
+
+    def start_r2() -> None:
+        try:
+            r2.append(invocations(OutputStore(output), run_id="r2"))
+        except LeaseHeldError as exc:
+            refused.append(exc)
+
+    swept = sweep_other_runs(HookStore(output, moment, start_r2), "r1", SCHEMAS, stale_s=120.0)
+    if not r2:  # refused while r1 held r2's lease: the operator's resubmission
+        assert refused and moment == "masks/part-r2-"
+        start_r2()
+    (b,) = r2
+    b.sweep_ended()
+    assert set(b.done.units) == {units[0].unit_id}
+    todo = b.done.exclude(uris)
+    (rest,) = make_units(todo, 4)
+    b_committer = b.committer([rest])
+    b_committer.add(b.write(rest))
+    b_committer.finish()
+    b.sweep_own()
+    assert swept.get("r2", 0) in (0, 3)  # r1 swept nothing of r2, or only the killed invocation's part
+    assert committed_outcome(output, "r2") == exactly_once(uris)
+    assert plain_outcome(output) == exactly_once(uris)
+
+
+def full_replay(store: OutputStore, run_id: str = RUN):
+    """The run's state replayed from every entry of its log (no index snapshot): what the index must equal."""
+    from diffseg.lake.done_index import empty_done, replay
+
+    return replay(empty_done(), _entries(store, run_id))
+
+
+@pytest.mark.parametrize("moment", ["_log/default/", "_index/default"],
+                         ids=["before-the-index-entry", "after-the-index-entry"])
+def test_two_index_writers_never_pair_one_writers_keys_with_the_others_units(tmp_path, invocations, moment):
+    """Invocation a writes the done index (write_index) while b takes the run over, commits a unit and
+    writes its own index: before a's index entry (a is fenced) or after it (while a removes the snapshots
+    its entry replaced). Readers then see the state of the log, never a mix: every committed key with its
+    unit, no key lost, no unit without its keys."""
+    output = str(tmp_path / "out")
+    uris = uris_of(16)
+    units = make_units(uris, 4)
+    b_box = []
+
+    def b_takes_over() -> None:
+        b = invocations(OutputStore(output), break_lease=True)
+        (rest,) = make_units(b.done.exclude(uris), 4)
+        b_committer = b.committer([rest])
+        b_committer.add(b.write(rest))
+        b_committer.finish()
+        assert write_index(b.store, b.log, load_state(b.store, RUN)) is not None
+        b_box.append(b)
+
+    a = invocations(HookStore(output, moment, b_takes_over, armed=False))
+    committer = a.committer(units[:3])
+    for unit in units[:2]:
+        committer.add(a.write(unit))
+    first = write_index(a.store, a.log, load_state(a.store, RUN))  # an earlier snapshot, to be replaced
+    assert first is not None
+    committer.add(a.write(units[2]))
+    a.store.fired = False
+    try:
+        write_index(a.store, a.log, load_state(a.store, RUN))
+    except LogFencedError:
+        assert moment == "_log/default/"
+    assert b_box, "the other writer did not run"
+    store = OutputStore(output)
+    state, truth = load_state(store, RUN), full_replay(store)
+    assert state.units == truth.units
+    assert sorted(state.uris.column("uri").to_pylist()) == sorted(truth.uris.column("uri").to_pylist()) == uris
+    assert state.duplicates() == 0
+    assert committed_outcome(output) == exactly_once(uris)
+    newest = max(e["version"] for e in _entries(store) if e["kind"] == "index")
+    assert state.index_version == newest  # the newest snapshot is whole: a did not remove b's files
+
+    store.remove(store.list(f"_index/{RUN}"))  # snapshots removed by hand: the log still has everything
+    state = load_state(store, RUN)
+    assert state.index_version == -1 and state.units == truth.units and len(state) == len(uris)
+
+
+def test_takeover_while_new_images_arrive_commits_no_key_twice(output, invocations):
+    """a cut 8 images into units of 4 and committed one; new images arrive and b takes the run over: b cuts
+    the remaining keys differently (its units overlap a's uncommitted one). a's late commit of its unit is
+    fenced, so no key is committed twice and a plain read has each image once."""
+    a = invocations(OutputStore(output))
+    old = uris_of(8)
+    a_units = make_units(old, 4)
+    committer = a.committer(a_units)
+    committer.add(a.write(a_units[0]))
+    late = a.write(a_units[1])  # a's actors finished unit 1; its driver has not committed it yet
+
+    new = [f"s3://in/{i:02d}b.jpg" for i in range(4, 8)]  # arrive sorted between a's unit-1 images
+    b = invocations(OutputStore(output), break_lease=True)
+    todo = b.done.exclude(sorted(old + new))
+    b_units = make_units(todo, 4)
+    assert {u.uris for u in b_units}.isdisjoint({a_units[1].uris})  # cut differently
+    with pytest.raises(LogFencedError):
+        committer.add(late)
+    b.sweep_ended()
+    b_committer = b.committer(b_units)
+    for unit in b_units:
+        b_committer.add(b.write(unit))
+    b_committer.finish()
+    b.sweep_own()
+    state = load_state(b.store, RUN)
+    assert state.duplicates() == 0 and len(state) == 12
+    assert committed_outcome(output) == exactly_once(old + new)
+    assert plain_outcome(output) == exactly_once(old + new)
+
+
+# ----------------------------------------------------------------------------------- error rows
+
+
+def test_retryable_errors_are_retried_by_a_rerun_and_final_ones_with_retry_errors(output, invocations):
+    """A read error the store caused (503 SlowDown: retryable by diffseg.lake.faults) is retried by a plain
+    rerun and ends in masks, its old error row gone from a plain read; a final decode error stays until
+    ``--retry-errors``. After each finished invocation every image is in exactly one table."""
+    from diffseg.lake.retry import release_errors
+
+    uris = uris_of(4)
+    throttled, corrupt = uris[1], uris[2]
+    (unit,) = make_units(uris, 4)
+
+    def invocation(retry_errors: bool, outcomes: dict, finish: bool = True) -> list[str]:
+        """One invocation: plans, releases the error rows of what it plans, processes, commits, sweeps."""
+        inv = Invocation(OutputStore(output))
+        try:
+            inv.sweep_ended()
+            todo = inv.done.exclude(uris, retry_errors=retry_errors)
+            if todo:
+                release_errors(inv.store, inv.log, inv.done, pa.array(todo, pa.string()), SEGMENT_TABLES)
+                if finish:
+                    units = make_units(todo, 4)
+                    committer = inv.committer(units)
+                    for u in units:
+                        committer.add(inv.write(u, outcomes))
+                    committer.finish()
+            if finish:
+                inv.sweep_own()
+            return todo
+        finally:
+            inv.release()
+
+    assert invocation(False, {throttled: "read503", corrupt: "decode"}) == uris
+    errors = read_output(output, "errors").to_pylist()
+    assert {r["uri"]: r["retryable"] for r in errors} == {throttled: True, corrupt: False}
+    assert plain_outcome(output) == exactly_once(uris, errors={throttled, corrupt})
+
+    assert invocation(False, {throttled: "read503"}, finish=False) == [throttled]  # released, then killed
+    assert plain_outcome(output) == exactly_once(set(uris) - {throttled}, errors={corrupt})
+    assert invocation(False, {}) == [throttled]  # the next rerun plans it again and segments it
+    assert plain_outcome(output) == exactly_once(uris, errors={corrupt})
+    assert committed_outcome(output) == exactly_once(uris, errors={corrupt})
+    assert invocation(False, {}) == []  # a final error is not retried by a plain rerun ...
+    assert invocation(True, {}) == [corrupt]  # ... but by --retry-errors
+    assert plain_outcome(output) == committed_outcome(output) == exactly_once(uris)
+    assert read_output(output, "errors").num_rows == 0
