@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diffseg.lake.log import LAST_INDEX, list_versions, log_dir, read_entries
+from diffseg.lake.log import LAST_INDEX, CommitRecordError, entry_path, list_versions, log_dir, read_entries
 from diffseg.lake.store import OutputStore
 
 log = logging.getLogger("diffseg.lake.done_index")
@@ -182,8 +183,6 @@ def _newest_index(store: OutputStore, run_id: str, versions: list[int]) -> dict 
 
 
 def _read_parquet(store: OutputStore, rel: str, schema: pa.Schema) -> pa.Table:
-    from diffseg.lake.log import CommitRecordError
-
     try:
         data = store.get(rel)
         return pq.read_table(pa.BufferReader(data), schema=schema)
@@ -199,15 +198,28 @@ def load_state(store: OutputStore, run_id: str) -> DoneSet:
         return empty_done()
     done = empty_done()
     index = _newest_index(store, run_id, versions)
+    try:
+        keys = _read_parquet(store, index["files"]["keys"], KEYS_SCHEMA) if index else None
+        units = _read_parquet(store, index["files"]["units"], UNITS_SCHEMA).to_pylist() if index else None
+    except CommitRecordError as exc:  # the snapshot is gone (replaced by a newer index): the log has it all
+        if not isinstance(exc.__cause__, FileNotFoundError):
+            raise
+        log.warning("run %r: %s; replaying the whole log instead", run_id, exc)
+        index = None
     if index is not None:
-        keys = _read_parquet(store, index["files"]["keys"], KEYS_SCHEMA)
-        units = _read_parquet(store, index["files"]["units"], UNITS_SCHEMA).to_pylist()
         done = DoneSet(keys.cast(HELD_KEYS_SCHEMA),
                        {u["unit_id"]: {**{k: u[k] for k in ("items", "errors", "retry")}, "files": json.loads(u["files"])}
                         for u in units},
                        version=index["covers"], invocations=dict(index.get("invocations", {})),
                        index_version=index["version"], last_at=index.get("at"))
-    tail = [v for v in versions if v > done.version and v != done.index_version]  # the index entry is read
+    tail = [v for v in versions if v > done.version]
+    missing = sorted(set(range(done.version + 1, versions[-1] + 1)) - set(tail))
+    if missing:  # entries are never deleted: a gap is a record removed by hand or by a tool, never "not committed"
+        raise CommitRecordError(
+            f"cannot read commit record {store.uri(entry_path(run_id, missing[0]))} (missing: version(s) "
+            f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} of the run's log are gone while later "
+            f"ones exist); the run's committed rows cannot be known without it: restore it from a backup")
+    tail = [v for v in tail if v != done.index_version]  # the index entry itself was read
     for start in range(0, len(tail), 512):
         replay(done, read_entries(store, run_id, tail[start: start + 512]))
     return done
@@ -222,9 +234,19 @@ def snapshot_tables(done: DoneSet) -> tuple[pa.Table, pa.Table]:
                       "files": [json.dumps(r["files"], separators=(",", ":")) for _, r in units]}, schema=UNITS_SCHEMA))
 
 
+_SNAPSHOT = re.compile(r"^[0-9a-f]{12}-(\d{20})-(keys|units)\.parquet$")
+
+
+def _snapshot_covers(rel: str) -> int:
+    """The log version a snapshot file's name says it covers (-1 for a name of another format)."""
+    match = _SNAPSHOT.match(rel.rsplit("/", 1)[-1])
+    return int(match[1]) if match else -1
+
+
 def write_index(store: OutputStore, commit_log, done: DoneSet) -> dict | None:
     """Writes a snapshot of `done` (the run's state up to ``done.version``) and its fenced ``index`` entry;
-    removes the snapshot files of the previous index. Returns the entry (None when nothing is new)."""
+    removes the snapshot files of earlier indexes (not those of a newer writer: it took the run over while
+    this one wrote). Returns the entry (None when nothing is new)."""
     if done.changes == 0:
         return None
     keys, units = snapshot_tables(done)
@@ -236,7 +258,8 @@ def write_index(store: OutputStore, commit_log, done: DoneSet) -> dict | None:
     entry = commit_log.append("index", {"covers": done.version, "files": files, "invocations": invocations,
                                         "keys": keys.num_rows, "units": units.num_rows})
     commit_log.write_hint(LAST_INDEX, {"version": entry["version"]})
-    old = [r for r in store.list(f"{INDEX}/{commit_log.run_id}") if r not in files.values()]
+    old = [r for r in store.list(f"{INDEX}/{commit_log.run_id}") if r not in files.values()
+           and _snapshot_covers(r) < done.version]  # a newer writer's snapshot (it took the run over) stays
     store.remove(old)
     return entry
 

@@ -47,7 +47,9 @@ class Lease:
     """The lease of one run, held by this process (use :func:`acquire`)."""
 
     def __init__(self, store: OutputStore, run_id: str, heartbeat_s: float = 30.0, stale_s: float = 120.0):
-        self.store, self.run_id, self.heartbeat_s, self.stale_s = store, run_id, heartbeat_s, stale_s
+        # a heartbeat at least 4 times per stale limit: with a slower one (--lease-stale-minutes 0.5 and the
+        # default 30 s period) the margin of check() would be the whole limit and nothing could be committed
+        self.store, self.run_id, self.heartbeat_s, self.stale_s = store, run_id, min(heartbeat_s, stale_s / 4), stale_s
         self.token = uuid.uuid4().hex
         self.started = time.time()
         self.last_ok = self.started  # when the lease object last held our heartbeat (a successful write)
