@@ -134,12 +134,14 @@ class SegmentUDF(ModelActor):
         return error_result(item["uri"], item["unit_id"], stage, message, error_type=error_type or type(exc).__name__)
 
     def encode(self, item: dict, per_method: dict) -> dict:
-        """Masks and stats items of one image for every method."""
+        """Masks and stats items of one image for every method: the label map stored at the argmax size
+        (``width``/``height``: the photo's; readers use diffseg.codecs.masks.decode_label_map), the
+        statistics exact at the photo's size."""
         from diffseg.codecs.masks import encode_segmentation
 
         masks, stats = [], []
         for method, seg in per_method.items():
-            mask, rows = encode_segmentation(seg, self.vocab.names, self.config.save_scores)
+            mask, rows = encode_segmentation(seg, self.vocab.names, self.config.save_scores, argmax_size=True)
             masks.append({**mask, "method": method})
             stats += [{"method": method, **row} for row in rows]
         return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,
