@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from diffseg import methods as method_registry
 from diffseg.capture import CapturedMaps, Needs, SelfAttention, capture
 from diffseg.codecs.images import resize_square, to_rgb_array
+from diffseg.codecs.upscale import upscale_labels
 from diffseg.model import Pipeline
 from diffseg.vocabulary import (
     DEFAULT_CLASS_TEMPLATE,
@@ -66,18 +68,33 @@ class SegmenterConfig:
 class Segmentation:
     """One image's result for one method.
 
-    label_map: (H, W) uint8 (uint16 beyond 255 classes) at the input's size, 0 = background, k = the
-    k-th vocabulary class; scores: (1 + K, h, w) float32 at model resolution (channel 0 background,
-    -inf for classes the method filtered out); classes: names present in label_map; method: its name.
+    labels: (h, w) uint8 (uint16 beyond 255 classes) at the argmax size (at most ``max_label_side`` on the
+    long side: what the job stores), 0 = background, k = the k-th vocabulary class; size: (H, W) of the
+    input (default: labels' own shape); label_map: (H, W) the labels at the input's size, the nearest
+    upscale of ``labels`` (diffseg.codecs.upscale.upscale_labels; made on first access, then kept);
+    scores: (1 + K, h, w) float32 at model resolution (channel 0 background, -inf for classes the method
+    filtered out); classes: names present in label_map; method: its name.
     For maskdiffusion-unsupervised, label k is the k-th segment, and classes/class_ids name the segments
     present (the vocabulary class each overlaps most by cross-attention, or "segment k").
     """
 
-    label_map: np.ndarray
+    labels: np.ndarray
     scores: np.ndarray
     classes: list[str]
     method: str
     class_ids: list[int] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.size is None:
+            self.size = tuple(int(n) for n in np.shape(self.labels))
+        else:
+            self.size = (int(self.size[0]), int(self.size[1]))
+
+    @cached_property
+    def label_map(self) -> np.ndarray:
+        """(H, W) at the input's size: ``labels`` itself when it is that size, else its nearest upscale."""
+        return upscale_labels(self.labels, *self.size)
 
     def label_names(self, vocab_names: list[str]) -> list[str]:
         """Names of label ids 1..K: the vocabulary, overridden by what this result says it found
@@ -274,14 +291,15 @@ class Segmenter:
         self, scores: torch.Tensor, size: tuple[int, int], method: str, names: list[str] | None = None
     ) -> Segmentation:
         """`names`: of channels 1..K when they are not the vocabulary's classes (unsupervised segments)."""
-        label_map = scores_to_label_map(scores, size, self.config.max_label_side, self.label_dtype)
-        ids = [int(i) for i in np.unique(label_map) if i > 0]
+        labels, counts = scores_to_labels(scores, size, self.config.max_label_side, self.label_dtype)
+        ids = [int(i) for i in np.flatnonzero(counts[1:]) + 1]  # every argmax cell survives the upscale
         return Segmentation(
-            label_map=label_map,
+            labels=labels,
             scores=scores.cpu().numpy().astype(np.float32),
             classes=[(names or self.vocab.names)[i - 1] for i in ids],
             method=method,
             class_ids=ids,
+            size=(int(size[0]), int(size[1])),
         )
 
 
@@ -328,12 +346,16 @@ def _default_keys(arrays: list[np.ndarray]) -> list[str]:
     return [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
 
 
-def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:
-    """(1 + K, h, w) scores -> (H, W) label map of `dtype` at `size` = (H, W).
+def scores_to_labels(
+    scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8
+) -> tuple[np.ndarray, np.ndarray]:
+    """(1 + K, h, w) scores -> the argmax-size label map of `dtype` and its label counts.
 
-    The argmax is taken on scores upsampled (bilinear) to at most `max_side` on the long side, then the
-    labels are resized (nearest) to the full size, so memory never scales with K x original pixels.
-    -inf scores (filtered classes) never win.
+    The argmax is taken on scores upsampled (bilinear) to at most `max_side` on the long side of `size`
+    = (H, W) (the size itself when it is smaller): (ah, aw) = round((H, W) * min(1, max_side / max(H, W))).
+    -inf scores (filtered classes) never win. Returns (labels (ah, aw) of `dtype`, counts (1 + K,) int64
+    of each label in it, counted where the argmax ran). ah <= H and aw <= W, so every cell survives the
+    nearest upscale to (H, W) (:func:`scores_to_label_map`).
     """
     h, w = int(size[0]), int(size[1])
     f = min(1.0, max_side / max(h, w))
@@ -341,9 +363,21 @@ def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: i
     finite = torch.nan_to_num(scores.float(), neginf=-1e9, posinf=1e9)
     up = F.interpolate(finite[None], size=(ah, aw), mode="bilinear", align_corners=False)[0]
     labels = up.argmax(0)
-    if (ah, aw) != (h, w):
-        labels = F.interpolate(labels[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
-    return labels.cpu().numpy().astype(dtype)
+    counts = torch.bincount(labels.flatten(), minlength=scores.shape[0]).cpu().numpy()
+    small = labels.to(torch.uint8) if np.dtype(dtype) == np.uint8 else labels.to(torch.int32)
+    return small.cpu().numpy().astype(dtype, copy=False), counts
+
+
+def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:
+    """(1 + K, h, w) scores -> (H, W) label map of `dtype` at `size` = (H, W).
+
+    The argmax is taken on scores upsampled (bilinear) to at most `max_side` on the long side
+    (:func:`scores_to_labels`), then the labels are resized (nearest,
+    diffseg.codecs.upscale.upscale_labels: torch's ``mode="nearest"``) to the full size, so memory never
+    scales with K x original pixels. -inf scores (filtered classes) never win.
+    """
+    labels, _ = scores_to_labels(scores, size, max_side, dtype)
+    return upscale_labels(labels, int(size[0]), int(size[1]))
 
 
 def seeded_noise(key: str, seed: int, shape) -> torch.Tensor:

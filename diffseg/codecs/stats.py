@@ -4,21 +4,35 @@
   decodes it), with ``bbox_xywh`` equal to ``pycocotools.mask.toBbox`` of that RLE.
 - Connected components use 8-connectivity (diagonal neighbours touch), matching how a region looks.
 
-Statistics are computed from runs of equal labels (row runs for components, column runs for RLE), found
-once for the whole label map, so the cost is a few passes over the map plus work proportional to the
+**At the photo's size, from the stored map.** The job stores the label map at the argmax size
+(:mod:`diffseg.codecs.upscale`); ``compute_class_stats(small, names, size=(H, W))`` reports every
+statistic exactly as ``compute_class_stats(upscale_labels(small, H, W), names)`` would, without building
+the full map: areas and RLE from the small map's column runs measured in output rows and repeated per
+output column, components from its row runs (they survive a nearest upscale one for one: the proof is in
+:mod:`diffseg.codecs.runs`). The cost is a few passes over the small map plus work proportional to the
 number of runs, whatever the number of classes in the vocabulary.
 
 **Scores at model resolution.** ``score_mean``/``score_max`` of class k are the mean/max of score
-channel k over the cells of the label map resized (nearest, pixel-centre sampling) to the scores' (h, w).
-A class too small to own any cell at that resolution instead uses the cells that contain its pixels
-(each full-resolution pixel maps to the score cell containing its centre; the mean is weighted by
-pixel count), so a present class always has finite statistics when its channel is finite.
+channel k over the cells of the (full-size) label map resized (nearest, pixel-centre sampling) to the
+scores' (h, w). A class too small to own any cell at that resolution instead uses the cells that contain
+its pixels (each full-resolution pixel maps to the score cell containing its centre; the mean is
+weighted by pixel count), so a present class always has finite statistics when its channel is finite.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pycocotools.mask as mask_utils
+
+from diffseg.codecs.runs import (
+    Bands,
+    column_runs,
+    count_components_from_runs,
+    full_column_runs,
+    rles_per_label,
+    row_runs,
+)
+from diffseg.codecs.upscale import nearest_source_index
 
 STAT_KEYS = (
     "class_id", "class_name", "pixel_count", "fraction", "bbox_xywh", "score_mean", "score_max",
@@ -43,16 +57,20 @@ def count_components(mask: np.ndarray) -> int:
         raise ValueError(f"a mask must be (H, W), got shape {array.shape}")
     if array.size == 0:
         return 0
-    counts = _count_components_per_label(array.astype(np.uint8))
+    counts = count_components_from_runs(row_runs(array.astype(np.uint8)), array.shape[1])
     return int(counts[1]) if len(counts) > 1 else 0
 
 
 def compute_class_stats(
-    label_map: np.ndarray, class_names: list[str], scores: np.ndarray | None = None
+    label_map: np.ndarray, class_names: list[str], scores: np.ndarray | None = None,
+    size: tuple[int, int] | None = None,
 ) -> list[dict]:
-    """One statistics dict per class present in an (H, W) label map (0 = background, k = class_names[k-1]).
+    """One statistics dict per class present in a label map (0 = background, k = class_names[k-1]).
 
-    ``scores`` is optional (C, h, w) float with channel k scoring class k (C > the largest id present).
+    ``label_map``: (h, w) integer ids. ``size``: (H, W) the statistics are reported at, the map being
+    nearest-resized to it (:func:`diffseg.codecs.upscale.upscale_labels`; the job passes the photo's size
+    with its stored argmax-size map); default: the map's own size.
+    ``scores`` is optional (C, hs, ws) float with channel k scoring class k (C > the largest id present).
     Each dict has the keys of :data:`STAT_KEYS`: ``class_id`` int, ``class_name`` str, ``pixel_count``
     int, ``fraction`` float (of all pixels), ``bbox_xywh`` [x, y, w, h] ints, ``score_mean`` and
     ``score_max`` floats (NaN without scores; see the module docstring), ``components`` int (8-connected),
@@ -60,37 +78,40 @@ def compute_class_stats(
     absent classes are not listed.
     """
     labels = _check_label_map(label_map)
-    height, width = labels.shape
-    col_starts, col_lengths, col_values = _column_runs(labels)
-    largest = int(col_values.max())
+    height, width = (int(size[0]), int(size[1])) if size is not None else labels.shape
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be a positive (H, W), got {size!r}")
+    bands = Bands.of(labels.shape, (height, width))
+    kept = bands.keep(labels)
+    col_runs = column_runs(kept)
+    starts, lengths, values = full_column_runs(col_runs, bands)
+    largest = int(values.max())
     if largest > len(class_names):
         raise ValueError(
             f"label map holds class id {largest} but only {len(class_names)} class names were given "
             "(ids 1..K name class_names[0..K-1]); pass the full vocabulary"
         )
-    counts = np.bincount(col_values, weights=col_lengths, minlength=largest + 1).astype(np.int64)
-    present = [int(k) for k in np.flatnonzero(counts) if k > 0]
+    counts = np.bincount(values, weights=lengths, minlength=largest + 1).astype(np.int64)
+    present = [int(k) for k in np.flatnonzero(counts[1:]) + 1]
     if not present:
         return []
-    row_runs = _row_runs(labels)
-    score_stats = _score_stats(labels, row_runs, present, scores)
-    components = _count_components_from_runs(row_runs, width)
-    rles = _rles_per_label((height, width), col_starts, col_lengths, col_values, present)
+    kept_rows = row_runs(kept)
+    components = count_components_from_runs(kept_rows, kept.shape[1])
+    score_stats = _score_stats(labels, bands, kept_rows, present, scores, (height, width))
+    rles, boxes = rles_per_label((height, width), starts, lengths, values, present)
     stats = []
-    for k in present:
-        rle = rles[k]
-        bbox = mask_utils.toBbox(rle)
+    for k, rle, bbox in zip(present, rles, boxes.tolist()):
         stats.append(
             {
                 "class_id": k,
                 "class_name": class_names[k - 1],
                 "pixel_count": int(counts[k]),
                 "fraction": float(counts[k]) / float(height * width),
-                "bbox_xywh": [int(round(v)) for v in bbox],
+                "bbox_xywh": bbox,
                 "score_mean": score_stats[k][0],
                 "score_max": score_stats[k][1],
                 "components": int(components[k]),
-                "rle_counts": rle["counts"].decode("ascii"),
+                "rle_counts": rle,
                 "rle_size": [int(height), int(width)],
             }
         )
@@ -111,110 +132,9 @@ def _check_label_map(label_map: np.ndarray) -> np.ndarray:
     return array
 
 
-def _row_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Maximal horizontal runs of equal non-zero labels: (row, first col, last col, label), each (N,) int64."""
-    height, width = labels.shape
-    flat = labels.ravel()
-    change = np.empty(flat.size, dtype=bool)
-    change[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[::width] = True  # a run never crosses a row end
-    starts = np.flatnonzero(change)
-    ends = np.append(starts[1:], flat.size) - 1
-    values = flat[starts].astype(np.int64)
-    keep = values != 0
-    starts, ends, values = starts[keep], ends[keep], values[keep]
-    return starts // width, starts % width, ends % width, values
-
-
-def _count_components_per_label(labels: np.ndarray) -> np.ndarray:
-    """Count 8-connected components of each label of an (H, W) map: an int64 array indexed by label."""
-    return _count_components_from_runs(_row_runs(labels), labels.shape[1])
-
-
-def _count_components_from_runs(row_runs: tuple, width: int) -> np.ndarray:
-    """Count 8-connected components per label from :func:`_row_runs` output (int64 array indexed by label).
-
-    Runs in adjacent rows with the same label touch when their column spans overlap or meet diagonally;
-    the runs are joined by a vectorised union-find (hook larger roots onto smaller ones, then pointer-jump).
-    """
-    rows, first, last, values = row_runs
-    n = len(values)
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    stride = width + 2  # keys of different rows never interleave, even at col - 1 and col + 1
-    start_key = rows * stride + first
-    end_key = rows * stride + last
-    # candidate partners of run b: the runs in row b-1 with last >= first_b - 1 and first <= last_b + 1
-    lo = np.searchsorted(end_key, (rows - 1) * stride + first - 1, side="left")
-    hi = np.searchsorted(start_key, (rows - 1) * stride + last + 1, side="right")
-    widths = np.maximum(hi - lo, 0)
-    src = np.repeat(np.arange(n), widths)
-    offsets = np.arange(widths.sum()) - np.repeat(np.cumsum(widths) - widths, widths)
-    dst = np.repeat(lo, widths) + offsets
-    same = values[src] == values[dst]
-    parent = _union_roots(n, src[same], dst[same])
-    roots = parent == np.arange(n)
-    return np.bincount(values[roots], minlength=int(values.max()) + 1)
-
-
-def _union_roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Root (smallest node id) of each of n nodes' connected component, given undirected edges u-v."""
-    parent = np.arange(n)
-    while u.size:
-        pu, pv = parent[u], parent[v]
-        open_edges = pu != pv
-        if not open_edges.any():
-            break
-        u, v, pu, pv = u[open_edges], v[open_edges], pu[open_edges], pv[open_edges]
-        np.minimum.at(parent, np.maximum(pu, pv), np.minimum(pu, pv))
-        while True:  # pointer jumping until every node points at a root
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent
-
-
-def _column_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximal runs of equal labels in column-major order (COCO RLE order), background included.
-
-    Returns (start, length, label), each (N,) int64, starts increasing, positions in the column-major
-    flattening of the (H, W) map.
-    """
-    flat = labels.T.ravel()  # a column-major copy, as COCO RLE counts run
-    change = np.empty(flat.size, dtype=bool)
-    change[0] = True
-    np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    lengths = np.diff(np.append(starts, flat.size))
-    return starts, lengths, flat[starts].astype(np.int64)
-
-
-def _rles_per_label(
-    size: tuple[int, int], starts: np.ndarray, lengths: np.ndarray, values: np.ndarray, present: list[int]
-) -> dict[int, dict]:
-    """COCO compressed RLE (pycocotools dict, counts bytes) of each present label, from column runs."""
-    height, width = size
-    total = height * width
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    rles = {}
-    for k in present:
-        begin, end = np.searchsorted(sorted_values, [k, k + 1])
-        run_ids = order[begin:end]  # increasing position, as the sort is stable
-        run_starts, run_lengths = starts[run_ids], lengths[run_ids]
-        gaps = run_starts - np.concatenate(([0], run_starts[:-1] + run_lengths[:-1]))
-        counts = np.empty(2 * len(run_ids), dtype=np.int64)
-        counts[0::2], counts[1::2] = gaps, run_lengths
-        tail = total - int(run_starts[-1] + run_lengths[-1])
-        counts_list = counts.tolist() + ([tail] if tail else [])  # pycocotools omits a zero tail
-        rles[k] = mask_utils.frPyObjects({"counts": counts_list, "size": [height, width]}, height, width)
-    return rles
-
-
 def _score_stats(
-    labels: np.ndarray, row_runs: tuple, present: list[int], scores: np.ndarray | None
+    labels: np.ndarray, bands: Bands, kept_rows: tuple, present: list[int], scores: np.ndarray | None,
+    size: tuple[int, int],
 ) -> dict[int, tuple[float, float]]:
     """(mean, max) of each present class's score channel at the scores' resolution (module docstring)."""
     if scores is None:
@@ -225,11 +145,13 @@ def _score_stats(
             f"scores must be (C, h, w) with a channel for every class present (C > {max(present)}), "
             f"got shape {array.shape}"
         )
-    height, width = labels.shape
+    height, width = size
     _, h, w = array.shape
     rows = np.minimum(((np.arange(h) + 0.5) * height / h).astype(np.int64), height - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * width / w).astype(np.int64), width - 1)
-    small = labels[np.ix_(rows, cols)]  # nearest resize to (h, w), sampling pixel centres
+    # full-size pixel (y, x) is labels[source row of y, source col of x]
+    small = labels[np.ix_(nearest_source_index(labels.shape[0], height)[rows],
+                          nearest_source_index(labels.shape[1], width)[cols])]
     result = {}
     missing = []
     for k in present:
@@ -239,14 +161,18 @@ def _score_stats(
         else:
             missing.append(k)
     if missing:  # tiny classes: sample the score cells that contain their pixels
-        run_rows, first, last, values = row_runs
+        run_rows, first, last, values = kept_rows
         for k in missing:
             sel = values == k
-            lengths = last[sel] - first[sel] + 1
-            pix_rows = np.repeat(run_rows[sel], lengths)
-            pix_cols = np.repeat(first[sel], lengths) + (
-                np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            )
+            # each kept run is a block of output rows x output columns
+            row0, row1 = bands.row_offsets[run_rows[sel]], bands.row_offsets[run_rows[sel] + 1]
+            col0, col1 = bands.col_offsets[first[sel]], bands.col_offsets[last[sel] + 1]
+            reps = row1 - row0
+            full_rows = np.repeat(row0 - (np.cumsum(reps) - reps), reps) + np.arange(reps.sum())
+            col0, col1 = np.repeat(col0, reps), np.repeat(col1, reps)
+            lengths = col1 - col0
+            pix_rows = np.repeat(full_rows, lengths)
+            pix_cols = np.repeat(col0 - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
             cell_r = np.minimum(((pix_rows + 0.5) * h / height).astype(np.int64), h - 1)
             cell_c = np.minimum(((pix_cols + 0.5) * w / width).astype(np.int64), w - 1)
             sampled = array[k][cell_r, cell_c]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from diffseg.codecs.masks import decode_label_png, decode_scores_png
+from diffseg.codecs.masks import decode_label_map, decode_scores_png
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.ground_truth import GroundTruth
 from diffseg.eval.metrics import foreground_from_scores, resize_nearest
@@ -76,7 +76,7 @@ class Predictions:
     """One method's matched mask rows and the ground truth each is scored against."""
 
     method: str
-    table: pa.Table  # columns uri, label_map_png, scores_png
+    table: pa.Table  # columns uri, width, height, label_map_png, scores_png
     row_of: dict[str, int]  # stem -> row of `table`
     gt: GroundTruth
     lut: np.ndarray  # (1 + K,) prediction label -> ground-truth id
@@ -95,8 +95,9 @@ class Predictions:
             yield (*self.foreground(row, gt.shape), gt)
 
     def job_labels(self, row: dict, size: tuple[int, int]) -> np.ndarray:
-        """(H, W) int64: the job's label map, in ground-truth ids, resized (nearest) to `size`."""
-        label = decode_label_png(row["label_map_png"])
+        """(H, W) int64: the job's label map at the photo's size (decode_label_map), in ground-truth ids,
+        resized (nearest) to `size`."""
+        label = decode_label_map(row["label_map_png"], row["width"], row["height"])
         if label.size and int(label.max()) >= len(self.lut):
             raise EvaluationError(
                 f"{row['uri']}: label {int(label.max())} is beyond the vocabulary ({len(self.lut) - 1} classes)"
@@ -135,7 +136,7 @@ def load_predictions(
             f"no prediction of {method!r} matches a ground-truth file by stem: predictions like "
             f"{sorted(uri_of)[:3]}, ground truth like {sorted(gt.paths)[:3]}"
         )
-    columns = ["uri", "label_map_png", "scores_png"]
+    columns = ["uri", "width", "height", "label_map_png", "scores_png"]
     table = read_table(output, "masks", columns, run_id, [method], uris={uri_of[s] for s in matched})
     first_row = {uri: i for i, uri in reversed(list(enumerate(table["uri"].to_pylist())))}
     return Predictions(method, table, {s: first_row[uri_of[s]] for s in matched}, gt, lut)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diffseg.codecs.masks import decode_label_png
+from diffseg.codecs.masks import decode_label_map
 from diffseg.eval.predictions import names_segments
 from diffseg.lake.read import OutputError, iter_committed, model_uri, read_table, resolve_run, stem_of
 
@@ -91,7 +91,7 @@ def iter_images(selection: Selection, with_stats: bool = True) -> Iterator[Expor
             for row in unit_stats.filter(pc.equal(unit_stats["method"], wanted)).to_pylist():
                 stats_by_uri[row["uri"]].append(row)
         for row in masks.filter(pc.equal(masks["method"], wanted)).to_pylist():
-            label_map = decode_label_png(row["label_map_png"])
+            label_map = decode_label_map(row["label_map_png"], row["width"], row["height"])  # the photo's size
             stats = sorted(stats_by_uri.get(row["uri"], []), key=lambda s: s["class_id"])
             yield ExportImage(row["uri"], int(row["width"]), int(row["height"]), label_map,
                               list(row["classes"] or []), stats)

@@ -13,7 +13,7 @@ import pyarrow as pa
 from PIL import Image
 
 from diffseg.codecs.images import load_image
-from diffseg.codecs.masks import decode_label_png
+from diffseg.codecs.masks import decode_label_map
 from diffseg.codecs.overlay import blend_labels, palette
 from diffseg.eval.metrics import resize_nearest
 from jobs.report import html as H
@@ -93,7 +93,7 @@ def gallery_cards(masks: pa.Table, colour_of: dict, originals: dict, thumb: int,
         rows = sorted(by_uri[uri], key=lambda r: r["method"])
         figures = []
         for row in rows:
-            label = decode_label_png(row["label_map_png"])
+            label = decode_label_map(row["label_map_png"], row["width"], row["height"])
             src, w, h = thumbnail(label, originals.get(uri), thumb, alpha)
             chips = (
                 " ".join(

@@ -62,7 +62,7 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
     ``image`` (N, r, r, 3) uint8 (zeros on error), ``height``/``width`` (N,) int32 original size, and
     ``stage``/``error_type``/``message`` strings ("" when the image is fine).
     """
-    from diffseg.codecs.images import decode_image, resize_square
+    from diffseg.codecs.images import decode_for_model
     from diffseg.inputs import read_uris
     from diffseg.redact import describe_error
 
@@ -80,9 +80,8 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
             message[i] = f"cannot read {uri!r}: " + (describe_error(value, [uri]) if value is not None else "no data")
             continue
         try:
-            image = decode_image(value, name=uri, max_pixels=max_pixels)
-            heights[i], widths[i] = image.shape[:2]
-            images[i] = resize_square(image, resolution)
+            # a JPEG decodes at the DCT scale the square input needs (draft mode); the size is the photo's
+            images[i], (heights[i], widths[i]) = decode_for_model(value, resolution, name=uri, max_pixels=max_pixels)
         except Exception as exc:  # ImageDecodeError and anything a codec raises (MemoryError...)
             stage[i], etype[i], message[i] = "decode", type(exc).__name__, str(exc) or repr(exc)
     return {
@@ -134,12 +133,14 @@ class SegmentUDF(ModelActor):
         return error_result(item["uri"], item["unit_id"], stage, message, error_type=error_type or type(exc).__name__)
 
     def encode(self, item: dict, per_method: dict) -> dict:
-        """Masks and stats items of one image for every method."""
+        """Masks and stats items of one image for every method: the label map stored at the argmax size
+        (``width``/``height``: the photo's; readers use diffseg.codecs.masks.decode_label_map), the
+        statistics exact at the photo's size."""
         from diffseg.codecs.masks import encode_segmentation
 
         masks, stats = [], []
         for method, seg in per_method.items():
-            mask, rows = encode_segmentation(seg, self.vocab.names, self.config.save_scores)
+            mask, rows = encode_segmentation(seg, self.vocab.names, self.config.save_scores, argmax_size=True)
             masks.append({**mask, "method": method})
             stats += [{"method": method, **row} for row in rows]
         return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,

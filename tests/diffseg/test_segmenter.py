@@ -63,7 +63,14 @@ def test_large_images_are_labelled_at_their_full_size(tiny_pipe):
     seg = Segmenter(tiny_pipe, VOCAB, resolution=64, max_label_side=256)
     big = np.random.default_rng(0).integers(0, 255, (300, 2000, 3), dtype=np.uint8)
     res = seg.segment_method([big])[0]
-    assert res.label_map.shape == (300, 2000)
+    assert res.label_map.shape == (300, 2000) and res.size == (300, 2000)
+    assert res.labels.shape == (38, 256)  # the argmax size: 256 on the long side, what the job stores
+    # label_map is the argmax map resized as the Segmenter always did it: torch's nearest, on the device
+    torch_full = torch.nn.functional.interpolate(
+        torch.from_numpy(res.labels)[None, None].float(), size=(300, 2000), mode="nearest")[0, 0]
+    assert np.array_equal(res.label_map, torch_full.long().numpy().astype(np.uint8))
+    present = [VOCAB[i - 1] for i in np.unique(res.label_map) if i]
+    assert res.classes == present
 
 
 def count_forwards(monkeypatch, unet) -> list:

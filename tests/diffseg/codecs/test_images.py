@@ -14,6 +14,7 @@ from diffseg.codecs.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageDecodeError,
+    decode_for_model,
     decode_image,
     load_image,
     resize_square,
@@ -70,12 +71,13 @@ def test_bad_inputs_raise_image_decode_error_naming_the_input(kind):
     else:
         data, reason = encode(noise_image(300, 200), "PNG"), "300x200 = 60,000 pixels"
         max_pixels = 1000
-    with pytest.raises(ImageDecodeError) as info:
-        decode_image(data, name=NAME, max_pixels=max_pixels)
-    message = str(info.value)
-    assert NAME in message
-    assert reason in message
-    assert isinstance(info.value, ValueError)
+    for decode in (decode_image, lambda *a, **k: decode_for_model(a[0], 64, *a[1:], **k)):
+        with pytest.raises(ImageDecodeError) as info:
+            decode(data, name=NAME, max_pixels=max_pixels)
+        message = str(info.value)
+        assert NAME in message
+        assert reason in message
+        assert isinstance(info.value, ValueError)
 
 
 def test_over_limit_message_says_how_to_raise_it():
@@ -265,3 +267,50 @@ def test_resize_square():
 def test_image_extensions_are_lower_case_with_dots():
     assert all(ext.startswith(".") and ext == ext.lower() for ext in IMAGE_EXTENSIONS)
     assert ".jpg" in IMAGE_EXTENSIONS and ".webp" in IMAGE_EXTENSIONS
+
+
+# --- decode_for_model: the model's square input straight from the bytes -----------------------------
+
+
+def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour gradients, a few flat shapes with hard edges and a little sensor noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    image = np.stack([120 + 80 * np.sin(3 * x + c) * np.cos(2 * y - c) for c in (0.0, 1.0, 2.0)], axis=-1)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.05, 0.2) * width
+        disc = (np.mgrid[0:height, 0:width][0] - cy) ** 2 + (np.mgrid[0:height, 0:width][1] - cx) ** 2 < r * r
+        image[disc] = rng.uniform(0, 255, 3)
+    return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+
+
+def test_a_jpeg_decodes_to_the_model_input_within_the_dct_scalings_rounding():
+    photo = photo_like(1000, 700)
+    data = encode(Image.fromarray(photo), "JPEG", quality=90)
+    image, size = decode_for_model(data, 128, name=NAME)
+    reference = resize_square(decode_image(data), 128)  # decoded in full, then resized
+    assert size == (700, 1000) and image.shape == (128, 128, 3) and image.dtype == np.uint8
+    difference = np.abs(image.astype(int) - reference.astype(int))
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 8, (difference.mean(), difference.max())
+
+
+def test_decode_for_model_keeps_the_exif_orientation_and_the_upright_size():
+    photo = photo_like(600, 360, seed=1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display: the upright photo is 360 wide x 600 tall
+    data = encode(Image.fromarray(photo), "JPEG", quality=90, exif=exif.tobytes())
+    image, size = decode_for_model(data, 64)
+    assert size == (600, 360)
+    reference = resize_square(decode_image(data), 64)
+    assert np.abs(image.astype(int) - reference.astype(int)).mean() < 1.5
+    unrotated = resize_square(photo, 64)
+    assert np.abs(image.astype(int) - unrotated.astype(int)).mean() > 10  # the rotation did happen
+
+
+def test_other_formats_decode_for_the_model_exactly_as_before():
+    photo = photo_like(300, 200, seed=2)
+    data = encode(Image.fromarray(photo), "PNG")
+    image, size = decode_for_model(data, 64)
+    assert size == (200, 300) and np.array_equal(image, resize_square(photo, 64))
+    with pytest.raises(ValueError, match="side must be a positive integer"):
+        decode_for_model(data, 0)

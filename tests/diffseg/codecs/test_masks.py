@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffseg.codecs.masks import decode_label_png, decode_scores_png, encode_label_png, encode_scores_png
+from diffseg.codecs.masks import (
+    decode_label_map,
+    decode_label_png,
+    decode_scores_png,
+    encode_label_png,
+    encode_scores_png,
+)
 
 # --- PNG encodings ----------------------------------------------------------------------------------
 
@@ -115,3 +121,55 @@ def test_a_segmentation_encodes_to_the_masks_row_and_stats_rows_the_tables_store
     # a method that names its own segments (unsupervised clustering): its names, not the vocabulary's
     own = Segmentation(labels, scores, ["segment 1", "dog-ish"], "maskdiffusion-unsupervised", class_ids=[1, 3])
     assert [s["class_name"] for s in encode_segmentation(own, ["cat"])[1]] == ["segment 1", "dog-ish"]
+
+
+def test_label_pngs_are_standard_pngs_any_reader_decodes():
+    """The fast encoder's bytes (Up filter, Z_RLE) read back with Pillow alone, CRCs checked."""
+    rng = np.random.default_rng(2)
+    for labels in (rng.integers(0, 20, (37, 53)).astype(np.uint8), np.full((1, 1), 7, np.uint8),
+                   rng.integers(0, 40000, (9, 300)).astype(np.uint16)):
+        data = encode_label_png(labels)
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()  # chunk CRCs and structure
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and image.size == labels.shape[::-1]
+            assert image.mode == ("L" if labels.dtype == np.uint8 else "I;16")
+            np.testing.assert_array_equal(np.asarray(image).astype(labels.dtype), labels)
+
+
+def test_label_map_decodes_at_the_photos_size_as_the_segmenter_resized_it():
+    import torch
+    import torch.nn.functional as F
+
+    from diffseg.segmenter import scores_to_labels
+
+    rng = np.random.default_rng(4)
+    for height, width in [(1382, 2048), (1001, 1537), (300, 2000), (700, 500)]:
+        scores = torch.from_numpy(rng.normal(size=(6, 16, 16)).astype(np.float32))
+        small, _ = scores_to_labels(scores, (height, width), 1024)
+        assert max(small.shape) == min(1024, max(height, width))
+        # the Segmenter's former device-side resize of the argmax map
+        full = F.interpolate(torch.from_numpy(small)[None, None].float(), size=(height, width), mode="nearest")
+        expected = full[0, 0].long().numpy().astype(np.uint8)
+        decoded = decode_label_map(encode_label_png(small), width, height)
+        assert decoded.shape == (height, width) and np.array_equal(decoded, expected)
+    with pytest.raises(ValueError, match="must be positive"):
+        decode_label_map(encode_label_png(small), 0, 5)
+
+
+def test_the_job_stores_the_argmax_size_map_and_stats_at_the_photos_size():
+    from diffseg.codecs.masks import encode_segmentation
+    from diffseg.codecs.stats import compute_class_stats
+    from diffseg.segmenter import Segmentation
+
+    small = np.random.default_rng(5).integers(0, 4, (10, 15)).astype(np.uint8)
+    scores = np.random.default_rng(6).random((4, 3, 4), dtype=np.float32)
+    seg = Segmentation(small, scores, ["cat", "dog", "car"], "seediff", class_ids=[1, 2, 3], size=(21, 31))
+    assert seg.label_map.shape == (21, 31)
+    stored, stats = encode_segmentation(seg, ["cat", "dog", "car"], argmax_size=True)
+    assert (stored["height"], stored["width"]) == (21, 31)
+    assert np.array_equal(decode_label_png(stored["label_map_png"]), small)
+    assert np.array_equal(decode_label_map(stored["label_map_png"], 31, 21), seg.label_map)
+    assert stats == compute_class_stats(seg.label_map, ["cat", "dog", "car"], scores)
+    full, full_stats = encode_segmentation(seg, ["cat", "dog", "car"])  # the library's default: photo size
+    assert np.array_equal(decode_label_png(full["label_map_png"]), seg.label_map) and full_stats == stats

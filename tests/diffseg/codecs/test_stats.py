@@ -163,3 +163,78 @@ def test_stats_big_map_with_few_classes_is_fast():
     assert [s["class_id"] for s in stats] == [7, 1200]
     assert stats[0]["pixel_count"] == 800 * 1300
     assert elapsed < 5.0, f"compute_class_stats took {elapsed:.1f}s on a 12 Mpx map with 2 classes"
+
+
+# --- statistics at the photo's size from the stored (argmax-size) map ---------------------------------
+
+
+def blobby(rng, shape, classes: int) -> np.ndarray:
+    """A label map of blocks of random sizes (regions, holes, diagonal touches), ids 0..classes."""
+    h, w = shape
+    coarse = rng.integers(0, classes + 1, (h // 3 + 2, w // 3 + 2))
+    rows = np.sort(rng.integers(0, coarse.shape[0], h))
+    cols = np.sort(rng.integers(0, coarse.shape[1], w))
+    return coarse[np.ix_(rows, cols)].astype(np.uint8)
+
+
+SIZES = [  # (stored map, photo): the job's 2:1, odd ratios, 1 px, equal, and downscales
+    ((69, 102), (138, 204)), ((23, 31), (61, 47)), ((1, 9), (5, 30)), ((17, 17), (17, 17)),
+    ((30, 40), (11, 13)), ((12, 5), (31, 3)), ((40, 40), (41, 79)),
+]
+
+
+@pytest.mark.parametrize("small_shape,size", SIZES)
+def test_stats_from_the_small_map_equal_those_of_the_upscaled_map(small_shape, size):
+    from diffseg.codecs.upscale import upscale_labels
+
+    rng = np.random.default_rng(sum(small_shape) + sum(size))
+    for trial, classes in enumerate((1, 4, 12)):
+        small = blobby(rng, small_shape, classes) if trial != 2 else rng.integers(0, classes + 1, small_shape)
+        small = small.astype(np.uint8)
+        names = [f"c{k}" for k in range(1, classes + 1)]
+        scores = rng.random((classes + 1, 5, 7)).astype(np.float32)
+        full = upscale_labels(small, *size)
+        from_small = compute_class_stats(small, names, scores, size=size)
+        assert from_small == compute_class_stats(full, names, scores)
+        ids, counts = np.unique(full[full > 0], return_counts=True)
+        assert [s["class_id"] for s in from_small] == ids.tolist()
+        assert [s["pixel_count"] for s in from_small] == counts.tolist()
+
+
+@pytest.mark.parametrize("small_shape,size", SIZES)
+def test_stats_from_the_small_map_match_pycocotools_and_skimage_on_the_full_mask(small_shape, size):
+    from diffseg.codecs.upscale import upscale_labels
+
+    measure = pytest.importorskip("skimage.measure")
+    rng = np.random.default_rng(7 + sum(size))
+    small = blobby(rng, small_shape, 5)
+    full = upscale_labels(small, *size)
+    for s in compute_class_stats(small, NAMES + ["e"], size=size):
+        mask = full == s["class_id"]
+        assert s["rle_size"] == list(size)
+        np.testing.assert_array_equal(mask_utils.decode({"size": s["rle_size"], "counts": s["rle_counts"]}), mask)
+        reference = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert s["rle_counts"] == reference["counts"].decode("ascii")
+        assert s["bbox_xywh"] == [int(v) for v in mask_utils.toBbox(reference)]
+        assert s["components"] == measure.label(mask, connectivity=2, return_num=True)[1]
+
+
+def test_components_survive_a_nearest_upscale_diagonals_included():
+    small = np.zeros((4, 4), np.uint8)
+    small[0, 0] = small[1, 1] = 1  # one diagonal component
+    small[3, 3] = 1  # another
+    small[0, 3] = 2
+    (one, two) = compute_class_stats(small, ["a", "b"], size=(13, 7))  # rows repeat 4,3,3,3; cols 2,2,2,1
+    assert one["components"] == 2 and two["components"] == 1
+    assert one["pixel_count"] == 4 * 2 + 3 * 2 + 3 * 1  # the blocks of cells (0, 0), (1, 1), (3, 3)
+    assert two["bbox_xywh"] == [6, 0, 1, 4]
+
+
+def test_scores_of_a_tiny_class_at_the_photos_size():
+    """A class owning no score cell falls back to the cells under its upscaled pixels."""
+    small = np.zeros((8, 8), np.uint8)
+    small[7, 7] = 3
+    scores = np.zeros((4, 2, 2), np.float32)
+    scores[3] = [[0.1, 0.2], [0.3, 0.7]]
+    (only,) = compute_class_stats(small, ["a", "b", "c"], scores, size=(16, 24))
+    assert only["pixel_count"] == 6 and only["score_mean"] == pytest.approx(0.7)

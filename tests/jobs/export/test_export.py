@@ -16,6 +16,7 @@ from PIL import Image
 
 from diffseg.codecs.masks import encode_label_png
 from diffseg.codecs.stats import compute_class_stats
+from diffseg.codecs.upscale import upscale_labels
 from diffseg.export.source import unique_stems
 from diffseg.lake.schemas import SCHEMAS
 from diffseg.lake.store import OutputStore
@@ -36,8 +37,12 @@ def label_map(seed: int, shape=(24, 40)) -> np.ndarray:
     return labels
 
 
-def write_run(root, images: dict[str, np.ndarray], run_id: str = "r1", units: int = 2, errors=()) -> str:
-    """A committed OUTPUT as jobs.segment writes it: `units` units, masks+stats for both METHODS."""
+def write_run(root, images: dict[str, np.ndarray], run_id: str = "r1", units: int = 2, errors=(),
+              stored: dict[str, np.ndarray] | None = None) -> str:
+    """A committed OUTPUT as jobs.segment writes it: `units` units, masks+stats for both METHODS.
+
+    `stored`: per URI, the argmax-size map the job stores instead of the photo-size map of `images`
+    (whose nearest upscale it must be)."""
     store = OutputStore(str(root))
     uris = sorted(images)
     for part in np.array_split(np.array(uris + list(errors), dtype=object), units):
@@ -45,11 +50,12 @@ def write_run(root, images: dict[str, np.ndarray], run_id: str = "r1", units: in
         for uri in part:
             if uri in errors:
                 continue
-            labels = images[uri]
+            labels = (stored or {}).get(uri, images[uri])
+            height, width = images[uri].shape
             scores = np.random.default_rng(len(uri)).random((1 + len(VOCAB), 8, 8)).astype(np.float32)
             for method in METHODS:
-                present = compute_class_stats(labels, VOCAB, scores)
-                masks.append({"uri": uri, "width": labels.shape[1], "height": labels.shape[0], "method": method,
+                present = compute_class_stats(labels, VOCAB, scores, size=(height, width))
+                masks.append({"uri": uri, "width": width, "height": height, "method": method,
                               "label_map_png": encode_label_png(labels), "classes": [s["class_name"] for s in present],
                               "run_id": run_id, "model": "tiny", "vocab_hash": "h"})
                 stats += [{"uri": uri, "method": method, **s} for s in present]
@@ -69,7 +75,11 @@ def write_run(root, images: dict[str, np.ndarray], run_id: str = "r1", units: in
 def lake(tmp_path):
     images = {f"s3://lake/{folder}/{name}": label_map(i) for i, (folder, name) in enumerate(
         [("a", "cat.jpg"), ("b", "cat.jpg"), ("a", "dog.png"), ("a", "Sky.jpeg"), ("c", "x.y.jpg")])}
-    output = write_run(tmp_path / "seg", images, errors=("s3://lake/a/broken.jpg",))
+    # a big photo: the job stores its map at the argmax size, readers give it at the photo's size
+    small = label_map(9, (16, 27))
+    images["s3://lake/c/x.y.jpg"] = upscale_labels(small, 41, 67)
+    output = write_run(tmp_path / "seg", images, errors=("s3://lake/a/broken.jpg",),
+                       stored={"s3://lake/c/x.y.jpg": small})
     # debris of a killed run: a part file no marker lists must never be exported
     debris = pa.Table.from_pylist([{"uri": "s3://lake/ghost.jpg", "width": 2, "height": 2, "method": "seediff",
                                     "label_map_png": encode_label_png(np.ones((2, 2), np.uint8))}], schema=SCHEMAS["masks"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jobtest_utils import MAX_PIXELS, RESOLUTION, put_files
 
-from diffseg.codecs.masks import decode_label_png
+from diffseg.codecs.masks import decode_label_map
 from diffseg.lake.units import read_committed
 from jobs.common.config import JobConfig
 from jobs.export.cli import main as export_main
@@ -30,7 +30,8 @@ def test_real_run_exports_exactly_and_status_survives_a_retry(ray_local, tmp_pat
     assert status_main([output]) == 3
     assert "TOO MANY ERRORS" in capsys.readouterr().out
 
-    masks = {r["uri"]: decode_label_png(r["label_map_png"]) for r in read_committed(output, "masks").to_pylist()}
+    masks = {r["uri"]: decode_label_map(r["label_map_png"], r["width"], r["height"])
+             for r in read_committed(output, "masks").to_pylist()}
     assert len(masks) == len(good)
     assert export_main([output, "--format", "coco", str(tmp_path / "coco")]) == 0
     from pycocotools.coco import COCO

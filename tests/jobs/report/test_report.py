@@ -306,3 +306,17 @@ def test_an_older_run_is_reported_with_its_own_manifest(tmp_path):
     page = build_report(output, ReportOptions(run_id="r1", originals=False))
     assert "status <b>finished</b>" in page and "model <b>s3://models/old</b>" in page
     assert "s3://models/new" not in page and "failed" not in page
+
+
+def test_a_mask_stored_at_the_argmax_size_is_drawn_at_the_photos_size():
+    """The job stores big photos' maps at the argmax size: the gallery draws them as the full map."""
+    from diffseg.codecs.upscale import upscale_labels
+    from jobs.report.gallery import class_colours, gallery_cards, palette
+
+    small = label_map(15, 26, seed=3)
+    full = upscale_labels(small, 41, 67)
+    rows = [{"uri": uri, "width": 67, "height": 41, "method": "m", "label_map_png": encode_label_png(stored),
+             "classes": []} for uri, stored in (("s3://l/full.jpg", full), ("s3://l/small.jpg", small))]
+    cards = gallery_cards(pa.Table.from_pylist(rows), class_colours(VOCAB, palette(4)), {}, 67, 0.5)
+    images = [re.search(r'<img src="([^"]+)" width="(\d+)" height="(\d+)"', card).groups() for card in cards]
+    assert images[0] == images[1] and images[0][1:] == ("67", "41")

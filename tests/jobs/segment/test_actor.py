@@ -133,3 +133,21 @@ def test_fitted_threshold_reaches_the_actor(sample_photos, tmp_path):
     bad = build_parser().parse_args(["in/", "out/", "--vocab", "cat", "--model", "tiny", "--fitted", str(tmp_path / "no.json")])
     with pytest.raises(ValueError, match="fitted"):
         config_from_args(bad)
+
+
+def test_actor_stores_the_argmax_size_map_of_a_big_photo_and_stats_at_its_size(udf, sample_photos):
+    from diffseg.codecs.masks import decode_label_map, decode_label_png
+    from diffseg.codecs.stats import compute_class_stats
+
+    batch = segment_rows(udf, sample_photos, ["coffee"])
+    batch["height"][0], batch["width"][0] = 1382, 2048  # a 2.8 MP photo, decoded to the model's input
+    (mask,) = split_results(udf(batch), "r1", "tiny", "hash")["masks"].to_pylist()
+    stats = split_results(udf(batch), "r1", "tiny", "hash")["stats"].to_pylist()
+    assert (mask["height"], mask["width"]) == (1382, 2048)
+    assert decode_label_png(mask["label_map_png"]).shape == (691, 1024)  # max_label_side 1024
+    (seg,) = udf.segmenter.segment_method([batch["image"][0]], keys=[batch["uri"][0]], sizes=[(1382, 2048)])
+    full = decode_label_map(mask["label_map_png"], mask["width"], mask["height"])
+    assert np.array_equal(full, seg.label_map)
+    expected = compute_class_stats(full, udf.vocab.names, seg.scores)
+    assert [(s["class_id"], s["pixel_count"], s["rle_counts"], s["components"]) for s in stats] == [
+        (s["class_id"], s["pixel_count"], s["rle_counts"], s["components"]) for s in expected]
