@@ -11,9 +11,9 @@ retries becomes a retryable error row (diffseg.lake.faults), which the next invo
 from __future__ import annotations
 
 import os
+import random
 import stat
 import threading
-import random
 import time
 from dataclasses import dataclass
 
