@@ -83,3 +83,25 @@ def test_bench_help_gives_examples_and_exit_codes_and_a_bad_model_exits_2(tmp_pa
     assert exit_.value.code == 0 and "examples:" in out and "exit codes: 0 the figures were printed" in out
     assert main(["--model", str(tmp_path / "no-such-model"), "--iters", "1"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_bench_photos_are_jpegs_of_photo_sizes_and_need_no_test_extras():
+    """The GPU machine gets torch, diffusers and transformers only: scikit-image blocked, the bench runs."""
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from jobs.bench.photos import SIZES, sample_jpegs
+
+    jpegs = sample_jpegs(5)
+    assert [Image.open(io.BytesIO(j)).size[::-1] for j in jpegs] == [*SIZES, SIZES[0]]
+    assert jpegs == sample_jpegs(5) and len(set(jpegs)) == 5  # deterministic, each image its own
+    assert all(20_000 < len(j) < 200_000 for j in jpegs)  # photo-like compressed size, not flat or noise
+    code = ("import sys; sys.modules['skimage'] = None; from jobs.bench.cli import main; sys.exit(main(["
+            "'--model', 'tiny', '--resolution', '64', '--iters', '1', '--vocab-size', '2', '--threads', '1', "
+            "'--configs', 'diffsegmenter']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "diffsegmenter" in run.stdout
