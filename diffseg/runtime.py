@@ -4,19 +4,22 @@ The job's actors (jobs.common.actor) and ``python -m jobs.bench`` both build the
 :func:`load_runtime_pipeline`, so the job runs what the benchmark measures (DESIGN.md "Performance
 principles"). Defaults, by device:
 
-============== ===================================== =======================
-option          CUDA                                  CPU
-============== ===================================== =======================
-dtype           bf16 (``"auto"``)                     fp32 (``"auto"``)
-channels_last   on (U-Net and VAE)                    off
-TF32            on for a bf16/fp16 model, off for fp32 never touched
-compile         off (``--compile``)                   off
-============== ===================================== =======================
+============== ========================== =======================
+option          CUDA                        CPU
+============== ========================== =======================
+dtype           bf16 (``"auto"``)           fp32 (``"auto"``)
+channels_last   on (U-Net and VAE)          off
+TF32            off (``tf32=True``: on)     never touched
+compile         off (``--compile``)         off
+============== ========================== =======================
 
-TF32 only changes fp32 matrix products and convolutions: with a bf16/fp16 model those are the methods'
-fp32 math on the model's queries and keys (the self-attention row chunks, diffseg.capture), whose bf16
-and fp16 inputs TF32 represents exactly (8 and 10 mantissa bits: TF32 keeps 10), so it costs no
-precision there; an fp32 model was asked for full precision, so TF32 stays off for it.
+TF32 is off by default. With a bf16 model the U-Net and the VAE never use it; it would change only the
+methods' fp32 matrix products: exact for the self-attention row chunks' logits (bf16/fp16 queries and
+keys fit TF32's 10 mantissa bits), but SeeDiff's fp32 products of probabilities would be rounded to
+about fp16's precision, and fp16 propagation flipped 0.1-0.4 % of the labels (docs/benchmarks.md
+"Propagation precision"). With an fp32 model, fp32 was asked for. ``tf32=True`` (``--tf32`` in the
+benchmark) sets cuBLAS matmuls and cuDNN convolutions to TF32, process-wide; off sets both to IEEE fp32.
+Not measured on a GPU.
 
 ``compile``: torch.compile of the U-Net's blocks that do not depend on what is captured (every
 ``ResnetBlock2D`` and every transformer ``FeedForward``, most of the U-Net's FLOPs): the attention
@@ -46,7 +49,7 @@ class Runtime:
     device: torch.device  # cuda when available (or asked for), else cpu
     dtype: torch.dtype  # weights and activations of U-Net, VAE and text encoder: bf16 on CUDA, fp32 on CPU
     channels_last: bool  # U-Net and VAE in channels_last memory format: on CUDA
-    tf32: bool  # TF32 matmuls and convolutions for fp32 math: on CUDA with a bf16/fp16 model
+    tf32: bool  # TF32 for fp32 matmuls and convolutions (CUDA only): off unless asked (module docstring)
     compile: bool = False  # torch.compile of the capture-independent U-Net blocks (compile_blocks)
 
     @property
@@ -75,7 +78,7 @@ def choose_runtime(device: str | torch.device | None = None, dtype: str | torch.
         device=dev,
         dtype=dt,
         channels_last=cuda if channels_last is None else bool(channels_last),
-        tf32=(cuda and dt != torch.float32) if tf32 is None else bool(tf32),
+        tf32=bool(tf32),
         compile=bool(compile),
     )
 

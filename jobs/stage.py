@@ -52,7 +52,7 @@ class SegmentStage:
     model: a model URI (``tiny``, a folder, ``s3://...`` of a diffusers SD checkpoint; see
     diffseg.load_pipeline); vocab: a comma-separated class list, a class file path/URL, a list of names or
     a diffseg.Vocabulary; methods: one forward serves all of them; resolution: the model's square input
-    side; dtype/device: as diffseg.runtime.choose_runtime (default: bf16 with channels_last and TF32 on a GPU
+    side; dtype/device: as diffseg.runtime.choose_runtime (default: bf16 with channels_last on a GPU
     the actor holds, else fp32 on CPU; the job's and the benchmark's settings);
     params: {method: {parameter: value}} over each method's defaults (e.g. {"diffsegmenter": {"tau": 0.5}});
     image_column: (H, W, 3) arrays (also grey or RGBA; rows may differ in size), as read_images gives;

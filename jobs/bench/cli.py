@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="U-Net and VAE in channels_last memory format (default: on GPU only)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
-                   help="TF32 for fp32 matmuls and convolutions (default: on GPU with a bf16/fp16 model)")
+                   help="GPU: TF32 for fp32 matmuls and convolutions (default off: diffseg.runtime says why)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the U-Net's ResNet and feed-forward blocks, once for every configuration")
     p.add_argument("--configs", type=lambda v: [c.strip() for c in v.split(",") if c.strip()], default=None,

@@ -8,14 +8,14 @@ from diffseg.runtime import apply_runtime, choose_runtime, compile_blocks
 VOCAB = ["cat", "potted plant", "tv monitor"]
 
 
-def test_auto_is_bf16_with_channels_last_and_tf32_on_cuda_and_plain_fp32_on_cpu():
+def test_auto_is_bf16_with_channels_last_on_cuda_and_plain_fp32_on_cpu():
     gpu = choose_runtime("cuda")  # deciding needs no GPU: nothing is loaded
-    assert (gpu.dtype, gpu.channels_last, gpu.tf32, gpu.compile) == (torch.bfloat16, True, True, False)
-    assert gpu.describe() == "cuda bf16 channels_last tf32"
+    assert (gpu.dtype, gpu.channels_last, gpu.tf32, gpu.compile) == (torch.bfloat16, True, False, False)
+    assert gpu.describe() == "cuda bf16 channels_last"
     cpu = choose_runtime("cpu")
     assert (cpu.dtype, cpu.channels_last, cpu.tf32) == (torch.float32, False, False)
-    assert choose_runtime("cuda", "fp32").tf32 is False  # fp32 was asked for: full precision
-    assert choose_runtime("cuda", "fp16", channels_last=False, compile=True).describe() == "cuda fp16 tf32 compile"
+    asked = choose_runtime("cuda", "fp16", channels_last=False, tf32=True, compile=True)
+    assert asked.describe() == "cuda fp16 tf32 compile"
 
 
 def test_bad_choices_name_the_value_and_the_fix():

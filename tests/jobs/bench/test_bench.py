@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from jobs.bench.cli import main
 
 
@@ -105,3 +107,26 @@ def test_bench_photos_are_jpegs_of_photo_sizes_and_need_no_test_extras():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "diffsegmenter" in run.stdout
+
+
+def test_flips_prints_the_share_of_pixels_each_propagation_dtype_changes(tmp_path, capsys):
+    from jobs.bench.flips import main
+
+    out = tmp_path / "flips.json"
+    assert main(["--models", "tiny", "--resolution", "64", "--images", "1", "--vocab-size", "3",
+                 "--propagation", "bf16,fp32", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "propagation in bf16, fp32 vs fp32" in printed
+    figures = json.loads(out.read_text())["models"]["tiny"]
+    for method in ("diffsegmenter", "seediff"):
+        assert figures["bf16"][method]["pixels"] == 512 * 512  # the first photo, at its own size
+        assert figures["fp32"][method]["flips"] == 0  # fp32 against itself: the same labels
+        assert f"tiny         bf16        {method}" in printed
+
+
+def test_flips_refuses_an_unknown_dtype(capsys):
+    from jobs.bench.flips import main
+
+    with pytest.raises(SystemExit):
+        main(["--propagation", "bf16,int8"])
+    assert "'bf16,int8': give a comma list of bf16, fp16, fp32, fp64" in capsys.readouterr().err
