@@ -22,8 +22,8 @@ class SelfAttention:
     (running sums, for long generations where keeping Q/K of every step would grow with the steps).
     Operations average over layers (and forwards) and heads in fp32. ``dtype``: what :meth:`propagate`
     runs its fused kernel in: fp32 by default, the one precision whose labels stay equal on the models
-    measured (docs/benchmarks.md "Propagation precision": bf16 flips 0.9-1.2 % of pixels, fp16 0.1-0.2 %,
-    fp64 against fp32 0.01 %); None = the kept queries' dtype (the model's), for measurements
+    measured (docs/benchmarks.md "Propagation precision": bf16 flips 0.9-1.4 % of pixels, fp16 0.1-0.4 %,
+    fp64 against fp32 0.01-0.13 %); None = the kept queries' dtype (the model's), for measurements
     (``python -m jobs.bench.flips``). The materialised rows (:meth:`row_chunks`, :meth:`dense`) are
     always fp32 (DESIGN.md: scores in fp32 when the U-Net runs in fp16/bf16).
     """
