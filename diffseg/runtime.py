@@ -25,7 +25,8 @@ Not measured on a GPU.
 ``ResnetBlock2D`` and every transformer ``FeedForward``, most of the U-Net's FLOPs): the attention
 layers, whose processors each Segmenter swaps for its methods, stay eager. So one model compiles once,
 whatever the methods: the benchmark's floor and every configuration, or a job's Segmenter, reuse the
-same graphs (blocks of one class and shape share one graph). Not measured on a GPU yet
+same graphs (blocks of one class and shape share one graph). Shapes are static: each batch size
+compiles its own graphs once (a unit's smaller last batch too). Not measured on a GPU yet
 (docs/benchmarks.md).
 """
 
@@ -103,8 +104,12 @@ def compile_blocks(unet: torch.nn.Module, **compile_options) -> int:
     from diffusers.models.attention import FeedForward
     from diffusers.models.resnet import ResnetBlock2D
 
-    # one graph per distinct block shape (about 20 on SD 1.5), plus one per batch size used
-    dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+    # static shapes: one graph per block shape (about 20 on SD 1.5) and batch size, and every block of a
+    # class shares one frame, so its limit must hold them all (past it, dynamo would run eager silently)
+    limit = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo.config, limit, max(getattr(dynamo.config, limit), 256))
+    if hasattr(dynamo.config, "accumulated_recompile_limit"):
+        dynamo.config.accumulated_recompile_limit = max(dynamo.config.accumulated_recompile_limit, 1024)
     blocks = [m for m in unet.modules() if isinstance(m, (ResnetBlock2D, FeedForward))]
     options = {"dynamic": False, **compile_options}
     for block in blocks:  # forward only: hooks on a block (the capture's feature hooks) stay eager
