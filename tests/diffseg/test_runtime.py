@@ -72,3 +72,17 @@ def test_channels_last_changes_the_maps_only_by_float_rounding(sample_photos):
     after = Segmenter(fast, VOCAB, resolution=64).capture_maps(photos, ["k"])[0]
     for r, cross in before.cross.items():
         assert torch.allclose(cross, after.cross[r], atol=1e-5), r
+
+
+def test_tf32_sets_cublas_and_cudnn_together_and_off_means_ieee():
+    from diffseg.runtime import set_tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    try:
+        set_tf32(True)
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        set_tf32(False)
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
