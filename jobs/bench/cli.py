@@ -10,6 +10,9 @@ No Ray needed (it runs on a lent GPU machine with torch, diffusers and transform
   capture against a naive one that materialises per-head self-attention, ``joint`` against ``per_class``;
 - ``--scaling N`` (jobs.bench.scaling): the Ray job at N and 10 x N images against an in-process loop.
 
+The model loads as the job's actors load it (diffseg.runtime: bf16 and channels_last on CUDA). Label
+flips of reduced-precision propagation have their own command, ``python -m jobs.bench.flips``.
+
 CPU defaults: batch 1 at 256 px (pass --resolution 512 for the papers' size). The model defaults to
 the full-size SD 1.5 architecture with random weights (the same timing as real weights).
 """

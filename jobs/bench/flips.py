@@ -1,16 +1,17 @@
 """``python -m jobs.bench.flips``: label flips of reduced-precision propagation against fp32.
 
-Propagation (m = S·c, diffseg.capture.SelfAttention.propagate) runs its fused attention kernel in the
-model's dtype by default. This measures what that costs in labels: for each photo, ONE capture (the
-model in ``--dtype``, bf16 by default, so queries and keys are what a bf16 U-Net gives), then every method
-that reads self-attention (DiffSegmenter's propagation, SeeDiff's cosine growth) scored twice on those
-same maps: propagation in ``--propagation`` (default: the model's dtype) and in fp32. Flips = pixels
-whose label differs between the two label maps, at the photo's size (as the Segmenter returns them),
-over all pixels. bf16 on a CPU is a stand-in for bf16 on a GPU: the same rounding of inputs and
-probabilities (flash kernels on both accumulate in fp32), not the same kernels.
+Propagation (m = S·c, diffseg.selfattention.SelfAttention.propagate) runs its fused attention kernel
+in fp32 (docs/benchmarks.md "Propagation precision" says why). This measures what a reduced dtype would
+cost in labels: for each photo, ONE capture (the model in ``--dtype``, bf16 by default, so queries and
+keys are what a bf16 U-Net gives), then every method that reads self-attention (DiffSegmenter's
+propagation, SeeDiff's cosine growth) scored on those same maps with propagation in each dtype of
+``--propagation`` and in fp32. Flips = pixels whose label differs between the two label maps, at the
+photo's size (as the Segmenter returns them), over all pixels; fp64 against fp32 is the noise floor.
+bf16 on a CPU is a stand-in for bf16 on a GPU: the same rounding of inputs, probabilities and output
+(flash kernels on both accumulate in fp32), not the same kernels.
 
 Photos: jobs.bench.photos (synthetic, numpy + Pillow), 20 classes. Random-weight models give
-meaningless masks, so the printout also gives how many classes each label map holds: a method whose
+meaningless masks, so the printout also gives how many labels each fp32 map holds: a method whose
 maps are all one label would hide flips.
 """
 
@@ -27,6 +28,7 @@ PROPAGATING = ("diffsegmenter", "seediff")  # the methods that read self-attenti
 
 
 def dtype_list(text: str) -> list[str]:
+    """argparse type of --propagation: a comma list of DTYPES names."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in DTYPES]
     if bad or not names:
