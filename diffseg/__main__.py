@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "thresholds share a scale (DiffSegmenter default 0.4, provisional)")
     p.add_argument("--fitted", default=None,
                    help="fitted.json from `python -m jobs.evaluate --fit tau`: use its background thresholds")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, fp16, bf16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per forward (default: 4)")
     return p

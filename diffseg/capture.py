@@ -11,7 +11,8 @@ What is kept (DESIGN.md "Captured maps"), for the rows of the batch in ``keep`` 
   sum over forwards (memory does not grow with timesteps or denoising steps);
 - for self-attention, the queries and keys of the chosen layers (never the N x N probabilities);
   ``SelfAttention.propagate(x)`` = mean_layers,heads softmax(QK^T/sqrt(d)) @ x through a fused SDPA
-  kernel; ``dense()`` / ``row_chunks()`` build a head-mean map in row chunks under a memory budget;
+  kernel (fp32 by default, as measured; see SelfAttention); ``dense()`` / ``row_chunks()`` build a
+  head-mean map in fp32 row chunks under a memory budget;
 - decoder features: the input of ``up_blocks[i].resnets[-1]``, through a forward pre-hook.
 
 Levels are keyed by ``r``, the side of the square token grid; a layer's level index comes from its name
@@ -27,6 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from diffseg.selfattention import SelfAttention, attend_values
+
+__all__ = ["CaptureProcessor", "CapturedMaps", "Needs", "SelfAttention", "attend_values", "capture", "layer_level",
+           "locate_layers"]
 
 _ACTIVE_ATTR = "_diffseg_capture_active"
 
@@ -48,98 +54,6 @@ class Needs:
             self_attn=self.self_attn | other.self_attn,
             features=self.features or other.features,
         )
-
-
-class SelfAttention:
-    """Self-attention of the kept layers at one level.
-
-    Two storage forms, chosen by the capture's ``self_mode``:
-    ``entries``: list of (layer name, q, k, scale) with q, k (B, heads, N, d), one entry per layer per
-    forward (the default: exact, memory does not hold any N x N map);
-    ``dense_maps``: layer name -> (B, N, N) head-mean probabilities already averaged over forwards
-    (running sums, for long generations where keeping Q/K of every step would grow with the steps).
-    Operations average over layers (and forwards) and heads; math runs in fp32.
-    """
-
-    def __init__(self, entries: list[tuple[str, torch.Tensor, torch.Tensor, float]], dense_maps: dict | None = None):
-        self.entries = entries
-        self.dense_maps: dict[str, torch.Tensor] = dict(dense_maps or {})
-
-    @property
-    def layers(self) -> list[str]:
-        return list(dict.fromkeys([name for name, *_ in self.entries] + list(self.dense_maps)))
-
-    def select(self, layers: list[str]) -> SelfAttention:
-        """The subset of `layers` (names), for methods that read one layer (e.g. the first decoder one)."""
-        wanted = set(layers)
-        chosen = [e for e in self.entries if e[0] in wanted]
-        dense = {n: m for n, m in self.dense_maps.items() if n in wanted}
-        if not chosen and not dense:
-            raise KeyError(f"none of {layers} was captured; have {self.layers}")
-        return SelfAttention(chosen, dense)
-
-    def propagate(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) values -> (B, N, C) float32 = mean over layers and heads of softmax(QK^T * scale) @ x.
-
-        Layers kept as queries and keys run a fused attention kernel (:func:`attend_values`): no
-        per-head N x N map is ever materialised.
-        """
-        outs = [m @ x.float().to(m.device) for m in self.dense_maps.values()]
-        for _, q, k, scale in self.entries:
-            outs.append(attend_values(q, k, x.to(q.device), scale).mean(1))
-        return sum(outs) / len(outs)
-
-    def row_chunks(self, max_elements: int = 1 << 25):
-        """Yields (start, stop, rows): rows (B, stop - start, N) float32 of the head- and layer-mean
-        probabilities, a few rows at a time, so that one chunk's per-head logits hold at most
-        `max_elements` values (the memory budget). Layers kept as queries and keys are computed chunk
-        by chunk (one softmax per row, never again); layers kept as dense maps are sliced."""
-        keys = [(q, k.float().transpose(-1, -2), scale) for _, q, k, scale in self.entries]
-        if keys:
-            b, heads, n, _ = keys[0][0].shape
-            step = max(1, max_elements // max(1, b * heads * n))
-        else:
-            n = step = next(iter(self.dense_maps.values())).shape[-1]
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            parts = [m[:, start:stop].float() for m in self.dense_maps.values()]
-            for q, kt, scale in keys:
-                parts.append(torch.softmax(q[:, :, start:stop].float() @ kt * scale, dim=-1).mean(1))
-            yield start, stop, sum(parts) / len(parts)
-
-    def dense(self, max_elements: int = 1 << 25) -> torch.Tensor:
-        """(B, N, N) float32 head- and layer-mean probabilities, built in row chunks (:meth:`row_chunks`)."""
-        return torch.cat([rows for _, _, rows in self.row_chunks(max_elements)], 1)
-
-
-def _pad_last(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pads the last dimension of `x` to `width` (no copy when it already has that width)."""
-    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
-
-
-def attend_values(q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, scale: float,
-                  max_width: int = 256) -> torch.Tensor:
-    """Per-head softmax(q k^T * scale) @ values, in float32, through a fused SDPA kernel.
-
-    q, k: (B, heads, N, d); values: (B, N, C), the same for every head. Returns (B, heads, N, C).
-    Fused kernels (flash on CPU and CUDA, memory-efficient on CUDA) take values only as wide as the
-    head, so `values` are zero-padded to the head width d, or, when C > d, split into slices of width
-    W = min(C, max_width) rounded up to a multiple of 8, with q and k zero-padded to W as well (zero
-    columns leave q k^T unchanged; `scale` is passed explicitly). Values of width C != d would
-    otherwise fall back to the math kernel, which materialises heads x N x N per call.
-    """
-    q, k, v = q.float(), k.float(), values.float()
-    b, heads, n, d = q.shape
-    c = v.shape[-1]
-    width = max(d, -(-min(c, max_width) // 8) * 8)
-    q, k = _pad_last(q, width), _pad_last(k, width)
-    outs = []
-    for start in range(0, c, width):
-        part = _pad_last(v[..., start : start + width], width)
-        part = part.unsqueeze(1).expand(b, heads, n, width)
-        out = F.scaled_dot_product_attention(q, k, part, scale=scale)
-        outs.append(out[..., : min(width, c - start)])
-    return outs[0] if len(outs) == 1 else torch.cat(outs, -1)
 
 
 @dataclass

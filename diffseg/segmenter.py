@@ -153,7 +153,7 @@ class Segmenter:
         self.label_dtype = np.uint8 if len(self.vocab) < 256 else np.uint16
         self.timings: dict[str, float] = defaultdict(float)  # seconds per stage, summed over calls
         # One capture per Segmenter: the same processor objects at every call, so a compiled U-Net
-        # (diffseg.model.speed_up) keeps one graph instead of recompiling for new processors.
+        # (torch.compile of the whole U-Net) keeps one graph instead of recompiling for new processors.
         self._capture = capture(pipe.unet, self.needs)
 
     def _tick(self, stage: str, since: float) -> float:

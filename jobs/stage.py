@@ -52,7 +52,8 @@ class SegmentStage:
     model: a model URI (``tiny``, a folder, ``s3://...`` of a diffusers SD checkpoint; see
     diffseg.load_pipeline); vocab: a comma-separated class list, a class file path/URL, a list of names or
     a diffseg.Vocabulary; methods: one forward serves all of them; resolution: the model's square input
-    side; dtype/device: as load_pipeline (default: fp16 on a GPU the actor holds, else fp32 on CPU);
+    side; dtype/device: as diffseg.runtime.choose_runtime (default: bf16 with channels_last on a GPU
+    the actor holds, else fp32 on CPU; the job's and the benchmark's settings);
     params: {method: {parameter: value}} over each method's defaults (e.g. {"diffsegmenter": {"tau": 0.5}});
     image_column: (H, W, 3) arrays (also grey or RGBA; rows may differ in size), as read_images gives;
     key_column: the column that seeds each image's noise (its path: the same image gives the same mask in
@@ -66,8 +67,9 @@ class SegmentStage:
                  torch_threads: int | None = None):
         import torch
 
-        from diffseg import Segmenter, Vocabulary, load_pipeline
+        from diffseg import Segmenter, Vocabulary
         from diffseg.methods import make_params
+        from diffseg.runtime import choose_runtime, load_runtime_pipeline
 
         if not isinstance(model, str):
             raise TypeError(f"model must be a URI string (loaded in each actor), got {type(model).__name__}; "
@@ -80,7 +82,7 @@ class SegmentStage:
         elif not isinstance(vocab, Vocabulary):
             vocab = Vocabulary(list(vocab))
         self.vocab, self.image_column, self.key_column, self.keep_image = vocab, image_column, key_column, keep_image
-        self.pipe = load_pipeline(model, dtype=dtype, device=device)
+        self.pipe = load_runtime_pipeline(model, choose_runtime(device, dtype))
         method_params = {m: make_params(m, dict(v)) for m, v in (params or {}).items()}
         self.segmenter = Segmenter(self.pipe, vocab, method=methods, resolution=resolution,
                                    params=method_params or None)

@@ -10,6 +10,9 @@ No Ray needed (it runs on a lent GPU machine with torch, diffusers and transform
   capture against a naive one that materialises per-head self-attention, ``joint`` against ``per_class``;
 - ``--scaling N`` (jobs.bench.scaling): the Ray job at N and 10 x N images against an in-process loop.
 
+The model loads as the job's actors load it (diffseg.runtime: bf16 and channels_last on CUDA). Label
+flips of reduced-precision propagation have their own command, ``python -m jobs.bench.flips``.
+
 CPU defaults: batch 1 at 256 px (pass --resolution 512 for the papers' size). The model defaults to
 the full-size SD 1.5 architecture with random weights (the same timing as real weights).
 """
@@ -17,7 +20,6 @@ the full-size SD 1.5 architecture with random weights (the same timing as real w
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="sd15-random", help="sd15-random, sd21-random, tiny, or a checkpoint")
     p.add_argument("--resolution", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--dtype", default="auto", help="auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", default="auto", help="auto = bf16 on GPU, fp32 on CPU (diffseg.runtime, as the job)")
     p.add_argument("--device", default=None)
     p.add_argument("--iters", type=int, default=3, help="timed rounds per configuration (after 1 warm-up)")
     p.add_argument("--vocab-size", type=int, default=20, help="classes in the vocabulary (max 20 built in)")
@@ -62,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU: torch threads (default: every core; 1 is steadier when other work shares the cores)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="U-Net and VAE in channels_last memory format (default: on GPU only)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (capture processors in place)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPU: TF32 for fp32 matmuls and convolutions (default off: diffseg.runtime says why)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net's ResNet and feed-forward blocks, once for every configuration")
     p.add_argument("--configs", type=lambda v: [c.strip() for c in v.split(",") if c.strip()], default=None,
                    help="comma list of the configurations timed against the floor (default: all of "
                         "diffsegmenter, seediff, maskdiffusion, 'all three')")
@@ -78,20 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "map_batches -> write_parquet of the same rows (driver CPU, bytes and RSS per image; "
                    "jobs.bench.null_model, which also measures --replan)")
     return p
-
-
-def sample_jpegs(n: int) -> list[bytes]:
-    """n JPEG files made from scikit-image's bundled photos (cycled), as the job would read them."""
-    from PIL import Image
-    from skimage import data
-
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
-    out = []
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(photos[i % len(photos)]).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
 
 
 def flops_per_image(pipe, vocab, args) -> float:
@@ -129,33 +120,35 @@ def main(argv: list[str] | None = None) -> int:
         return null_model.main(["--scaling", str(args.scaling or 1000)])
     import torch
 
-    from diffseg import Vocabulary, load_pipeline
+    from diffseg import Vocabulary
     from diffseg.codecs.images import decode_image
-    from diffseg.model import ModelLoadError, resolve_device, speed_up
+    from diffseg.model import ModelLoadError
+    from diffseg.runtime import choose_runtime, load_runtime_pipeline
+    from jobs.bench.photos import sample_jpegs
 
     try:
-        device = resolve_device(args.device)
-        cuda = device.type == "cuda"
+        runtime = choose_runtime(args.device, args.dtype, args.channels_last, args.tf32, args.compile)
+        cuda = runtime.device.type == "cuda"
         if args.resolution is None:
             args.resolution = 512 if cuda else 256
-        dtype = args.dtype if args.dtype != "auto" else ("bf16" if cuda else "fp32")
-        print(f"loading {args.model} on {device} ({dtype}) ...", flush=True)
-        pipe = load_pipeline(args.model, dtype=dtype, device=device)
+        print(f"loading {args.model} ({runtime.describe()}) ...", flush=True)
+        pipe = load_runtime_pipeline(args.model, runtime)
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    channels_last = cuda if args.channels_last is None else args.channels_last
-    speed_up(pipe, channels_last=channels_last, compile=args.compile)
+    args.runtime = runtime  # the scaling loop loads its own pipeline the same way
+    device, dtype, channels_last = runtime.device, runtime.dtype_name, runtime.channels_last
     if not cuda:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     vocab = Vocabulary([c.replace("-", " ") for c in CLASSES20[: args.vocab_size]])
     device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
     figures = {"model": args.model, "device": str(device), "device_name": device_name, "dtype": dtype,
                "resolution": args.resolution, "batch_size": args.batch_size, "vocab_size": len(vocab),
-               "channels_last": channels_last, "compile": args.compile, "torch": torch.__version__}
+               "channels_last": channels_last, "tf32": runtime.tf32, "compile": args.compile,
+               "torch": torch.__version__}
     setup = (f"{args.model} {args.resolution}px batch={args.batch_size} {dtype} on {device_name} "
              f"({torch.get_num_threads()} threads), {len(vocab)} classes, "
-             f"channels_last={channels_last} compile={args.compile}")
+             f"channels_last={channels_last} tf32={runtime.tf32} compile={args.compile}")
     if args.scaling:
         from jobs.bench.scaling import run_scaling
 

@@ -73,12 +73,13 @@ def run_job(lake: Path, out: Path, args) -> dict:
 
 def run_loop(lake: Path, args) -> dict:
     """The same work in-process, no Ray: decode, Segmenter in batches, encode masks and stats."""
-    from diffseg import Segmenter, Vocabulary, load_pipeline
+    from diffseg import Segmenter, Vocabulary
     from diffseg.codecs.images import decode_image, resize_square
     from diffseg.codecs.masks import encode_segmentation
+    from diffseg.runtime import load_runtime_pipeline
 
     vocab = Vocabulary.from_spec(args.vocab_spec)
-    pipe = load_pipeline(args.model, dtype="auto")
+    pipe = load_runtime_pipeline(args.model, args.runtime)  # as the bench's own (diffseg.runtime)
     start = time.perf_counter()  # model loading counted for the loop too: the job loads it in its actor
     seg = Segmenter(pipe, vocab, method="diffsegmenter", resolution=args.resolution)
     files = sorted(lake.iterdir())

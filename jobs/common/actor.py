@@ -67,11 +67,11 @@ class ModelActor:
     def __init__(self, model_uri: str, config: ActorConfig):
         import torch
 
-        from diffseg import load_pipeline
+        from diffseg.runtime import choose_runtime, load_runtime_pipeline
 
         torch.set_num_threads(max(1, int(config.torch_threads)))
         self.config = config
-        self.pipe = load_pipeline(model_uri, dtype=config.dtype, device=config.device)
+        self.pipe = load_runtime_pipeline(model_uri, choose_runtime(config.device, config.dtype))  # as jobs.bench
         self.store = None if config.target is None else OutputStore(config.target.output)
 
     # -- what each job supplies ----------------------------------------------------------------------

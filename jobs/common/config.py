@@ -31,7 +31,7 @@ class RunOptions:
     actors: int | None = None  # None: one per GPU (GPU cluster) or 1 (CPU-only)
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
     cpus_per_actor: float | None = None  # None: 1 with GPUs; on CPU-only a share that leaves CPUs for other tasks
-    dtype: str = "auto"  # auto = fp16 on GPU, fp32 on CPU; or fp32/fp16/bf16
+    dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU (diffseg.runtime); or fp32/fp16/bf16
     run_id: str = "default"  # names the run inside OUTPUT; a new id starts a new run (and retries errors)
     unit_size: int = 256  # items per work unit (one Parquet file per table and unit)
     max_error_fraction: float = 0.05  # exit 3 when more of this invocation's items fail

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pamr", action="store_true",
                    help="refine each mask on its image with PAMR (SeeDiff's optional step; threshold 0.8 after it)")
     g.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="model precision (default auto: fp16 on GPU, fp32 on CPU)")
+                   help="model precision (default auto: bf16 on GPU, fp32 on CPU)")
     s = p.add_argument_group("sizing")
     s.add_argument("--batch-size", type=int, default=4,
                    help="seeds of one class per generation call per actor (default 4; the U-Net sees twice "

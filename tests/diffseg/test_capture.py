@@ -187,3 +187,56 @@ def test_captured_maps_record_each_levels_cross_attention_head_count(tiny_pipe):
     maps = cap.maps()
     assert set(maps.heads) == set(maps.cross)  # one count per captured level
     assert maps.heads == {16 >> level: heads for level, heads in per_level.items()}
+
+
+def _near_uniform_layer(n=256, heads=4, d=16, seed=0):
+    """Queries and keys of small norm: attention close to uniform, as in random-weight models, so S·c
+    varies by ~1 % around its mean (the hard case for reduced precision)."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (0.3 * torch.randn(1, heads, n, d, generator=g) for _ in range(2))
+    return [("layer0", q.bfloat16(), k.bfloat16(), d**-0.5)], torch.rand(1, n, 20, generator=g)
+
+
+def test_propagation_is_fp32_by_default_and_in_bf16_only_when_asked():
+    from diffseg.selfattention import SelfAttention
+
+    layers, values = _near_uniform_layer()
+    sa = SelfAttention(layers)  # bf16 queries and keys, as a bf16 U-Net keeps them
+    assert sa.dtype == torch.float32 and sa.select(["layer0"]).dtype == torch.float32
+    exact = sa.propagate(values)
+    q, k = layers[0][1].float(), layers[0][2].float()
+    reference = (torch.softmax(q @ k.transpose(-1, -2) * layers[0][3], -1) @ values[:, None]).mean(1)
+    assert torch.allclose(exact, reference, atol=1e-6)
+    reduced = sa.in_dtype(None).propagate(values)  # the queries' dtype: bf16
+    assert reduced.dtype == torch.float32 and not torch.equal(reduced, exact)
+
+
+def test_reduced_propagation_keeps_the_variation_that_a_plain_bf16_kernel_rounds_away():
+    """Centring the values: the bf16 kernel's error stays a few % of the range of S·c over the pixels;
+    a plain bf16 SDPA call (the values and its output rounded whole) is off by about the range itself."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from diffseg.selfattention import SelfAttention
+
+    layers, values = _near_uniform_layer()
+    sa = SelfAttention(layers)
+    exact = sa.propagate(values)
+    spread = (exact.amax(1) - exact.amin(1)).min()  # the smallest per-class range over the pixels
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):  # still a fused kernel
+        reduced = sa.in_dtype(torch.bfloat16).propagate(values)
+    _, q, k, scale = layers[0]
+    plain = torch.nn.functional.scaled_dot_product_attention(
+        q, k, values.bfloat16()[:, None].expand(1, 4, 256, 20)[..., :16], scale=scale).float().mean(1)
+    assert (reduced - exact).abs().max() < 0.05 * spread
+    assert (plain - exact[..., :16]).abs().max() > 0.3 * spread
+
+
+def test_fp16_propagation_of_large_values_does_not_overflow():
+    from diffseg.selfattention import SelfAttention
+
+    layers, values = _near_uniform_layer()
+    sa = SelfAttention(layers)
+    big = values * 1e6  # beyond fp16's 65504, as SeeDiff's S^T (w / |S|) can be
+    reduced = sa.in_dtype(torch.float16).propagate(big)
+    assert torch.isfinite(reduced).all()
+    assert torch.allclose(reduced, sa.propagate(big), rtol=1e-3)

@@ -41,3 +41,11 @@ def test_folder_that_is_not_a_checkpoint_names_the_uri(tmp_path):
 def test_redact_uri_drops_credentials():
     assert redact_uri("s3://key:secret@bucket/sd15") == "s3://bucket/sd15"
     assert redact_uri("s3://bucket/sd15") == "s3://bucket/sd15"
+
+
+def test_auto_dtype_is_bf16_on_cuda_and_fp32_on_cpu():
+    from diffseg.model import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16  # what jobs.bench measures
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("fp16", torch.device("cuda")) == torch.float16

@@ -151,37 +151,6 @@ def test_bad_image_input_is_refused(segmenter):
         segmenter.segment([np.zeros((4, 4, 7), dtype=np.uint8)])
 
 
-@pytest.mark.slow
-def test_compiled_unet_with_capture_processors_is_one_graph_and_equals_eager(sample_photos):
-    """torch.compile with the capture processors in place: no graph break (fullgraph), one graph for
-    every call of a Segmenter, the same scores as eager. The aot_eager backend traces what inductor
-    would compile, without inductor's C++ build (inductor: ~9 minutes on 2 loaded CPU cores for the
-    tiny model, then equal to eager within 2e-5 on scores; see docs/benchmarks.md)."""
-    import torch._dynamo
-
-    from diffseg.model import load_pipeline, speed_up
-
-    pipe = load_pipeline("tiny", dtype="fp32", device="cpu")  # its own: compiling changes the U-Net
-    seg = Segmenter(pipe, VOCAB, method=["diffsegmenter", "seediff", "maskdiffusion"], resolution=64)
-    photos = [sample_photos["chelsea"]]
-    eager, eager_maps = seg.segment(photos, keys=["k"]), seg.capture_maps(photos, ["k"])[0]
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    speed_up(pipe, channels_last=False, compile=True, backend="aot_eager", fullgraph=True)
-    try:
-        compiled = seg.segment(photos, keys=["k"])
-        seg.segment([sample_photos["coffee"]], keys=["other"])  # a second call: no recompilation
-        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-        for method, results in eager.items():
-            assert np.array_equal(results[0].scores, compiled[method][0].scores), method
-        speed_up(pipe, channels_last=True)  # other conv kernels: the maps agree to float rounding
-        channels_last = seg.capture_maps(photos, ["k"])[0]
-        for r, cross in eager_maps.cross.items():
-            assert torch.allclose(cross, channels_last.cross[r], atol=1e-5), r
-    finally:
-        torch._dynamo.reset()
-
-
 def test_class_tokens_are_upweighted_as_compel_does(tiny_pipe):
     """per_class context (the paper's protocol): the context is encode_context's with w = 1.21 (Compel's
     z_empty + w (z - z_empty) on class tokens), not the class embeddings scaled by w."""

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from jobs.bench.cli import main
 
 
@@ -83,3 +85,48 @@ def test_bench_help_gives_examples_and_exit_codes_and_a_bad_model_exits_2(tmp_pa
     assert exit_.value.code == 0 and "examples:" in out and "exit codes: 0 the figures were printed" in out
     assert main(["--model", str(tmp_path / "no-such-model"), "--iters", "1"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_bench_photos_are_jpegs_of_photo_sizes_and_need_no_test_extras():
+    """The GPU machine gets torch, diffusers and transformers only: scikit-image blocked, the bench runs."""
+    import io
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from jobs.bench.photos import SIZES, sample_jpegs
+
+    jpegs = sample_jpegs(5)
+    assert [Image.open(io.BytesIO(j)).size[::-1] for j in jpegs] == [*SIZES, SIZES[0]]
+    assert jpegs == sample_jpegs(5) and len(set(jpegs)) == 5  # deterministic, each image its own
+    assert all(20_000 < len(j) < 200_000 for j in jpegs)  # photo-like compressed size, not flat or noise
+    code = ("import sys; sys.modules['skimage'] = None; from jobs.bench.cli import main; sys.exit(main(["
+            "'--model', 'tiny', '--resolution', '64', '--iters', '1', '--vocab-size', '2', '--threads', '1', "
+            "'--configs', 'diffsegmenter']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "diffsegmenter" in run.stdout
+
+
+def test_flips_prints_the_share_of_pixels_each_propagation_dtype_changes(tmp_path, capsys):
+    from jobs.bench.flips import main
+
+    out = tmp_path / "flips.json"
+    assert main(["--models", "tiny", "--resolution", "64", "--images", "1", "--vocab-size", "3",
+                 "--propagation", "bf16,fp32", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "propagation in bf16, fp32 vs fp32" in printed
+    figures = json.loads(out.read_text())["models"]["tiny"]
+    for method in ("diffsegmenter", "seediff"):
+        assert figures["bf16"][method]["pixels"] == 512 * 512  # the first photo, at its own size
+        assert figures["fp32"][method]["flips"] == 0  # fp32 against itself: the same labels
+        assert f"tiny         bf16        {method}" in printed
+
+
+def test_flips_refuses_an_unknown_dtype(capsys):
+    from jobs.bench.flips import main
+
+    with pytest.raises(SystemExit):
+        main(["--propagation", "bf16,int8"])
+    assert "'bf16,int8': give a comma list of bf16, fp16, fp32, fp64" in capsys.readouterr().err
