@@ -32,7 +32,8 @@ log = logging.getLogger("jobs.common.actor")
 class ActorConfig:
     """Where and how an actor runs its model (each job's actor config adds its own fields)."""
 
-    dtype: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
+    dtype: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU (diffseg.runtime decides, as for jobs.bench)
+    compile: bool = False  # torch.compile the U-Net's blocks once per actor (--compile)
     device: str = "cpu"  # "cuda" when the actor holds a GPU
     torch_threads: int = 1  # intra-op threads of this actor (its CPU share)
     batch_size: int = 8  # items per model call (a batch of the pipeline may hold a whole unit)
@@ -43,7 +44,7 @@ class ActorConfig:
         """The actor config for `resources` (a jobs.common.config.Resources: device, threads) with the
         job `config`'s dtype and batch size, its write `target` and the actor's own `fields`."""
         return cls(dtype=config.dtype, device=resources.device, torch_threads=resources.torch_threads,
-                   batch_size=config.batch_size, target=target, **fields)
+                   batch_size=config.batch_size, target=target, compile=config.compile, **fields)
 
 
 def describe(exc: BaseException) -> str:
@@ -71,7 +72,7 @@ class ModelActor:
 
         torch.set_num_threads(max(1, int(config.torch_threads)))
         self.config = config
-        self.pipe = load_runtime_pipeline(model_uri, choose_runtime(config.device, config.dtype))  # as jobs.bench
+        self.pipe = load_runtime_pipeline(model_uri, choose_runtime(config.device, config.dtype, compile=config.compile))  # as jobs.bench
         self.store = None if config.target is None else OutputStore(config.target.output)
 
     # -- what each job supplies ----------------------------------------------------------------------

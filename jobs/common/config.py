@@ -32,6 +32,7 @@ class RunOptions:
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU)
     cpus_per_actor: float | None = None  # None: 1 with GPUs; on CPU-only a share that leaves CPUs for other tasks
     dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU (diffseg.runtime); or fp32/fp16/bf16
+    compile: bool = False  # torch.compile the U-Net's blocks in each actor (--compile)
     run_id: str = "default"  # names the run inside OUTPUT; a new id starts a new run (and retries errors)
     unit_size: int = 256  # items per work unit (one Parquet file per table and unit)
     max_error_fraction: float = 0.05  # exit 3 when more of this invocation's items fail

@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square model input side in pixels, a multiple of the model's total downsampling (64 for "
                    "Stable Diffusion; default 512)")
     m.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="model precision (default auto: fp16 on GPU, fp32 on CPU)")
+                   help="model precision (default auto: bf16 on GPU, fp32 on CPU)")
+    m.add_argument("--compile", action="store_true",
+                   help="torch.compile the U-Net's blocks once per actor (slower start, faster batches on GPUs; "
+                   "the same switch as python -m jobs.bench --compile)")
     m.add_argument("--save-scores", action="store_true",
                    help="also store per-class scores (uint8, model resolution) in masks.scores_png (for jobs.evaluate)")
     m.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -171,7 +174,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         input=args.input, input_format=args.input_format, output=args.output, vocab=args.vocab, model=args.model,
         methods=tuple(args.methods or ("diffsegmenter",)), batch_size=args.batch_size, actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, resolution=args.resolution,
-        dtype=args.dtype, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
+        dtype=args.dtype, compile=args.compile, run_id=args.run_id, max_error_fraction=args.max_error_fraction, limit=args.limit,
         save_scores=args.save_scores, unit_size=args.unit_size,
         method_params=method_params(args),
         max_pixels=args.max_pixels, max_read_bytes=args.max_read_bytes, read_timeout=args.read_timeout,
