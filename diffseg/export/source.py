@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from diffseg.codecs.masks import decode_label_map
 from diffseg.eval.predictions import names_segments
-from diffseg.lake.read import OutputError, iter_committed, model_uri, read_table, resolve_run, stem_of
+from diffseg.lake.read import OutputError, iter_unit_tables, model_uri, read_table, resolve_run, stem_of
 
 MASK_COLUMNS = ["uri", "width", "height", "method", "label_map_png", "classes"]
 STAT_COLUMNS = ["uri", "method", "class_id", "class_name", "pixel_count", "bbox_xywh", "score_mean",
@@ -80,16 +80,18 @@ def _configured_method(manifest: dict) -> str:
 
 
 def iter_images(selection: Selection, with_stats: bool = True) -> Iterator[ExportImage]:
-    """The selection's images, unit by unit (marker order), rows in file order."""
+    """The selection's images, unit by unit (one replay of the run's log: a unit's masks and stats come from
+    the same commit), rows in file order."""
     output, run, method = selection.output, selection.run_id, selection.method
-    stat_parts = iter_committed(output, "stats", STAT_COLUMNS, run) if with_stats else None
+    columns = {"masks": MASK_COLUMNS, **({"stats": STAT_COLUMNS} if with_stats else {})}
     wanted = pa.scalar(method, pa.string())
-    for masks in iter_committed(output, "masks", MASK_COLUMNS, run):
+    for unit in iter_unit_tables(output, columns, run):
         stats_by_uri: dict[str, list[dict]] = defaultdict(list)
-        if stat_parts is not None:
-            unit_stats = next(stat_parts)  # the same unit's stats file (same marker order)
+        if with_stats:
+            unit_stats = unit["stats"]
             for row in unit_stats.filter(pc.equal(unit_stats["method"], wanted)).to_pylist():
                 stats_by_uri[row["uri"]].append(row)
+        masks = unit["masks"]
         for row in masks.filter(pc.equal(masks["method"], wanted)).to_pylist():
             label_map = decode_label_map(row["label_map_png"], row["width"], row["height"])  # the photo's size
             stats = sorted(stats_by_uri.get(row["uri"], []), key=lambda s: s["class_id"])

@@ -123,6 +123,20 @@ def iter_committed(output: str, name: str, columns: list[str] | None = None, run
             yield read_file(store, rel, SCHEMAS[name], columns)
 
 
+def iter_unit_tables(output: str, columns: dict[str, list[str] | None], run_id: str | None = None):
+    """Per committed unit, {table: its rows} for the tables of `columns` ({table: columns or None}), all read
+    from ONE replay of the log, so the masks and stats of a unit always come from the same commit (a
+    unit committed meanwhile is either wholly in or wholly out)."""
+    from diffseg.lake.schemas import SCHEMAS
+    from diffseg.lake.store import OutputStore
+    from diffseg.lake.units import committed_state, read_file
+
+    store = OutputStore(output)
+    for done in committed_state(output, run_id).values():
+        for _, unit in sorted(done.units.items()):
+            yield {t: read_file(store, unit["files"][t]["path"], SCHEMAS[t], cols) for t, cols in columns.items()}
+
+
 def read_table(
     output: str,
     name: str,
