@@ -309,3 +309,69 @@ def run_main(main, capsys, *argv) -> tuple[int, str, str]:
         code = exc.code
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def signal_job_after_commits(argv: list[str], output, log_path, sig: int, min_commits: int = 1,
+                             timeout: float = 240, wait_s: float = 60) -> tuple[int, int, float, str]:
+    """Runs a job command like :func:`kill_job_after_commits`, sends `sig` to the job's process only (as
+    Kubernetes does to a container's first process) once `min_commits` units are committed, and waits up to
+    `wait_s` for it to exit. Returns (exit code or None, units committed, seconds from the signal to the
+    exit, the Ray processes it left alive, as "pid cmd" lines; they are stopped afterwards)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray_tmp = f"/tmp/rs{os.getpid()}{int(time.time() * 1000) % 100000}"
+    os.makedirs(ray_tmp)
+    marker = os.path.basename(ray_tmp)
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled", RAY_ADDRESS="",
+               DIFFSEG_TEST_PROCESS_TREE=marker)
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log_dir = Path(output) / "_log" / "default"
+
+    def committed() -> int:
+        units = 0
+        for path in log_dir.glob("*.json"):
+            if not path.name.startswith((".", "_")):
+                try:
+                    entry = json.loads(path.read_text())
+                except ValueError:
+                    continue
+                units += len(entry.get("units", ())) if entry.get("kind") == "commit" else 0
+        return units
+
+    left = ""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and committed() < min_commits:
+            time.sleep(0.05)
+        assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+        sent = time.monotonic()
+        os.kill(proc.pid, sig)
+        try:
+            code = proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        elapsed = time.monotonic() - sent
+        time.sleep(1.0)  # what the job's own shutdown stops takes a moment to go
+        alive = pids_with_env("DIFFSEG_TEST_PROCESS_TREE", marker)
+        left = "\n".join(f"{pid} {_cmdline(pid)}" for pid in alive)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        log.close()
+    return code, committed(), elapsed, left
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"

@@ -46,6 +46,7 @@ class RunOptions:
     break_lease: bool = False  # take over the run's lease although its holder's heartbeat is fresh
     retry_errors: bool = False  # retry the run's final error rows too (retryable ones are always retried)
     lease_stale_s: float = 120.0  # a lease whose heartbeat (every 30 s) is older than this is taken over
+    grace_s: float = 25.0  # after SIGTERM/SIGINT: commit what is whole and exit within this (Kubernetes: 30 s)
     placement_warn_s: float = 60.0  # log when pool actors have waited this long for a node
     verbose: bool = False  # also Ray Data's own progress bars/lines and execution banners (-v)
 
@@ -67,6 +68,7 @@ class RunOptions:
             (0.0 <= self.max_error_fraction <= 1.0, "--max-error-fraction", self.max_error_fraction, "in [0, 1]"),
             (self.device in (None, "cpu", "cuda"), "--device", self.device, "cpu or cuda"),
             (self.lease_stale_s > 0, "--lease-stale-minutes", self.lease_stale_s / 60, "> 0"),
+            (self.grace_s > 0, "--grace-seconds", self.grace_s, "> 0"),
         ]
 
 

@@ -110,6 +110,8 @@ class _Invocation:
     writer: object = None  # diffseg.lake.writer.UnitCommitter once the pipeline runs
     before_commit: object = None  # called before every log entry (lease check, identity record)
     commit_log: object = None  # diffseg.lake.log.CommitLog of this invocation (begun)
+    stop: object = None  # jobs.common.interrupt.StopSignals
+    actors_may_write: bool = False  # an interrupted pipeline on a cluster: its actors may still write
 
     @property
     def done(self) -> int:
@@ -165,19 +167,29 @@ def _scalar_counts(counts: dict) -> dict:
 def run(job: Job, config) -> int:
     """Runs `job` as `config` says; returns the process exit code (see the module docstring)."""
     from diffseg.lake.lease import acquire
+    from jobs.common.interrupt import Interrupted, StopSignals
 
     t0 = time.monotonic()
     started_at = utc_stamp()
+    stop = StopSignals(config.grace_s).install()
     try:
-        check_run_id(config.run_id)
-        checked = job.check(config)
-        lease = acquire(checked.store, config.run_id, config.lease_stale_s, config.break_lease)
-    except ValueError as exc:  # ConfigError, ModelLoadError, OutputError, InputError, LeaseHeldError...
-        return _usage_error(job, exc)
-    try:
-        return _run_leased(job, config, checked, lease, t0, started_at)
+        try:
+            check_run_id(config.run_id)
+            checked = job.check(config)
+            lease = acquire(checked.store, config.run_id, config.lease_stale_s, config.break_lease)
+        except ValueError as exc:  # ConfigError, ModelLoadError, OutputError, InputError, LeaseHeldError...
+            return _usage_error(job, exc)
+        stop.on_timeout.append(lease.release)
+        try:
+            return _run_leased(job, config, checked, lease, t0, started_at, stop)
+        finally:
+            lease.release()
+    except Interrupted as sig:  # before the pipeline started: nothing of this invocation to commit
+        print(f"diffseg: interrupted by {sig} before any {job.words.items} were processed; nothing was written "
+              f"to the run (rerun the same command)")
+        return sig.exit_code
     finally:
-        lease.release()
+        stop.restore()
 
 
 def _usage_error(job: Job, exc: Exception) -> int:
@@ -186,7 +198,7 @@ def _usage_error(job: Job, exc: Exception) -> int:
     return EXIT_USAGE
 
 
-def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at: str) -> int:
+def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at: str, stop) -> int:
     """Everything after the lease is taken: the fence, identity, sweeps, planning, Ray, index."""
     import os
     import socket
@@ -217,7 +229,8 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
         job.log.warning("run %r holds %d item(s) in two committed units; a plain read sees them twice: read with "
                         "diffseg.lake.units.read_committed and drop duplicate URIs, or rerun into a new --run-id",
                         run_id, planned.counts["duplicate_items"])
-    run = _Invocation(job, config, checked, planned, done, started_at, t0, time.monotonic(), commit_log=commit_log)
+    run = _Invocation(job, config, checked, planned, done, started_at, t0, time.monotonic(), commit_log=commit_log,
+                      stop=stop)
 
     def before_commit() -> None:
         nonlocal new_run
@@ -262,7 +275,8 @@ def _end_invocation(run: _Invocation) -> None:
         if run.writer is not None:
             run.writer.finish()
         done = load_state(store, run.config.run_id)
-        sweep(store, run.commit_log, done, [run.commit_log.invocation], run.job.tables.schemas)
+        if not run.actors_may_write:  # else the next invocation sweeps this one, once its actors are gone
+            sweep(store, run.commit_log, done, [run.commit_log.invocation], run.job.tables.schemas)
         write_index(store, run.commit_log, load_state(store, run.config.run_id))
     except LogFencedError as exc:
         log.error("%s", exc)
@@ -297,6 +311,7 @@ def _run_on_ray(run: _Invocation) -> int:
 
     from diffseg.lake.commit import WriteTarget
     from diffseg.lake.writer import UnitCommitter
+    from jobs.common.interrupt import Interrupted
     from jobs.common.progress import Progress
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
 
@@ -305,6 +320,7 @@ def _run_on_ray(run: _Invocation) -> int:
     run.t_ray = run.t_run = time.monotonic()
     try:
         init_ray(config)
+        run.stop.install()  # ours again: Ray's handler would exit the process at once
         nodes = alive_nodes()
         try:
             check_output_visible(run.checked.store, config, len(nodes))
@@ -337,6 +353,8 @@ def _run_on_ray(run: _Invocation) -> int:
         run.writer.flush()
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
+    except Interrupted as sig:
+        return _interrupted(run, sig, started_ray)
     except Exception as exc:
         from diffseg.redact import describe_error
 
@@ -352,6 +370,23 @@ def _run_on_ray(run: _Invocation) -> int:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     return _finish(run)
+
+
+def _interrupted(run: _Invocation, sig, started_ray: bool) -> int:
+    """SIGTERM/SIGINT during the pipeline: commits what is whole within the grace period, records the
+    invocation as interrupted, returns 128 + the signal number."""
+    job, w = run.job, run.writer
+    if w is not None:
+        try:
+            w.flush(timeout=max(1.0, run.stop.left_s() - 5.0))
+        except Exception as exc:  # the rest is redone by the next run
+            job.log.warning("stopped committing: %s", exc)
+    run.actors_may_write = not started_ray  # our own runtime is shut down before the sweep; a cluster's is not
+    run.write_manifest("interrupted", error=f"stopped by {sig}")
+    items, units = (w.counts["items"], len(w.committed_units)) if w is not None else (0, 0)
+    print(f"diffseg: interrupted by {sig} after {items} {job.words.items} were committed ({units} units); rerun "
+          f"the same command to finish the rest")
+    return sig.exit_code
 
 
 class _Counted:

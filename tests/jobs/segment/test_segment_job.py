@@ -136,8 +136,11 @@ def test_killed_job_resumes_without_duplicates_and_removes_debris(ray_local, tmp
             "--address", "local", "--num-cpus", "2", "--object-store-mb", "150"]
     committed = kill_job_after_commits(argv, output, tmp_path / "job.log")  # whole markers only
     assert 2 <= committed < 9
-    # what a kill can leave: a unit's files without its marker (here made explicit and unreadable)
-    (output / "masks" / "part-default-00000000deadbeef.parquet").write_bytes(b"half-written")
+    # what a kill can leave: a unit's file that no commit names (here made explicit and unreadable)
+    store = OutputStore(str(output))
+    (killed,) = {store.get_json(r)["invocation"] for r in store.list("_log/default") if r.endswith(".json")
+                 and not r.rsplit("/", 1)[1].startswith("_")}
+    (output / "masks" / f"part-default-{killed}-00000000deadbeef-0badc0de.parquet").write_bytes(b"half-written")
 
     assert run(config(str(tmp_path / "in"), str(output), unit_size=2, batch_size=2)) == 0
     counts = OutputStore(str(output)).get_json("manifest.json")["counts"]
