@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +62,11 @@ class DoneSet:
 
     def __len__(self) -> int:
         return self.uris.num_rows
+
+    def copy(self) -> DoneSet:
+        """A copy that replaying entries into does not change this one."""
+        return replace(self, units={k: dict(v) for k, v in self.units.items()},
+                       invocations={k: dict(v) for k, v in self.invocations.items()}, _set=None)
 
     def __contains__(self, key: str) -> bool:
         if self._set is None:

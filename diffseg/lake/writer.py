@@ -38,6 +38,8 @@ from diffseg.lake.units import Unit
 log = logging.getLogger("diffseg.lake.writer")
 
 MAX_UNITS_PER_ENTRY = 512  # a commit entry names at most this many units (keeps entries under a few MB)
+INDEX_EVERY_S = 300.0  # a done-index snapshot at most this often while committing (a restarted driver reads
+                       # only the entries written since)
 
 
 class UnitCommitter:
@@ -51,7 +53,8 @@ class UnitCommitter:
     False commits synchronously in :meth:`add` (tests, tools)."""
 
     def __init__(self, store: OutputStore, commit_log, units: list[Unit], tables: TableSet = SEGMENT_TABLES,
-                 before_commit: Callable[[], None] | None = None, background: bool = True):
+                 before_commit: Callable[[], None] | None = None, background: bool = True, done=None,
+                 index_every_s: float = INDEX_EVERY_S):
         self.store, self.log, self.tables = store, commit_log, tables
         self.run_id = commit_log.run_id
         self.units = {u.unit_id: u for u in units}
@@ -66,6 +69,10 @@ class UnitCommitter:
         self.entries = 0
         self.total_items = sum(len(u.uris) for u in units)
         self.before_commit = before_commit
+        self.done = done  # the run's diffseg.lake.done_index.DoneSet, kept current: what a snapshot writes
+        self.index_every_s = index_every_s
+        self._last_index = time.monotonic()
+        self.index_snapshots = 0
         self._queue: list[tuple[dict, dict, list[str]]] = []  # (unit record, counts, staging files to delete)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
@@ -162,8 +169,9 @@ class UnitCommitter:
         if batch:
             if self.before_commit is not None:
                 self.before_commit()
-            self.log.append("commit", {"units": [record for record, _, _ in batch]})
+            entry = self.log.append("commit", {"units": [record for record, _, _ in batch]})
             self.entries += 1
+            self._keep_index(entry)
             for record, counts, _ in batch:
                 self.committed_units[record["unit_id"]] = record
                 self.counts.update({k: int(v) for k, v in counts.items()})
@@ -174,6 +182,23 @@ class UnitCommitter:
             except Exception as exc:  # the sweep of the next invocation removes them
                 log.warning("could not delete %d uncommitted file(s) (%s); the next run's sweep removes them",
                             len(stale), exc)
+
+    def _keep_index(self, entry: dict) -> None:
+        """Replays `entry` into the run's state and writes a done-index snapshot every ``index_every_s``
+        (from the thread that appends: the log stays sequential)."""
+        from diffseg.lake.done_index import replay, write_index
+
+        if self.done is None:
+            return
+        replay(self.done, [entry])
+        if time.monotonic() - self._last_index >= self.index_every_s:
+            self._last_index = time.monotonic()
+            try:
+                write_index(self.store, self.log, self.done)
+                self.done.index_version, self.done.changes = self.log.next_version - 1, 0
+                self.index_snapshots += 1
+            except Exception as exc:  # a LogFencedError surfaces at the next commit
+                log.warning("could not write a done-index snapshot (%s); the next one is tried later", exc)
 
     def _sync_commit(self) -> None:
         if self._thread is None:

@@ -342,7 +342,7 @@ def _run_on_ray(run: _Invocation) -> int:
         target = WriteTarget(config.output, config.run_id, run.checked.identity["model"], run.checked.run_hash,
                              vocabulary=tuple(run.checked.vocab.names), invocation=run.commit_log.invocation)
         run.writer = UnitCommitter(run.checked.store, run.commit_log, run.planned.units, job.tables,
-                                   before_commit=run.before_commit)
+                                   before_commit=run.before_commit, done=run.done_set.copy())
         dataset = job.dataset(config, run.checked, run.planned.units, res, target)
         progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
         try:

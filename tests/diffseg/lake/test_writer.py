@@ -111,3 +111,21 @@ def test_background_committer_batches_units_into_few_entries_and_counts_them(tmp
     assert sorted(done.units) == sorted(u.unit_id for u in units) and committer.incomplete == []
     assert 1 <= committer.entries <= len(units) and committer.counts["items"] == 60
     assert sorted(done.done_keys().to_pylist()) == uris
+
+
+def test_the_committer_writes_done_index_snapshots_while_it_commits(tmp_path):
+    """A driver killed hard re-plans from a recent snapshot: it reads only the entries written since."""
+    uris = [f"s3://lake/{i:03d}.jpg" for i in range(12)]
+    units = make_units(uris, 2)
+    store = OutputStore(str(tmp_path))
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h", invocation="0123456789ab")
+    commit_log = begun(store)
+    committer = UnitCommitter(store, commit_log, units, background=False, done=load_state(store, "default"),
+                              index_every_s=0.0)
+    for u in range(len(units)):
+        committer.add(worker_batch(store, target, units, [(u, 0), (u, 1)]))
+    assert committer.index_snapshots == len(units)
+    # no finish, no final index: as if the driver were killed now
+    done = load_state(store, "default")
+    assert done.entries_read == 0 and sorted(done.done_keys().to_pylist()) == uris
+    assert len(store.list("_index/default")) == 2  # one snapshot kept: keys and units
