@@ -204,6 +204,7 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
     import socket
 
     from diffseg.lake.done_index import describe_done, load_state
+    from diffseg.lake.legacy import has_markers, import_markers
     from diffseg.lake.log import CommitLog, new_invocation_id
     from diffseg.lake.manifest import record_run_identity
     from diffseg.lake.sweep import sweep, sweep_other_runs
@@ -214,6 +215,9 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
     commit_log.begin({"host": socket.gethostname(), "pid": os.getpid(), "started_at": started_at,
                       "lease": lease.token})
     done = load_state(store, run_id)
+    if has_markers(store, run_id):  # committed by diffseg 0.2: imported into the log once
+        import_markers(store, commit_log, job.tables, set(done.units))
+        done = load_state(store, run_id)
     try:
         new_run = check_run_identity(store, run_id, checked.identity, has_commits=len(done.units) > 0)
     except ValueError as exc:  # RunConflictError
