@@ -375,3 +375,18 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
     except OSError:
         return "?"
+
+
+def committed_units(output: str, run_id: str = "default") -> int:
+    """Units named by the commit entries of a run's log (local or object storage; whole entries only)."""
+    from diffseg.lake.store import OutputStore
+
+    store = OutputStore(output)
+    units = 0
+    for data in store.get_many([r for r in store.list(f"_log/{run_id}")
+                                if not r.rsplit("/", 1)[1].startswith((".", "_"))]).values():
+        if isinstance(data, Exception):
+            continue
+        entry = json.loads(data)
+        units += len(entry.get("units", ())) if entry.get("kind") == "commit" else 0
+    return units
