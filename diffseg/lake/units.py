@@ -39,10 +39,19 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 @dataclass(frozen=True)
 class Unit:
-    """A deterministic batch of work: sorted URIs (work-item keys) and the id derived from them."""
+    """A deterministic batch of work: sorted URIs (work-item keys) and the id derived from them; or, for a
+    container read as a whole (a WebDataset shard, a Parquet row group), its `source` (a JSON description,
+    diffseg.inputs.Source) whose keys the workers discover (`uris` then holds only keys to redo, or is
+    empty for every member)."""
 
     unit_id: str
     uris: tuple[str, ...]
+    source: str = ""  # JSON of a diffseg.inputs.Source when the unit is a container; "" for loose files
+
+    @property
+    def discovered(self) -> bool:
+        """True when the workers tell the unit's keys (a whole container)."""
+        return bool(self.source) and not self.uris
 
 
 def check_run_id(run_id: str) -> str:

@@ -60,6 +60,7 @@ class UnitCommitter:
         self.units = {u.unit_id: u for u in units}
         self.covered: dict[str, np.ndarray] = {}  # unit_id -> bool per position, for units in flight
         self.parts: dict[str, list[Part]] = {}
+        self.discovered_keys: dict[str, list[str | None]] = {}  # container units: keys told by the workers so far
         self.committed_units: dict[str, dict] = {}  # unit_id -> what its entry recorded, in commit order
         self.closed: set[str] = set()  # units queued or committed (later parts of them are stale)
         self.compacting: set[str] = set()
@@ -90,13 +91,16 @@ class UnitCommitter:
         self._raise_error()
         self.bytes_received += meta.nbytes
         todo = []
-        columns = (meta.column(c).to_pylist() for c in ("unit_id", "positions", "errors", "retry", "counts", "files", "final"))
-        for unit_id, positions, errors, retry, counts, files, final in zip(*columns):
+        names = ("unit_id", "positions", "errors", "retry", "counts", "files", "final", "unit_rows", "keys")
+        columns = (meta.column(c).to_pylist() if c in meta.column_names else [None] * meta.num_rows for c in names)
+        for unit_id, positions, errors, retry, counts, files, final, unit_rows, keys in zip(*columns):
             files = json.loads(files)
             unit = self.units.get(unit_id)
             if unit is None or unit_id in self.closed or unit_id in self.compacting:
                 self._discard(files)
                 continue
+            if unit.discovered:  # a container: its keys come from the workers
+                unit = self._learn_keys(unit, positions, keys, unit_rows)
             if final:
                 self._discard([f for p in self.parts.pop(unit_id, []) for f in p.files.values()])
                 self.covered.pop(unit_id, None)
@@ -118,6 +122,19 @@ class UnitCommitter:
         self._sync_commit()
         return todo
 
+    def _learn_keys(self, unit: Unit, positions: list[int], keys: list[str] | None, unit_rows: int) -> Unit:
+        """The unit with the keys the workers told so far (its size from `unit_rows`); once every position
+        is known, the unit holds its keys like a unit of loose files."""
+        known = self.discovered_keys.setdefault(unit.unit_id, [None] * int(unit_rows))
+        for position, key in zip(positions, keys or ()):
+            known[position] = key
+        if all(k is not None for k in known):
+            unit = Unit(unit.unit_id, tuple(known), unit.source)
+            self.units[unit.unit_id] = unit
+            self.total_items += len(known)
+            del self.discovered_keys[unit.unit_id]
+        return Unit(unit.unit_id, tuple(k or "" for k in known), unit.source) if not all(known) else unit
+
     def compacted(self, spec: Compaction, result: dict) -> None:
         """Queues a unit whose parts :func:`diffseg.lake.commit.compact_unit` merged (`result`: its return)."""
         self._raise_error()
@@ -135,6 +152,15 @@ class UnitCommitter:
         with self._cond:
             self._queue.append((record, counts, staging))
             self._cond.notify_all()
+
+    def abandon_in_flight(self) -> None:
+        """Forgets the parts of units not queued for commit (their pipeline is gone): they are redone whole,
+        and their staging files are deleted."""
+        self._discard([f for parts in self.parts.values() for p in parts for f in p.files.values()])
+        self.parts.clear()
+        self.covered.clear()
+        self.compacting.clear()
+        self.discovered_keys.clear()
 
     def _discard(self, files) -> None:
         paths = [f["path"] for f in (files.values() if isinstance(files, dict) else files)]

@@ -91,8 +91,8 @@ class PlacementWatchdog:
                 since = time.monotonic()
 
 
-ACTOR_RESTARTS = 4  # restarts of one actor (a segfault, a host OOM kill, a poisoned device) before Ray gives up
-ACTOR_TASK_RETRIES = 3  # retries of one batch on a restarted or other actor (Ray Data's default: for ever)
+ACTOR_RESTARTS = 8  # restarts of one actor (a segfault, a host OOM kill, a poisoned device) before Ray gives up
+ACTOR_TASK_RETRIES = 5  # retries of one batch on a restarted actor: enough to isolate up to 3 killing images (jobs.common.crashes)
 TASK_RETRIES = 3  # retries of one decode task
 
 

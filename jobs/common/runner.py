@@ -112,6 +112,7 @@ class _Invocation:
     commit_log: object = None  # diffseg.lake.log.CommitLog of this invocation (begun)
     stop: object = None  # jobs.common.interrupt.StopSignals
     actors_may_write: bool = False  # an interrupted pipeline on a cluster: its actors may still write
+    pipeline_restarts: int = 0  # pipelines started again after losing a worker (jobs.common.restarts)
 
     @property
     def done(self) -> int:
@@ -127,6 +128,7 @@ class _Invocation:
                            **{key: w.counts[key] for key in self.job.tables.row_counters.values()},
                            "units_committed": len(w.committed_units), "units_incomplete": len(w.incomplete),
                            "errors_retryable": w.counts["errors_retryable"], "commit_entries": w.entries,
+                           "pipeline_restarts": self.pipeline_restarts,
                            "driver_bytes_received": w.bytes_received})
         counts[words.run_done] = self.done + (w.counts["items"] if w else 0)
         return counts
@@ -318,6 +320,7 @@ def _run_on_ray(run: _Invocation) -> int:
     from jobs.common.interrupt import Interrupted
     from jobs.common.progress import Progress
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
+    from jobs.common.restarts import PIPELINE_RESTARTS, lost_worker
 
     job, config, log = run.job, run.config, run.job.log
     started_ray = not ray.is_initialized()
@@ -347,11 +350,19 @@ def _run_on_ray(run: _Invocation) -> int:
                              vocabulary=tuple(run.checked.vocab.names), invocation=run.commit_log.invocation)
         run.writer = UnitCommitter(run.checked.store, run.commit_log, run.planned.units, job.tables,
                                    before_commit=run.before_commit, done=run.done_set.copy())
-        dataset = job.dataset(config, run.checked, run.planned.units, res, target)
         progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
+        units = run.planned.units
         try:
-            with PlacementWatchdog("MapWorker", res, after_s=config.placement_warn_s):
-                commit_stream(_Counted(run.writer, progress), dataset, job.tables)
+            for restart in range(PIPELINE_RESTARTS + 1):
+                dataset = job.dataset(config, run.checked, units, run.resources, target)
+                try:
+                    with PlacementWatchdog("MapWorker", run.resources, after_s=config.placement_warn_s):
+                        commit_stream(_Counted(run.writer, progress), dataset, job.tables)
+                    break
+                except Exception as exc:
+                    if not lost_worker(exc) or restart == PIPELINE_RESTARTS:
+                        raise
+                    units = _restart_pipeline(run, exc)
         finally:
             progress.close()
         run.writer.flush()
@@ -374,6 +385,25 @@ def _run_on_ray(run: _Invocation) -> int:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     return _finish(run)
+
+
+def _restart_pipeline(run: _Invocation, exc: BaseException) -> list[Unit]:
+    """After a pipeline lost a worker: commits what is whole, abandons the units in flight and returns the
+    units to run again, with the actor pool re-sized from the alive nodes (jobs.common.restarts)."""
+    from diffseg.redact import describe_error
+    from jobs.common.ray_env import alive_nodes
+
+    run.writer.flush()
+    run.writer.abandon_in_flight()
+    units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
+    nodes = alive_nodes()
+    run.resources = resolve_resources(run.config, nodes)
+    run.pipeline_restarts += 1
+    res = run.resources
+    run.job.log.warning("the pipeline lost a worker (%s): starting it again with the %d unit(s) not committed on "
+                        "%d alive node(s) -> %d actor(s) x (%g CPU, %g GPU)", describe_error(exc)[:300], len(units),
+                        len(nodes), res.actors, res.cpus_per_actor, res.gpus_per_actor)
+    return units
 
 
 def _interrupted(run: _Invocation, sig, started_ray: bool) -> int:

@@ -1,0 +1,37 @@
+"""A pipeline that lost a worker starts again on the nodes that remain.
+
+Ray Data restarts a dead actor and retries its batches on it, which works when the actor can be placed
+again (a crash: its resources are free). When its node is gone and not replaced, the restarted actor may
+never be placed (the other nodes are full), and its batches would wait for it for ever; with bounded
+retries (jobs.common.ray_env) they fail instead, and the dataset with them. The runner then starts a new
+pipeline of the units not committed yet, sized from the alive nodes, at most :data:`PIPELINE_RESTARTS`
+times; committed units are kept (the log), and the abandoned attempts' files are swept like any other
+uncommitted file. So a lost node costs at most the units in flight, never an image twice.
+"""
+
+from __future__ import annotations
+
+PIPELINE_RESTARTS = 3
+# Ray's exceptions that mean "a worker, its node or an object it held is gone", not "the data is bad"
+LOST_WORKER = frozenset({
+    "RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError", "NodeDiedError",
+    "ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError",
+    "WorkerCrashedError", "LocalRayletDiedError", "RaySystemError",
+})
+LOST_WORKER_WORDS = ("actor is temporarily unavailable", "actor died", "node died", "owner died", "worker died",
+                     "was lost", "connection reset by peer")
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """True when `exc` (or an exception in its chain, or the cause a RayTaskError wraps) says a worker,
+    its node or an object it held is gone."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__name__ in LOST_WORKER or any(w in str(e).lower() for w in LOST_WORKER_WORDS):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return False
