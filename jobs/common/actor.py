@@ -106,7 +106,8 @@ class ModelActor:
         results = self.results(batch)
         if self.config.target is None:
             return results
-        return write_results(self.store, self.config.target, self.tables, results, batch["pos"], batch["unit_rows"])
+        return write_results(self.store, self.config.target, self.tables, results, batch["pos"], batch["unit_rows"],
+                             send_keys="source" in batch)  # containers: the driver learns the keys from us
 
     def results(self, batch: dict[str, np.ndarray]):
         """Result rows (``tables.result_schema``), one per item, in the batch's row order."""

@@ -40,6 +40,16 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     udf_config = UdfConfig.placed(config, resources, target, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params, recipe=config.recipe_kwargs())
+    if units and units[0].source:  # containers: one read task per shard or row group, read front to back
+        from jobs.segment.containers import container_blocks, read_container
+
+        ds = ray.data.from_arrow(container_blocks(units)).map_batches(
+            read_container, batch_size=1, batch_format="numpy",
+            fn_kwargs={"resolution": config.resolution, "max_pixels": config.max_pixels,
+                       "max_read_bytes": config.max_read_bytes, "read_timeout": config.read_timeout,
+                       "chunk": config.unit_size},
+            num_cpus=resources.decode_cpus, memory=resources.decode_memory, max_retries=TASK_RETRIES)
+        return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
     ds = ray.data.from_arrow(input_blocks(units))
     ds = ds.map_batches(
         decode_batch,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+import pyarrow as pa
+
 from diffseg.lake.schemas import SEGMENT_TABLES
 from diffseg.lake.units import units_of_sorted
 from jobs.common.checks import check_model, check_model_setup, load_vocabulary, writable_store
@@ -45,23 +47,42 @@ class SegmentJob(Job):
     def plan(self, config: JobConfig, checked: Checked, done) -> Planned:
         from diffseg.model import redact_uri
 
+        if not isinstance(checked.inputs, pa.Array):  # containers: a unit per shard or row group
+            return self._plan_containers(config, checked.inputs, done)
         uris = checked.inputs
         todo = done.exclude(uris, retry_errors=config.retry_errors)
         limited_out = 0
         if config.limit is not None and len(todo) > config.limit:
             limited_out = len(todo) - config.limit
             todo = todo.slice(0, config.limit)
-        units = units_of_sorted(todo, config.unit_size)
+        units = spread(units_of_sorted(todo, config.unit_size))
         counts = {"listed": len(uris), "already_done": len(uris) - len(todo) - limited_out, "limited_out": limited_out,
                   "to_process": len(todo), "units_to_process": len(units)}
         self.log.info("INPUT %s: %d images listed, %d already done in run %r, %d to process in %d unit(s)",
                       redact_uri(config.input), len(uris), counts["already_done"], config.run_id, len(todo), len(units))
         return Planned(units, counts, f"{len(uris)} input images")
 
+    def _plan_containers(self, config: JobConfig, listing, done) -> Planned:
+        from diffseg.model import redact_uri
+        from jobs.segment.containers import plan_containers
+
+        units, counts = plan_containers(listing.sources, done, config.limit)
+        counts.update(listed=len(listing.sources), already_done=len(done), to_process=counts["containers_to_process"],
+                      units_to_process=len(units))
+        self.log.info("INPUT %s: %d %s, %d already done in run %r, %d unit(s) to process", redact_uri(config.input),
+                      len(listing.sources), listing.form, counts["containers_done"], config.run_id, len(units))
+        return Planned(spread(units), counts, f"{len(listing.sources)} {listing.form} containers")
+
     def dataset(self, config: JobConfig, checked: Checked, units, resources, target):
         from jobs.segment.dataset import build_dataset
 
         return build_dataset(units, config, resources, checked.vocab, target)
+
+
+def spread(units: list) -> list:
+    """Units in a spread order (by their id, a hash), so the reads in flight are not one moving range of
+    adjacent keys (a store throttles per key prefix); images within a unit stay sorted."""
+    return sorted(units, key=lambda u: u.unit_id)
 
     def manifest_extra(self, manifest: dict, config: JobConfig, checked: Checked) -> dict:
         """Records the recipe the actors' Segmenters run (resolved as they resolve it)."""
@@ -72,20 +93,15 @@ class SegmentJob(Job):
 
 
 def listed_images(config: JobConfig):
-    """The image URIs of INPUT (a sorted pyarrow StringArray) in ``--input-format`` (InputError, exit 2: a
-    missing, empty or ambiguous INPUT). Shards and Parquet rows are recognised but not planned yet: units
-    per shard or row group come with the commit layer (issue 22); until then they exit 2 saying so."""
+    """INPUT in ``--input-format`` (InputError, exit 2: a missing, empty or ambiguous INPUT): loose files as
+    a sorted pyarrow StringArray of URIs, containers (WebDataset shards, Parquet files with image bytes) as
+    their diffseg.inputs.Listing (planned one unit per shard or row group: jobs.segment.containers)."""
     from diffseg.inputs import list_input
     from diffseg.model import redact_uri
 
     listing = list_input(config.input, config.input_format)
-    if listing.form != "files":
-        what = {"webdataset": "WebDataset shards", "parquet": "Parquet files with image bytes"}[listing.form]
-        raise ConfigError(f"INPUT {redact_uri(config.input)!r} holds {len(listing)} {what} ({listing.detected}): "
-                          "jobs.segment does not plan them yet (diffseg.inputs reads them; units per shard or row "
-                          "group come next). Until then give loose image files, a manifest of URIs or an S3 Inventory")
     SegmentJob.log.info("INPUT %s: %s (%s)", redact_uri(config.input), listing.form, listing.detected or "auto")
-    return listing.uris
+    return listing.uris if listing.form == "files" else listing
 
 
 def check_prompt(config: JobConfig, vocab) -> None:
