@@ -246,35 +246,45 @@ def run_one(mode: str, lake: str, out: str, unit_size: int, num_cpus: int, slow:
 
 
 def _uri(i: int) -> str:
-    return f"s3://lake/images/{i // 1000:05d}/{i:09d}.jpg"
+    """A hash-like key, as real lakes name objects (sequential names compress far better and hide costs)."""
+    import hashlib
+
+    h = hashlib.sha1(str(i).encode()).hexdigest()
+    return f"s3://lake/images/{h[:2]}/{h[2:22]}.jpg"
 
 
 def write_index(folder: str, n: int) -> None:
-    """A run "r" under `folder` with `n` URIs done: its done index and its markers' names (empty files:
-    planning only lists them, as they are all in the index)."""
+    """A run "r" under `folder` with `n` keys done, as a finished invocation leaves it: a log whose newest
+    entry is a done-index snapshot of all of them (planning reads the snapshot, no commit entries)."""
     import pyarrow as pa
 
-    from diffseg.lake.done_index import UNITS_SCHEMA, URIS_SCHEMA, DoneSet, merge_index
+    from diffseg.lake.done_index import HELD_KEYS_SCHEMA, DoneSet
+    from diffseg.lake.done_index import write_index as write_snapshot
+    from diffseg.lake.log import CommitLog
     from diffseg.lake.store import OutputStore
 
+    store = OutputStore(folder)
+    commit_log = CommitLog(store, "r", "0" * 12)
+    commit_log.begin()
     unit_ids = [f"{i // 256:016x}" for i in range(n)]
-    units = sorted(set(unit_ids))
-    os.makedirs(os.path.join(folder, "_commits", "r"), exist_ok=True)
-    for u in units:
-        open(os.path.join(folder, "_commits", "r", f"{u}.json"), "w").close()
-    done = DoneSet(pa.table({"uri": [_uri(i) for i in range(n)], "unit_id": unit_ids}, schema=URIS_SCHEMA),
-                   pa.table({"unit_id": units, "items": [256] * len(units), "errors": [0] * len(units)},
-                            schema=UNITS_SCHEMA), 0, 1)
-    merge_index(OutputStore(folder), "r", done, [])
+    keys = pa.table({"uri": pa.array((_uri(i) for i in range(n)), pa.string(), size=n), "unit_id": unit_ids,
+                     "status": pa.array([0] * n, pa.int8())})
+    files = {t: {"path": f"{t}/part-r-{'0' * 12}-{{u}}-00000000.parquet", "bytes": 1, "md5": "0", "rows": 256}
+             for t in ("masks", "stats", "errors")}
+    units = {u: {"items": 256, "errors": 0, "retry": 0,
+                 "files": {t: {**f, "path": f["path"].format(u=u)} for t, f in files.items()}}
+             for u in sorted(set(unit_ids))}
+    done = DoneSet(keys.cast(HELD_KEYS_SCHEMA), units, version=commit_log.next_version - 1, changes=1)
+    write_snapshot(store, commit_log, done)
 
 
 def replan(folder: str, n: int) -> dict:
     """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as
     diffseg.inputs.list_inputs_array returns it (a pyarrow StringArray), as jobs.segment plans:
-    load the done set, filter the listing, cut units, count duplicates. The peak RSS includes the listing."""
+    load the run's state, filter the listing, cut units, count duplicates. The peak RSS includes the listing."""
     import pyarrow as pa
 
-    from diffseg.lake.done_index import describe_done, load_done
+    from diffseg.lake.done_index import describe_done, load_state
     from diffseg.lake.store import OutputStore
     from diffseg.lake.units import units_of_sorted
 
@@ -282,9 +292,9 @@ def replan(folder: str, n: int) -> dict:
     listing = pa.concat_arrays([listing, pa.array([f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)])])
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    done = load_done(OutputStore(folder), "r")
+    done = load_state(OutputStore(folder), "r")
     todo = done.exclude(listing)
-    units = units_of_sorted(todo, 256)
+    units = units_of_sorted(todo.sort() if hasattr(todo, "sort") else todo, 256)
     counts = describe_done(done)
     seconds = time.perf_counter() - t0
     assert len(todo) == 1000 and len(units) == 4 and counts["duplicate_items"] == 0, (len(todo), counts)
