@@ -152,7 +152,13 @@ class _Invocation:
         timings = {} if status == "running" else self.timings()
         counts = self.counts()
         if status != "running":
-            self.commit_log.append("finish", {"status": status, "counts": _scalar_counts(counts), "error": error})
+            from diffseg.lake.log import LogFencedError
+
+            try:
+                self.commit_log.append("finish", {"status": status, "counts": _scalar_counts(counts), "error": error})
+            except LogFencedError as exc:  # another invocation holds the run now: its manifest is the truth
+                self.job.log.error("%s; this invocation's manifest is not written", exc)
+                return timings
         info = RunInfo(run_id=config.run_id, output=config.output, config=config.to_dict(), model=config.model,
                        vocab=c.vocab, vocab_spec=c.vocab_spec, vocab_hash=c.run_hash, started_at=self.started_at)
         manifest = build_manifest(info, status, counts, timings, committed, res, error)
