@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing
 import os
 import resource
@@ -142,6 +143,7 @@ def serve_moto(port: int, n: int, latency_s: float, ready=None) -> None:
     from moto.s3.models import s3_backends
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
     backend.create_bucket(BUCKET, "us-east-1")
     keys = VirtualKeys(n)

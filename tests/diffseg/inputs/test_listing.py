@@ -1,4 +1,4 @@
-"""diffseg.inputs.listing: exact key sets on moto S3, local folders and fsspec, whatever the parallelism."""
+"""diffseg.inputs.listing (and its S3 half, s3_listing): exact key sets on moto S3, local folders and fsspec, whatever the parallelism."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import pyarrow as pa
 import pytest
 
-from diffseg.inputs import listing
-from diffseg.inputs.listing import LISTING_SCHEMA, ListingError, list_keys, parse_list_page, split_range
+from diffseg.inputs import s3_listing
+from diffseg.inputs.listing import LISTING_SCHEMA, ListingError, list_keys
+from diffseg.inputs.s3_listing import parse_list_page, split_range
 
 # name -> size; folder markers ("sub/") are objects too on S3
 LAYOUT = {
@@ -39,7 +40,7 @@ def _expected(base: str, names, prefix: str = "", exts=None) -> list[str]:
 @pytest.fixture
 def small_pages(monkeypatch):
     """Pages of 7 keys, so a few hundred keys take many pages and range splits."""
-    monkeypatch.setattr(listing, "PAGE_KEYS", 7)
+    monkeypatch.setattr(s3_listing, "PAGE_KEYS", 7)
 
 
 @pytest.fixture
@@ -97,8 +98,8 @@ def test_s3_leaves_no_directory_cache(s3_lake, monkeypatch):
     import s3fs
 
     made = []
-    original = listing.private_s3fs
-    monkeypatch.setattr(listing, "private_s3fs", lambda opts: made.append(original(opts)) or made[-1])
+    original = s3_listing.private_s3fs
+    monkeypatch.setattr(s3_listing, "private_s3fs", lambda opts: made.append(original(opts)) or made[-1])
     shared = s3fs.S3FileSystem()
     shared.invalidate_cache()
     assert len(_uris(list_keys(f"s3://{s3_lake}/lake/"))) == len(LAYOUT)
@@ -106,7 +107,7 @@ def test_s3_leaves_no_directory_cache(s3_lake, monkeypatch):
 
 
 def test_s3_pages_are_read_by_the_fast_parser(s3_lake):
-    fs = listing.private_s3fs({})
+    fs = s3_listing.private_s3fs({})
     response = fs.call_s3("list_objects_v2", Bucket=s3_lake, Prefix="lake/sub/", MaxKeys=1000)
     assert response["DiffsegPage"]["keys"] == ["lake/sub/", "lake/sub/c.jpg", "lake/sub/deep/d.jpeg",
                                                "lake/sub/deep/e.JPG"]
@@ -194,3 +195,32 @@ def test_batches_hold_batch_rows_at_most(local_lake):
     sizes = [b.num_rows for b in list_keys(str(local_lake), batch_rows=64)]
     assert max(sizes) == 64 and sum(sizes) == len(LAYOUT) + 1
     assert pa.concat_arrays([b.column("uri") for b in list_keys(str(local_lake), batch_rows=64)]).null_count == 0
+
+
+def test_a_large_flat_folder_of_hash_like_names_lists_exactly(s3_endpoint):
+    """30,000 hash-like keys in one flat folder, pages of 1000, split into ranges by the lister: the
+    benchmark's stand-in server (jobs.bench.listing, keys computed from their index), reached through
+    storage_options rather than AWS_ENDPOINT_URL."""
+    import multiprocessing
+
+    from jobtest_utils import free_port
+
+    from jobs.bench.listing import VirtualKeys, serve_standin
+
+    n, port = 30_000, free_port()
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    server = ctx.Process(target=serve_standin, args=(port, n, 0.0, ready), daemon=True)
+    server.start()
+    try:
+        assert ready.wait(60)
+        options = {"endpoint_url": f"http://127.0.0.1:{port}"}
+        want = [f"s3://lake/{VirtualKeys(n).key(i)}" for i in range(n)]
+        for concurrency in (1, 32):
+            uris = _uris(list_keys("s3://lake/images/", concurrency=concurrency, storage_options=options))
+            assert len(uris) == n and sorted(uris) == want
+        half = [u for u in want if u.startswith("s3://lake/images/8")]
+        assert sorted(_uris(list_keys("s3://lake/images/8", storage_options=options))) == half
+    finally:
+        server.terminate()
+        server.join(10)
