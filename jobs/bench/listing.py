@@ -111,7 +111,12 @@ def serve_standin(port: int, n: int, latency_s: float, ready=None) -> None:
 
     keys = VirtualKeys(n)
 
+    served = [0]
+
     async def handle(request: web.Request) -> web.Response:
+        if request.path == "/_requests":  # the benchmark's own question: requests answered so far
+            return web.Response(text=str(served[0]))
+        served[0] += 1
         await asyncio.sleep(latency_s)
         bucket, _, obj = request.path.lstrip("/").partition("/")
         q = request.query
@@ -168,7 +173,8 @@ def _rss_bytes() -> int:
 
 def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
     """In a fresh process: list the lake with `lister` ('arrow' or 'find'), keep the result, put
-    (keys, seconds, CPU seconds of the process, peak RSS growth, Arrow bytes) on `result`."""
+    (keys, seconds, CPU seconds of the process, peak RSS growth, Arrow bytes, requests
+    answered by the stand-in) on `result`."""
     os.environ["AWS_ENDPOINT_URL"] = endpoint
     for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench"),
                         ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):
@@ -187,7 +193,7 @@ def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
             _listed(f"s3://{BUCKET}/nothing/")
     except Exception:
         pass
-    before = _rss_bytes()
+    requests, before = _requests(endpoint), _rss_bytes()
     start, cpu = time.perf_counter(), time.process_time()
     if lister == "arrow":
         held = list(list_keys(uri, EXTENSIONS, concurrency=concurrency))
@@ -201,7 +207,8 @@ def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
         count, nbytes = len(held), 0
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result.put((count, seconds, cpu, max(0, peak - before), nbytes))
+    requests = _requests(endpoint) - requests if requests >= 0 else -1
+    result.put((count, seconds, cpu, max(0, peak - before), nbytes, requests))
 
 
 def _free_port() -> int:
@@ -224,6 +231,17 @@ def _result_of(child, result):
                 raise RuntimeError(f"the measuring process exited with code {child.exitcode} (its error is above)") from None
 
 
+def _requests(endpoint: str) -> int:
+    """Requests the stand-in at `endpoint` has answered so far (-1 for moto, which does not count them)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint}/_requests", timeout=10) as r:
+            return int(r.read())
+    except Exception:
+        return -1
+
+
 def run_case(store: str, n: int, latency_s: float, listers: list[str], concurrency: int) -> list[dict]:
     """Start `store` ('moto' or 'standin') with `n` keys and measure each of `listers` against it."""
     ctx = multiprocessing.get_context("spawn")
@@ -240,13 +258,14 @@ def run_case(store: str, n: int, latency_s: float, listers: list[str], concurren
             result = ctx.Queue()
             child = ctx.Process(target=_measure, args=(lister, f"http://127.0.0.1:{port}", concurrency, result))
             child.start()
-            count, seconds, cpu, grown, nbytes = _result_of(child, result)
+            count, seconds, cpu, grown, nbytes, requests = _result_of(child, result)
             if count != n:
                 raise RuntimeError(f"{lister} listed {count} keys of {n} on {store}")
             rows.append({"store": store, "keys": n, "lister": lister, "seconds": seconds, "keys_s": n / seconds,
                          "cpu_us_per_key": cpu / n * 1e6,
                          "rss_per_key": grown / n,
-                         "arrow_per_key": nbytes / n if lister == "arrow" else 0.0})
+                         "arrow_per_key": nbytes / n if lister == "arrow" else 0.0,
+                         "requests": requests})
     finally:
         server.terminate()
         server.join(10)
@@ -255,12 +274,13 @@ def run_case(store: str, n: int, latency_s: float, listers: list[str], concurren
 
 def _print(rows: list[dict], latency_s: float) -> None:
     print(f"{'store':8} {'keys':>11} {'lister':31} {'seconds':>8} {'keys/s':>9} {'CPU us/key':>10} "
-          f"{'RSS B/key':>9} {'Arrow B/key':>11}")
+          f"{'RSS B/key':>9} {'Arrow B/key':>11} {'LISTs':>7}")
     for r in rows:
         name = {"arrow": "list_keys, all batches kept", "stream": "list_keys, one batch at a time",
                 "find": "fs.find(detail=True) today"}[r["lister"]]
         print(f"{r['store']:8} {r['keys']:>11,} {name:31} {r['seconds']:8.1f} {r['keys_s']:9,.0f} "
-              f"{r['cpu_us_per_key']:10.1f} {r['rss_per_key']:9.0f} {r['arrow_per_key']:11.1f}")
+              f"{r['cpu_us_per_key']:10.1f} {r['rss_per_key']:9.0f} {r['arrow_per_key']:11.1f} "
+              f"{r['requests'] if r['requests'] >= 0 else '':>7}")
     for lister in ("arrow", "stream", "find"):
         mine = sorted((r for r in rows if r["lister"] == lister and r["store"] == "standin"), key=lambda x: x["keys"])
         if not mine:
