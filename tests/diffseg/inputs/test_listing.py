@@ -82,6 +82,32 @@ def test_s3_extension_filter_ignores_case(s3_lake, small_pages):
     assert f"s3://{s3_lake}/lake/B.PNG" in got and f"s3://{s3_lake}/lake/notes.txt" not in got
 
 
+def test_s3_a_listing_left_early_stops_and_the_next_one_is_whole(s3_lake, small_pages):
+    batches = list_keys(f"s3://{s3_lake}/lake/", concurrency=8, batch_rows=5)
+    assert next(batches).num_rows == 5
+    batches.close()  # the consumer stops: the listing's requests are cancelled, nothing hangs
+    assert _listing_tasks() == []
+    assert len(_uris(list_keys(f"s3://{s3_lake}/lake/", concurrency=8))) == len(LAYOUT)
+
+
+def _listing_tasks(wait_s: float = 5.0) -> list:
+    """The lister's coroutines still alive on fsspec's loop (after up to `wait_s` for cancellations)."""
+    import asyncio
+    import time
+
+    from fsspec.asyn import get_loop
+
+    async def alive():
+        return [t for t in asyncio.all_tasks() if "S3Walk" in repr(t.get_coro())]
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        tasks = asyncio.run_coroutine_threadsafe(alive(), get_loop()).result()
+        if not tasks or time.monotonic() > deadline:
+            return tasks
+        time.sleep(0.05)
+
+
 def test_s3_empty_prefix_gives_no_batch(s3_lake):
     assert list(list_keys(f"s3://{s3_lake}/nothing-here/")) == []
 
@@ -169,6 +195,12 @@ def test_local_sizes_partial_prefix_and_extensions(local_lake):
     assert sorted(_uris(list_keys(f"{local_lake}/2024-"))) == _expected(f"file://{local_lake}/", LAYOUT, "2024-")
     got = sorted(_uris(list_keys(str(local_lake), IMAGES)))
     assert got == _expected(f"file://{local_lake}/", [*LAYOUT, "link.jpg"], exts=IMAGES)
+
+
+def test_local_name_that_is_not_utf8_is_listed_escaped(tmp_path):
+    with open(os.fsencode(tmp_path) + b"/bad\xff.jpg", "wb") as f:
+        f.write(b"xy")
+    assert _rows(list_keys(str(tmp_path))) == {f"file://{tmp_path}/bad%FF.jpg": 2}
 
 
 def test_local_empty_and_missing_folders(local_lake):
