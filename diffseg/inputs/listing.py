@@ -11,7 +11,7 @@ opens. The prefix may be partial: ``s3://b/images/2024-`` lists only the keys th
 ``concurrency``; the *set* of rows never does (tested). Sort or hash the result where order matters
 (planning does).
 
-**S3** (the strategy): ListObjectsV2 pages are requested through a private s3fs filesystem (so the endpoint,
+**S3** (:mod:`diffseg.inputs.s3_listing`): ListObjectsV2 pages are requested through a private s3fs filesystem (so the endpoint,
 credentials, region, retries and ``storage_options`` resolve exactly as s3fs resolves them, e.g.
 ``AWS_ENDPOINT_URL``), by its aiobotocore client on s3fs's event loop, up to ``concurrency`` requests at
 once, never through s3fs's listing methods: its directory cache would keep about 1.2 KB per key. The
@@ -70,7 +70,8 @@ def list_keys(uri: str, extensions: Iterable[str] | None = None, *, concurrency:
     `extensions`: e.g. ``(".jpg", ".png")``, compared case-insensitively with the end of each name
     (None: every object). `concurrency`: requests (S3) or folders (local, fsspec) in flight at once; the
     set of rows does not depend on it. Raises :class:`ListingError` naming `uri` and the fix when the
-    bucket or folder does not exist or cannot be read.
+    bucket or folder does not exist or cannot be read. A blocking iterator: iterate it from a thread
+    (S3 pages are fetched on fsspec's event loop; closing the iterator early cancels them).
     """
     if concurrency < 1:
         raise ValueError(f"concurrency={concurrency!r}: list with at least 1 request at a time")
@@ -228,4 +229,7 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
         for names, sizes in _walk_parallel(roots, list_dir, max(1, min(concurrency, LOCAL_THREADS))):
             yield base, names, sizes
     except FileNotFoundError as exc:
-        raise ListingError(f"INPUT {uri!r}: no such folder or prefix ({exc}); check the path") from exc
+        from diffseg.redact import redact_text
+
+        raise ListingError(f"INPUT {redact_text(uri)!r}: no such folder or prefix ({redact_text(exc, [uri])}); "
+                           "check the path") from exc

@@ -199,6 +199,13 @@ class S3Walk:
         from fsspec.asyn import get_loop
 
         loop = self.fs.loop or get_loop()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("list_keys blocks until pages arrive: iterate it from a thread, not from a coroutine "
+                               "on fsspec's event loop (it would wait for itself)")
         ready = threading.Event()
         future = asyncio.run_coroutine_threadsafe(self._run(ready), loop)
         ready.wait()
@@ -290,15 +297,18 @@ class S3Walk:
                     end = cuts[0]
 
     def _error(self, exc: BaseException) -> ListingError:
+        from diffseg.redact import redact_text
+
         endpoint = getattr(getattr(self.fs.s3, "meta", None), "endpoint_url", None) if self.fs._s3 else None
-        where = f" at {endpoint}" if endpoint else ""
-        text = f"{type(exc).__name__}: {exc}"
+        where = redact_text(f" at {endpoint}") if endpoint else ""
+        text = redact_text(f"{type(exc).__name__}: {exc}", [self.uri])
+        uri = redact_text(self.uri)
         if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
             return ListingError(
-                f"INPUT {self.uri!r}: bucket {self.bucket!r} does not exist{where}. Check the bucket name, or "
+                f"INPUT {uri!r}: bucket {self.bucket!r} does not exist{where}. Check the bucket name, or "
                 "point AWS_ENDPOINT_URL (or storage_options endpoint_url) at the store that holds it")
         if isinstance(exc, PermissionError) or "AccessDenied" in text:
             return ListingError(
-                f"INPUT {self.uri!r}: listing is not allowed{where} ({text}). Give these credentials "
+                f"INPUT {uri!r}: listing is not allowed{where} ({text}). Give these credentials "
                 "s3:ListBucket on the bucket, or use credentials that have it")
-        return ListingError(f"INPUT {self.uri!r} cannot be listed{where}: {text}")
+        return ListingError(f"INPUT {uri!r} cannot be listed{where}: {text}")
