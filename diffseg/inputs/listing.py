@@ -34,7 +34,7 @@ strings is held while it is converted; everything else is the Arrow arrays the c
 
 **Local folders**: ``os.scandir`` over the tree, folders listed by a pool of threads; regular files and
 symlinks to them (a symlinked folder is not followed: no cycles); names that are not UTF-8 are escaped
-as :func:`diffseg.lake.inputs.escape_name` does. **Other fsspec filesystems**: ``fs.ls(detail=True)``
+as ``escape_name`` (diffseg.inputs.uri) does. **Other fsspec filesystems**: ``fs.ls(detail=True)``
 per folder from a pool of threads, the filesystem's listing cache dropped after each call.
 """
 
@@ -48,7 +48,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diffseg.lake.inputs import InputError, escape_name
+try:  # the readers' own modules (diffseg/inputs/errors.py, uri.py), on main since the inputs branch
+    from diffseg.inputs.errors import InputError
+    from diffseg.inputs.uri import escape_name, exact_fs
+except ImportError:  # a tree from before them: the same names in diffseg.lake.inputs
+    from diffseg.lake.inputs import InputError, escape_name, exact_fs
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64())])
 CONCURRENCY = 32  # LIST requests in flight at once (S3 serves thousands per second per prefix)
@@ -187,8 +191,6 @@ def _list_local(uri: str, exts: tuple[str, ...] | None, concurrency: int):
 
 
 def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, storage_options: dict):
-    from diffseg.lake.inputs import exact_fs
-
     try:
         fs, path = exact_fs(uri, **storage_options)
     except (ImportError, ValueError) as exc:

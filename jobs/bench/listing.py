@@ -1,8 +1,8 @@
 """Listing a lake's keys: ``python -m jobs.bench.listing`` (docs/benchmarks.md, section "Listing").
 
 Lists ``s3://lake/images/`` with the parallel Arrow lister (:func:`diffseg.inputs.listing.list_keys`) and
-with today's ``fs.find(detail=True)`` lister (``diffseg.lake.inputs._listed``, which calls
-``_list_folder``) in the same command, each in a fresh process after a small warm-up listing (clients,
+with today's ``fs.find(detail=True)`` lister (``diffseg.inputs.files.listed``, formerly
+``diffseg.lake.inputs._listed``, which calls ``_list_folder``) in the same command, each in a fresh process after a small warm-up listing (clients,
 service models, Arrow kernels): ``arrow`` keeps every batch (what a planner holding the whole listing
 holds), ``stream`` drops each batch once counted (a planner consuming batch by batch), ``find`` keeps its
 Python list of URIs. Prints keys/s (wall), the process's CPU per key (all threads), its peak RSS growth
@@ -183,7 +183,10 @@ def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
     import s3fs  # noqa: F401
 
     from diffseg.inputs.listing import list_keys
-    from diffseg.lake.inputs import _listed
+    try:  # today's lister: diffseg.inputs.files since the inputs branch, diffseg.lake.inputs before it
+        from diffseg.inputs.files import listed as _listed
+    except ImportError:
+        from diffseg.lake.inputs import _listed
 
     uri = f"s3://{BUCKET}/{PREFIX}"
     try:  # warm-up on a few keys: clients, service models, Arrow kernels and imports are not per key
