@@ -48,11 +48,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 import pyarrow as pa
 import pyarrow.compute as pc
 
-try:  # the readers' own modules (diffseg/inputs/errors.py, uri.py), on main since the inputs branch
-    from diffseg.inputs.errors import InputError
-    from diffseg.inputs.uri import escape_name, exact_fs
-except ImportError:  # a tree from before them: the same names in diffseg.lake.inputs
-    from diffseg.lake.inputs import InputError, escape_name, exact_fs
+from diffseg.inputs.errors import InputError
+from diffseg.inputs.uri import escape_name, exact_fs
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size", pa.int64())])
 CONCURRENCY = 32  # LIST requests in flight at once (S3 serves thousands per second per prefix)

@@ -2,7 +2,7 @@
 
 Lists ``s3://lake/images/`` with the parallel Arrow lister (:func:`diffseg.inputs.listing.list_keys`) and
 with today's ``fs.find(detail=True)`` lister (``diffseg.inputs.files.listed``, formerly
-``diffseg.lake.inputs._listed``, which calls ``_list_folder``) in the same command, each in a fresh process after a small warm-up listing (clients,
+``diffseg.inputs.files.listed``) in the same command, each in a fresh process after a small warm-up listing (clients,
 service models, Arrow kernels): ``arrow`` keeps every batch (what a planner holding the whole listing
 holds), ``stream`` drops each batch once counted (a planner consuming batch by batch), ``find`` keeps its
 Python list of URIs. Prints keys/s (wall), the process's CPU per key (all threads), its peak RSS growth
@@ -182,11 +182,8 @@ def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
     import pyarrow  # noqa: F401  (imports before the RSS baseline)
     import s3fs  # noqa: F401
 
+    from diffseg.inputs.files import listed as _listed  # the listing the job uses for loose files today
     from diffseg.inputs.listing import list_keys
-    try:  # today's lister: diffseg.inputs.files since the inputs branch, diffseg.lake.inputs before it
-        from diffseg.inputs.files import listed as _listed
-    except ImportError:
-        from diffseg.lake.inputs import _listed
 
     uri = f"s3://{BUCKET}/{PREFIX}"
     try:  # warm-up on a few keys: clients, service models, Arrow kernels and imports are not per key
