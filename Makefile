@@ -39,7 +39,7 @@ install-demo: $(VENV)/.demo-installed
 install: $(VENV)/.test-installed
 
 demo:
-	@test -f $(VENV)/.demo-installed || echo "make demo: first run: creates $(VENV) and installs CPU torch, Ray and diffseg (about 1.5 GB; 3-6 minutes on a fast connection), then runs the job (about a minute)"
+	@test -f $(VENV)/.demo-installed || echo "make demo: first run: creates $(VENV) and installs CPU torch, Ray and diffseg (about 2 GB, a few minutes: 4.5 min measured with a nearby PyPI mirror), then runs the job (under a minute)"
 	@$(MAKE) --no-print-directory install-demo
 	$(BIN)/python -m jobs.demo
 
