@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = build_report(args.output, options_of(args))
     except OutputError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        print(f"diffseg: error: {exc}", file=sys.stderr)
+        return 2
     import fsspec
 
     with fsspec.open(args.out, "wt", encoding="utf-8") as handle:
