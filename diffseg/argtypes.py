@@ -90,17 +90,23 @@ def set_called_as(name: str | None) -> str | None:
 
 class CommandParser(argparse.ArgumentParser):
     """The commands' ArgumentParser: usage lines name the command as it was called (see set_called_as:
-    ``python -m jobs.segment`` in its description and epilog becomes ``diffseg segment`` too), and an
+    example lines of its description and epilog that start with ``python -m jobs.segment`` start with
+    ``diffseg segment`` too), and an
     option that does not exist is answered with the nearest one (``--fromat`` -> "did you mean
     --format?") before argparse would complain about a missing required option instead."""
 
     def __init__(self, *args, **kwargs):
         prog = kwargs.get("prog")
         if _called_as and prog:
+            import re
+
             kwargs["prog"] = _called_as
+            # example lines that start with the command; not `ray job submit -- python -m jobs.segment`,
+            # where the cluster runs the uploaded checkout's module, not an installed script
+            start = re.compile(rf"(?m)^(\s*){re.escape(prog)}\b")
             for key in ("description", "epilog"):
                 if kwargs.get(key):
-                    kwargs[key] = kwargs[key].replace(prog, _called_as)
+                    kwargs[key] = start.sub(lambda m: m.group(1) + _called_as, kwargs[key])
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
