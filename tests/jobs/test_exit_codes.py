@@ -56,21 +56,21 @@ def refusals(tmp: Path) -> dict[str, tuple[list[str], int, int, str]]:
     (tmp / "dest" / "coco" / "instances.json").write_text("{}")
     missing = str(tmp / "missing")
     return {
-        # Parquet readers (Arrow I/O threads): the abort's home; 20 runs each
+        # Parquet readers (Arrow I/O threads): the abort's home (the first one aborted 9 times in 80 before)
         "export unknown method": (["jobs.export", run, str(tmp / "x"), "--format", "coco", "--method", "nope", "-q"],
                                   2, 20, "has no masks of it"),
         "export DEST holds one": (["jobs.export", run, str(tmp / "dest" / "coco"), "--format", "coco",
-                                   "--method", "seediff", "-q"], 2, 20, "--overwrite"),
-        "export no OUTPUT": (["jobs.export", missing, str(tmp / "x"), "--format", "coco"], 2, 20, "no manifest.json"),
-        "status no OUTPUT": (["jobs.status", missing], 2, 20, "no manifest.json"),
-        "status no run": (["jobs.status", run, "--run-id", "r9"], 2, 20, "r9"),
-        "report no run": (["jobs.report", run, "--run-id", "r9", "--out", str(tmp / "r.html")], 2, 20, "r9"),
-        # refused before anything is read; 10 runs each
+                                   "--method", "seediff", "-q"], 2, 10, "--overwrite"),
+        "export no OUTPUT": (["jobs.export", missing, str(tmp / "x"), "--format", "coco"], 2, 10, "no manifest.json"),
+        "status no OUTPUT": (["jobs.status", missing], 2, 10, "no manifest.json"),
+        "status no run": (["jobs.status", run, "--run-id", "r9"], 2, 10, "r9"),
+        "report no run": (["jobs.report", run, "--run-id", "r9", "--out", str(tmp / "r.html")], 2, 10, "r9"),
+        # refused before anything is read
         "segment no INPUT": (["jobs.segment", missing, str(tmp / "new" / "out"), "--vocab", "cat", "--model", "tiny",
-                              "-q"], 2, 10, "does not exist"),
+                              "-q"], 2, 5, "does not exist"),
         "synthesize same class twice": (["jobs.synthesize", str(tmp / "syn"), "--classes", "cat, Cat", "--per-class",
-                                         "1", "--model", "tiny"], 2, 10, "cat"),
-        "evaluate no OUTPUT": (["jobs.evaluate", missing, "--gt", missing, "--class-map", missing], 2, 10, "missing"),
+                                         "1", "--model", "tiny"], 2, 5, "cat"),
+        "evaluate no OUTPUT": (["jobs.evaluate", missing, "--gt", missing, "--class-map", missing], 2, 5, "missing"),
         "diffseg export misspelt": (["jobs.cli", "export", run, str(tmp / "x"), "--fromat", "coco"], 2, 10,
                                     "did you mean --format?"),
     }
@@ -95,4 +95,4 @@ def test_every_refusal_exits_with_its_code_every_time(tmp_path):
     assert not (tmp_path / "new").exists()  # a refused segment run creates nothing under OUTPUT
     for name in ("export unknown method", "status no OUTPUT", "report no run"):  # each error printed once
         done = next(d for n, d in results if n == name)
-        assert done.stderr.count(cases[name][3]) == 1, done.stderr
+        assert done.stderr.count("error:") == 1, done.stderr
