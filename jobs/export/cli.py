@@ -1,7 +1,9 @@
 """Export a segment job's masks to the formats training and labelling tools read.
 
-Reads only committed units of one run (default: the latest) and one method (default: the run's only
-one), locally or from object storage, and needs no Ray and no GPU. The formats and their files are
+Reads only committed units of one run (default: the latest), locally or from object storage, and needs
+no Ray and no GPU. ``--method M`` exports that method into DEST; without it every method of the run is
+exported, into DEST when the run has one and into DEST/METHOD/ each when it has several (the demo runs
+two). Every refusal (exit 2) comes before anything is written. The formats and their files are
 described in diffseg.export (coco, voc, hf, labelstudio) and docs/export.md.
 """
 
