@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from diffseg.argtypes import add_recipe_options, positive_int, recipe_kwargs
+from diffseg.argtypes import CommandParser, add_recipe_options, positive_int, recipe_kwargs
 from diffseg.redact import redacting
 
 EPILOG = """examples:
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffseg import methods
     from diffseg.eval.fitted import tau_option
 
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m diffseg",
         description="Segment images against an open vocabulary with a frozen Stable Diffusion U-Net.",
         epilog=EPILOG,

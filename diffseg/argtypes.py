@@ -73,3 +73,68 @@ def recipe_kwargs(context: str, timesteps=None, template: str | None = None, sep
     given = {"timesteps": timesteps, "template": template, "separator": separator,
              "class_token_weight": class_token_weight}
     return {"context": context, **{k: v for k, v in given.items() if v is not None}}
+
+
+# The name the running command was called by ("diffseg segment"), set by the `diffseg` console script
+# (jobs.cli) around the command's main; None: each parser's own prog ("python -m jobs.segment").
+_called_as: str | None = None
+
+
+def set_called_as(name: str | None) -> str | None:
+    """Makes parsers built from now on name themselves `name` in usage lines, --help and errors
+    (``diffseg segment`` when the console script runs the command); returns the previous name."""
+    global _called_as
+    previous, _called_as = _called_as, name
+    return previous
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The commands' ArgumentParser: usage lines name the command as it was called (see set_called_as:
+    example lines of its description and epilog that start with ``python -m jobs.segment`` start with
+    ``diffseg segment`` too), and an
+    option that does not exist is answered with the nearest one (``--fromat`` -> "did you mean
+    --format?") before argparse would complain about a missing required option instead."""
+
+    def __init__(self, *args, **kwargs):
+        prog = kwargs.get("prog")
+        if _called_as and prog:
+            import re
+
+            kwargs["prog"] = _called_as
+            # example lines that start with the command; not `ray job submit -- python -m jobs.segment`,
+            # where the cluster runs the uploaded checkout's module, not an installed script
+            start = re.compile(rf"(?m)^(\s*){re.escape(prog)}\b")
+            for key in ("description", "epilog"):
+                if kwargs.get(key):
+                    kwargs[key] = start.sub(lambda m: m.group(1) + _called_as, kwargs[key])
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        argv = list(sys.argv[1:] if args is None else args)
+        self.check_option_names(argv)
+        return super().parse_known_args(argv, namespace)
+
+    def check_option_names(self, argv: list[str]) -> None:
+        """Exits 2 naming the first ``--option`` of `argv` that is neither an option of this parser nor a
+        unique prefix of one, with the closest option names when there are any."""
+        import difflib
+
+        known = [s for s in self._option_string_actions if s.startswith("--")]
+        for token in argv:
+            if token == "--":
+                return
+            if not token.startswith("--") or len(token) < 3:
+                continue
+            name = token.split("=", 1)[0]
+            if name in self._option_string_actions:
+                continue
+            prefixed = [s for s in known if s.startswith(name)]
+            if len(prefixed) == 1 and self.allow_abbrev:
+                continue  # argparse's own abbreviation (--meth for --method)
+            near = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+            if len(prefixed) > 1:
+                near = prefixed
+            hint = f": did you mean {' or '.join(near)}?" if near else f" ({self.prog} --help lists the options)"
+            self.error(f"unrecognized option {name}{hint}")

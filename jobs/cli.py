@@ -47,7 +47,7 @@ exit codes (each command's --help says what they mean there):
 examples:
   diffseg segment s3://lake/images/ s3://lake/masks/ --vocab classes.txt --model s3://models/sd15/
   diffseg status s3://lake/masks/ || alert "diffseg nightly: exit $?"
-  diffseg export s3://lake/masks/ --format coco ./export/coco
+  diffseg export s3://lake/masks/ ./export/coco --format coco --method diffsegmenter
   diffseg image photo.jpg --vocab "person, car, road" --model tiny --out out/
 
 Every command is also `python -m jobs.NAME` (image: `python -m diffseg`)."""
@@ -99,10 +99,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "(diffseg --help lists them)", file=sys.stderr)
             return 2
         first, rest = "image", args
-    module = importlib.import_module(COMMANDS[first][0])
-    code = module.main(rest)
+    from diffseg.argtypes import set_called_as
+
+    previous = set_called_as(f"diffseg {first}")  # usage lines and errors say `diffseg segment`, as typed
+    try:
+        module = importlib.import_module(COMMANDS[first][0])
+        code = module.main(rest)
+    finally:
+        set_called_as(previous)
     return 0 if code is None else int(code)
 
 
+def console_main() -> None:
+    """The ``diffseg`` console script: :func:`main`, then the process ends with its exit code through
+    jobs.common.process_exit (never an abort at interpreter exit)."""
+    from jobs.common.process_exit import run_command
+
+    run_command(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

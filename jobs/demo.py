@@ -39,14 +39,27 @@ def write_sample_photos(folder: Path) -> list[str]:
     return paths
 
 
+def write_lake(folder: Path) -> list[str]:
+    """The demo's lake: the four photographs and one file that is not an image (an error row)."""
+    paths = write_sample_photos(folder)
+    (folder / "not-an-image.jpg").write_bytes(b"this file is text, not a JPEG")
+    return [*paths, str(folder / "not-an-image.jpg")]
+
+
+def shown(path) -> str:
+    """`path` as the user would type it here: relative to the working directory when inside it."""
+    path = os.path.abspath(path)
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def main() -> int:
     from jobs.report.cli import main as report
     from jobs.segment.cli import main as segment
 
     root = Path(os.environ.get("DIFFSEG_DEMO_DIR", "demo-out")).resolve()
     lake, output = root / "lake", root / "output"
-    write_sample_photos(lake)
-    (lake / "not-an-image.jpg").write_bytes(b"this file is text, not a JPEG")
+    write_lake(lake)
     banner = ("diffseg demo: the offline 'tiny' pipeline has RANDOM weights, so the masks are NOISE.\n"
               "It runs the real job end to end; pass --model with a Stable Diffusion checkpoint for real masks.")
     print(banner + "\n", flush=True)
@@ -57,10 +70,10 @@ def main() -> int:
         return code
     report([str(output), "--out", str(root / "report.html")])
     print(f"\n{banner}\n")
-    print(f"outputs:  {output}/masks, stats, errors (Parquet) and manifest.json")
-    print(f"report:   {root / 'report.html'} (open it in a browser)")
-    stats = f"{output}/stats"
-    print(f"read it:  python -c \"import pandas as pd; print(pd.read_parquet('{stats}'))\"")
+    print(f"outputs:  {shown(output)}/masks, stats, errors (Parquet) and manifest.json")
+    print(f"report:   {shown(root / 'report.html')} (open it in a browser)")
+    print(f"read it:  {shown(sys.executable)} -c \"import pandas as pd; print(pd.read_parquet('{shown(output)}/stats'))\"")
+    print("next:     README.md, 'After the demo': read the tables, export, submit to a Ray cluster")
     return 0
 
 

@@ -9,15 +9,20 @@ DEST gets ``tasks.json`` (import it in a project: Data Import, or ``POST /api/pr
 ``label_config.xml`` (the project's labelling interface: an ``Image`` named ``image`` and
 ``BrushLabels`` named ``label`` with one ``Label`` per vocabulary class). One task per image::
 
-    {"data": {"image": URI},
+    {"data": {"image": URL Label Studio opens (image_url), "uri": the image's URI in the run},
      "predictions": [{"model_version": "diffseg-METHOD-RUN", "score": mean class score,
                       "result": [{"id", "from_name": "label", "to_name": "image", "type": "brushlabels",
                                   "original_width": W, "original_height": H, "image_rotation": 0,
                                   "score": class score,
                                   "value": {"format": "rle", "rle": [...], "brushlabels": [CLASS]}}]}]}
 
-Label Studio shows ``data.image`` by URL: ``s3://`` and ``gs://`` URIs need the project's cloud storage
-connected (Settings > Cloud Storage) so it can presign them.
+Label Studio shows ``data.image`` by URL (:func:`image_url`): ``s3://``, ``gs://`` and ``http(s)://`` URIs
+are kept (connect the bucket as the project's cloud storage, Settings > Cloud Storage, so Label Studio can
+presign them); a local path or ``file://`` URI, which a browser cannot open, becomes a Label Studio
+local-files URL, ``/data/local-files/?d=PATH`` with PATH relative to ``/`` (start Label Studio with
+``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/``), unless a
+prefix mapping ``FROM=TO`` (``--image-prefix``) rewrites it first: ``/home/me/lake/=/data/local-files/?d=lake/``
+for a document root of ``/home/me``, or ``s3://lake/=https://cdn.example.com/`` for a public mirror.
 
 The brush RLE is the bit-packed run-length format of thi.ng's ``rle-pack`` (what Label Studio's
 front end uses), over the mask as an RGBA image flattened in row order (H * W * 4 bytes), the mask's
@@ -29,11 +34,14 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import urllib.parse
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from diffseg.export.source import Selection, iter_images
+
+LOCAL_FILES_URL = "/data/local-files/?d="  # Label Studio's local-files view (document root: its env)
 
 RLE_SIZES = (3, 4, 8, 16)  # bits of a run length, selected by a 2-bit index before each run
 WORD_BITS = 8
@@ -71,7 +79,54 @@ def label_config(vocabulary: list[str]) -> str:
             f'  <BrushLabels name="label" toName="image">\n{labels}\n  </BrushLabels>\n</View>\n')
 
 
-def task(image, vocabulary: list[str], model_version: str) -> dict:
+def parse_prefix(text: str) -> tuple[str, str]:
+    """``FROM=TO`` (``--image-prefix``) as a pair; ValueError naming the form when there is no ``=`` or
+    FROM is empty. The first ``=`` splits (TO may hold one: ``/data/local-files/?d=``)."""
+    source, sep, target = text.partition("=")
+    if not sep or not source:
+        raise ValueError(f"{text!r}: expected FROM=TO, e.g. /home/me/lake/=/data/local-files/?d=lake/")
+    return source, target
+
+
+def image_url(uri: str, prefixes: list[tuple[str, str]] = ()) -> str:
+    """The URL Label Studio opens for the image at `uri` (see the module docstring): the first mapping
+    ``(FROM, TO)`` of `prefixes` whose FROM starts `uri` (or its local path) rewrites it; otherwise cloud
+    and web URIs are kept and local paths become local-files URLs relative to ``/``. The rest of a
+    rewritten path is percent-encoded when TO is a web URL (``/...`` or ``http(s)://``)."""
+    mapped = _mapping(uri, prefixes)
+    if mapped is not None:
+        rest, target = mapped
+        web = target.startswith(("/", "http://", "https://"))
+        return target + (urllib.parse.quote(rest, safe="/") if web else rest)
+    if not is_local(uri):
+        return uri
+    return LOCAL_FILES_URL + urllib.parse.quote(_local_path(uri).lstrip("/"), safe="/")
+
+
+def is_local(uri: str) -> bool:
+    """Whether `uri` is a local path or ``file://`` URI (a browser cannot open it from Label Studio)."""
+    return "://" not in _local_path(uri)
+
+
+def unmapped_local(uri: str, prefixes: list[tuple[str, str]] = ()) -> bool:
+    """A local image that no mapping of `prefixes` rewrites (it gets the default local-files URL)."""
+    return is_local(uri) and _mapping(uri, prefixes) is None
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _mapping(uri: str, prefixes) -> tuple[str, str] | None:
+    """(the rest of `uri` after FROM, TO) of the first mapping that applies to `uri` or its local path."""
+    for candidate in dict.fromkeys((uri, _local_path(uri))):
+        for source, target in prefixes:
+            if candidate.startswith(source):
+                return candidate[len(source):], target
+    return None
+
+
+def task(image, vocabulary: list[str], model_version: str, prefixes: list[tuple[str, str]] = ()) -> dict:
     """One task with one prediction holding a brush region per class present in ``image.label_map``."""
     scores = {int(s["class_id"]): s["score_mean"] for s in image.stats}
     result = []
@@ -90,15 +145,17 @@ def task(image, vocabulary: list[str], model_version: str) -> dict:
     prediction = {"model_version": model_version, "result": result}
     if finite:
         prediction["score"] = round(sum(finite) / len(finite), 6)
-    return {"data": {"image": image.uri}, "predictions": [prediction]}
+    return {"data": {"image": image_url(image.uri, prefixes), "uri": image.uri}, "predictions": [prediction]}
 
 
-def write_labelstudio(selection: Selection, fs, dest: str) -> dict:
-    """Writes ``tasks.json`` and ``label_config.xml``; returns counts for the summary line."""
+def write_labelstudio(selection: Selection, fs, dest: str, prefixes: list[tuple[str, str]] = ()) -> dict:
+    """Writes ``tasks.json`` and ``label_config.xml``; returns counts for the summary line (``local``:
+    how many images became local-files URLs without a mapping, for the command's note)."""
     version = f"diffseg-{selection.method}-{selection.run_id}"
-    tasks = [task(image, selection.vocabulary, version) for image in iter_images(selection)]
+    tasks = [task(image, selection.vocabulary, version, prefixes) for image in iter_images(selection)]
     with fs.open(posixpath.join(dest, "tasks.json"), "w") as handle:
         json.dump(tasks, handle)
     fs.pipe_file(posixpath.join(dest, "label_config.xml"), label_config(selection.vocabulary).encode())
     regions = sum(len(t["predictions"][0]["result"]) for t in tasks)
-    return {"images": len(tasks), "annotations": regions, "files": ["tasks.json", "label_config.xml"]}
+    local = sum(1 for t in tasks if unmapped_local(t["data"]["uri"], prefixes))
+    return {"images": len(tasks), "annotations": regions, "files": ["tasks.json", "label_config.xml"], "local": local}

@@ -74,6 +74,14 @@ def select(output: str, run_id: str | None = None, method: str | None = None) ->
     return Selection(output, run, method, vocabulary, model_uri(manifest), uris)
 
 
+def exportable_methods(output: str, run_id: str | None = None) -> list[str]:
+    """The methods with masks in the run (default: the latest), sorted, less those whose labels are
+    segments named per image (:func:`select` refuses them); raises OutputError like select."""
+    run, _, _ = resolve_run(output, run_id)
+    methods = sorted(set(read_table(output, "masks", ["method"], run)["method"].to_pylist()))
+    return [m for m in methods if not names_segments(m)]
+
+
 def _configured_method(manifest: dict) -> str:
     configured = (manifest.get("config") or {}).get("methods") or ["diffsegmenter"]
     return configured[0] if isinstance(configured, list) else str(configured)

@@ -236,8 +236,17 @@ class OutputStore:
             pass
 
     def check_writable(self) -> None:
-        """Writes, reads back and removes a probe object; raises OutputError naming OUTPUT otherwise."""
+        """Writes, reads back and removes a probe object; raises OutputError naming OUTPUT otherwise.
+
+        Leaves OUTPUT as it found it: local folders the probe had to create are removed again (a run
+        refused by a later check leaves no empty OUTPUT behind; the first real write creates them)."""
         rel = f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"
+        created = []  # local folders missing before the probe, deepest first
+        if self.local:
+            folder = os.path.abspath(self.root)
+            while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+                created.append(folder)
+                folder = os.path.dirname(folder)
         try:
             if self.local:
                 os.makedirs(self.root, exist_ok=True)
@@ -251,6 +260,12 @@ class OutputStore:
             raise OutputError(
                 f"OUTPUT {redact_uri(self.output)!r} is not writable: {type(exc).__name__}: {exc}"
             ) from exc
+        finally:
+            for folder in created:
+                try:
+                    os.rmdir(folder)  # only if still empty: never anything someone else put there
+                except OSError:
+                    break
 
 
 def parquet_bytes(table: pa.Table, metadata: Mapping[bytes, bytes] | None = None) -> bytes:

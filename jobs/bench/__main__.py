@@ -1,7 +1,6 @@
 """`python -m jobs.bench`: see jobs.bench.cli."""
 
-import sys
-
 from jobs.bench.cli import main
+from jobs.common.process_exit import run_command
 
-sys.exit(main())
+run_command(main)  # exits with main's code, never an abort at interpreter exit

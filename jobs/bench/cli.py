@@ -24,6 +24,8 @@ import json
 import os
 import sys
 
+from diffseg.argtypes import CommandParser
+
 # No HF_HUB_OFFLINE here: models never touch a hub, and setting it breaks `datasets` on s3:// in the
 # same process (the scaling mode runs the job in-process).
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -51,8 +53,8 @@ CLASSES20 = ("aeroplane bicycle bird boat bottle bus car cat chair cow dining-ta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog="python -m jobs.bench", description=__doc__, epilog=EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="sd15-random", help="sd15-random, sd21-random, tiny, or a checkpoint")
     p.add_argument("--resolution", type=int, default=None, help="default: 512 on GPU, 256 on CPU")
     p.add_argument("--batch-size", type=int, default=1)

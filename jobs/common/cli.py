@@ -54,7 +54,7 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     c.add_argument("--object-store-mb", type=positive_int, help="object store size (MB) of a local Ray runtime")
     add_cluster_options(p)
     loud = p.add_mutually_exclusive_group()
-    loud.add_argument("-q", "--quiet", action="store_true", help="log warnings only (the summary line is always printed)")
+    loud.add_argument("-q", "--quiet", action="store_true", help="our warnings and the summary line only (Ray's own lines go to its session logs)")
     loud.add_argument("-v", "--verbose", action="store_true",
                       help="also show Ray Data's own progress bars or lines and execution banners")
 
@@ -75,4 +75,7 @@ def run_main(parser: argparse.ArgumentParser, config_from_args: Callable[[argpar
             config = config_from_args(args)
         except ConfigError as exc:
             parser.error(str(exc))
-        return importlib.import_module(runner).run(config)
+        from jobs.common.ray_env import quiet_ray
+
+        with quiet_ray(args.quiet):  # -q: Ray's own lines go to its session logs (ray_env.QuietRay)
+            return importlib.import_module(runner).run(config)

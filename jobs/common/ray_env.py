@@ -4,6 +4,7 @@ when the actor pool cannot be placed, and the model actor stage of their pipelin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -14,9 +15,122 @@ from jobs.common.config import JobConfig, Node, Resources
 log = logging.getLogger("jobs.common.ray_env")
 
 
+class QuietRay:
+    """``-q`` for the Ray part of a job (see :func:`quiet_ray`): what Ray itself prints in this process
+    goes to files in the session's logs folder (``diffseg-driver-ray.log``: Ray's Python lines such as
+    "Started a local Ray instance"; ``diffseg-driver-stderr.log``: what its C++ core worker writes to
+    this process's stderr, such as ``E ... core_worker.cc`` lines), while our own log records and prints
+    keep the terminal. Ray's Python errors still show."""
+
+    def __init__(self):
+        self.terminal = None  # a text stream on a duplicate of the original stderr (fd 2)
+        self.saved_fd: int | None = None
+        self.swapped: list = []  # (owner, attribute, original) to put back
+        self.handler_levels: list = []  # (handler, level) of Ray's console handlers
+        self.file_handler: logging.Handler | None = None
+
+    def quiet_ray_loggers(self) -> None:
+        """Ray's console handlers show errors only (called before ray.init: its connection lines)."""
+        for name in ("ray", "ray.data"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    self.handler_levels.append((handler, handler.level))
+                    handler.setLevel(logging.ERROR)
+
+    def route_to_logs(self, logs_dir: str) -> None:
+        """Sends Ray's Python lines and this process's fd 2 to files in `logs_dir`; our streams and
+        logging handlers keep writing to the terminal."""
+        import sys
+
+        os.makedirs(logs_dir, exist_ok=True)
+        self.file_handler = logging.FileHandler(os.path.join(logs_dir, "diffseg-driver-ray.log"))
+        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("ray").addHandler(self.file_handler)
+        original = sys.__stderr__
+        if original is None:
+            return
+        original.flush()
+        sys.stderr.flush()
+        self.saved_fd = os.dup(2)
+        self.terminal = os.fdopen(os.dup(self.saved_fd), "w", buffering=1, encoding=original.encoding,
+                                  errors="backslashreplace")
+        self._swap(original, self.terminal)
+        target = os.open(os.path.join(logs_dir, "diffseg-driver-stderr.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                         0o644)
+        os.dup2(target, 2)
+        os.close(target)
+
+    def _swap(self, old, new) -> None:
+        """Every stream of ours that writes to `old` (sys.stderr, a redacting wrapper around it, the
+        stream of a logging handler) writes to `new` instead."""
+        import sys
+
+        holders = [(sys, "stderr")]
+        stream = sys.stderr
+        while hasattr(stream, "_stream"):  # diffseg.redact.RedactingStream and the like
+            holders.append((stream, "_stream"))
+            stream = stream._stream
+        for owner, attribute in holders:
+            if getattr(owner, attribute) is old:
+                self.swapped.append((owner, attribute, old))
+                setattr(owner, attribute, new)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is old:
+                self.swapped.append((handler, "stream", old))
+                handler.stream = new
+
+    def restore(self) -> None:
+        """Puts fd 2, the streams and Ray's handlers back as they were."""
+        import sys
+
+        if self.terminal is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+                self.terminal.flush()
+        if self.saved_fd is not None:
+            os.dup2(self.saved_fd, 2)
+            os.close(self.saved_fd)
+            self.saved_fd = None
+        for owner, attribute, original in reversed(self.swapped):
+            setattr(owner, attribute, original)
+        self.swapped.clear()
+        if self.terminal is not None:
+            with contextlib.suppress(OSError):
+                self.terminal.close()
+            self.terminal = None
+        for handler, level in self.handler_levels:
+            handler.setLevel(level)
+        self.handler_levels.clear()
+        if self.file_handler is not None:
+            logging.getLogger("ray").removeHandler(self.file_handler)
+            self.file_handler.close()
+            self.file_handler = None
+
+
+_quiet: QuietRay | None = None  # set inside quiet_ray(True)
+
+
+@contextlib.contextmanager
+def quiet_ray(enabled: bool = True):
+    """Inside (``-q``): :func:`init_ray` routes Ray's own output of this process to its session logs
+    (QuietRay); on exit everything is put back. Does nothing when not `enabled`."""
+    global _quiet
+    if not enabled or _quiet is not None:
+        yield
+        return
+    _quiet = QuietRay()
+    try:
+        yield
+    finally:
+        quiet, _quiet = _quiet, None
+        quiet.restore()
+
+
 def init_ray(config: JobConfig) -> None:
     """Connects to the cluster (``--address`` or ``$RAY_ADDRESS``, as ``ray job submit`` sets) or starts
-    a local runtime with ``--num-cpus`` / ``--object-store-mb``. Does nothing when Ray is already up."""
+    a local runtime with ``--num-cpus`` / ``--object-store-mb``. Does nothing when Ray is already up.
+    Inside :func:`quiet_ray` (``-q``) Ray's own lines go to its session logs (Ray 2.60's warning that it
+    turned token authentication on for a local runtime included)."""
     import ray
 
     if ray.is_initialized():
@@ -30,7 +144,24 @@ def init_ray(config: JobConfig) -> None:
             kwargs["object_store_memory"] = int(config.object_store_mb) * 1024 * 1024
         kwargs["include_dashboard"] = False
         address = "local"  # a fresh runtime: never join a cluster someone else started on this machine
+    quiet = _quiet
+    if quiet is not None:
+        quiet.quiet_ray_loggers()
     ray.init(address=address, **kwargs)
+    if quiet is not None:
+        quiet.route_to_logs(_logs_dir())
+
+
+def _logs_dir() -> str:
+    """This Ray session's logs folder (where Ray's own files are), or a temporary folder if unknown."""
+    import tempfile
+
+    try:
+        import ray._private.worker as worker
+
+        return worker.global_worker.node.get_logs_dir_path()
+    except Exception:
+        return tempfile.mkdtemp(prefix="diffseg-ray-logs-")
 
 
 def alive_nodes() -> list[Node]:

@@ -57,6 +57,7 @@ import sys
 
 from fsspec.core import url_to_fs
 
+from diffseg.argtypes import CommandParser
 from diffseg.eval.compare import compare_runs, fitted_of, parse_runs, winner_fits
 from diffseg.eval.errors import EvaluationError
 from diffseg.eval.evaluate import evaluate_output
@@ -129,8 +130,8 @@ def markdown_of(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0],
+                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "output", metavar="OUTPUT[#RUN_ID]", nargs="+",
         help="the segment job's OUTPUT (folder or fsspec URL), #RUN_ID for one of its runs; several runs are compared",

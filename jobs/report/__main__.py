@@ -1,7 +1,6 @@
 """`python -m jobs.report`: see jobs.report.cli."""
 
-import sys
-
+from jobs.common.process_exit import run_command
 from jobs.report.cli import main
 
-sys.exit(main())
+run_command(main)  # exits with main's code, never an abort at interpreter exit

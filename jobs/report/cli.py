@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffseg.argtypes import CommandParser
 from diffseg.lake.read import OutputError
 from diffseg.redact import redacting
 from jobs.report.page import ReportOptions, build_report
@@ -43,7 +44,7 @@ DEFAULTS = ReportOptions()
 
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m jobs.report", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m jobs.report out/ --out report.html\n"
         "  python -m jobs.report s3://lake/seg/ --run-id nightly --max-images 200 --out s3://lake/seg/report.html\n\n"
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = build_report(args.output, options_of(args))
     except OutputError as exc:
-        parser.exit(2, f"error: {exc}\n")
+        print(f"diffseg: error: {exc}", file=sys.stderr)
+        return 2
     import fsspec
 
     with fsspec.open(args.out, "wt", encoding="utf-8") as handle:

@@ -126,6 +126,23 @@ def errors_section(errors: pa.Table, max_rows: int) -> str:
     return summary + "<h3>Rows</h3>" + more + detail
 
 
+def run_outcome(output: str, run_id: str | None, manifest: dict) -> tuple[str, str]:
+    """(the run's own outcome, its latest invocation's status): the outcome as ``diffseg status`` judges
+    it from every invocation's commits (succeeded, too many errors, failed, running, ...), so a rerun that
+    found nothing to do shows the run's outcome, not "nothing to do"; the manifest's status when the
+    run's state cannot be read."""
+    from diffseg.lake.read import OutputError
+    from jobs.status.state import read_run_status
+
+    invocation = str(manifest.get("status", "?"))
+    if run_id is None:
+        return invocation, invocation
+    try:
+        return read_run_status(output, run_id).outcome, invocation
+    except (OutputError, OSError, ValueError):
+        return invocation, invocation
+
+
 def build_report(output: str, options: ReportOptions) -> str:
     """The report's HTML page of OUTPUT (local path or fsspec URL); OutputError when it is not a job's OUTPUT."""
     run_id, vocab, manifest = resolve_run(output, options.run_id)
@@ -163,11 +180,13 @@ def build_report(output: str, options: ReportOptions) -> str:
         ) + note
     colour_of = class_colours(vocab, colours)
     cards = gallery_cards(masks, colour_of, originals, options.thumb, options.alpha)
+    outcome, invocation = run_outcome(output, run_id, manifest)
     facts = " · ".join(
         f"{H.esc(k)} <b>{H.esc(v)}</b>"
         for k, v in (
             ("run", run_id or "all runs"),
-            ("status", manifest.get("status", "?")),
+            ("status", outcome),
+            *((("latest invocation", invocation),) if invocation != outcome else ()),
             ("model", model_name),
             ("methods", ", ".join(methods) or "none"),
             ("images with masks", f"{len(all_uris):,}"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffseg.argtypes import CommandParser
 from diffseg.codecs.images import DEFAULT_MAX_PIXELS
 from diffseg.inputs import READ_MAX_BYTES, READ_TIMEOUT_S
 from jobs.common.cli import (
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffseg.argtypes import add_recipe_options
     from diffseg.eval.fitted import tau_option
 
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m jobs.segment",
         description="Training-free open-vocabulary semantic segmentation of an image lake with a frozen Stable "
         "Diffusion U-Net, as a Ray Data batch job. Writes Parquet masks/, stats/ and errors/ tables and a "

@@ -1,7 +1,6 @@
 """`python -m jobs.status`: see jobs.status.cli."""
 
-import sys
-
+from jobs.common.process_exit import run_command
 from jobs.status.cli import main
 
-sys.exit(main())
+run_command(main)  # exits with main's code, never an abort at interpreter exit

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from diffseg.argtypes import CommandParser
 from diffseg.lake.read import OutputError
 from diffseg.model import redact_uri
 from diffseg.redact import redacting
@@ -33,9 +34,9 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.status", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Print a run's state from OUTPUT/manifest.json and its commit log.",
-                                epilog=EPILOG)
+    p = CommandParser(prog="python -m jobs.status", formatter_class=argparse.RawDescriptionHelpFormatter,
+                      description="Print a run's state from OUTPUT/manifest.json and its commit log.",
+                      epilog=EPILOG)
     p.add_argument("output", metavar="OUTPUT", help="the job's OUTPUT (local path or s3://, gs://, file:// URL)")
     p.add_argument("--run-id", help="which run (default: the latest invocation's, manifest.json's run_id)")
     p.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="SECONDS",

@@ -1,7 +1,6 @@
 """`python -m jobs.synthesize`: see jobs.synthesize.cli."""
 
-import sys
-
+from jobs.common.process_exit import run_command
 from jobs.synthesize.cli import main
 
-sys.exit(main())
+run_command(main)  # exits with main's code, never an abort at interpreter exit

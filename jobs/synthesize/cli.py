@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffseg.argtypes import CommandParser
 from jobs.common.cli import add_actor_options, add_common_options, run_main, vocab_spec
 from jobs.common.cluster_options import cluster_fields
 from jobs.synthesize.config import SynthConfig
@@ -36,7 +37,7 @@ leftovers removed. Raising --per-class later generates only the new seeds.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m jobs.synthesize",
         description="Generate (image, mask) training pairs from class names alone (SeeDiff): Stable Diffusion "
         "generates each image, and the mask is read from its attention averaged over the denoising steps. A Ray "

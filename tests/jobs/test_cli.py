@@ -84,7 +84,46 @@ def test_images_without_a_command_are_the_image_command(monkeypatch):
 
 def test_the_console_script_is_this_main():
     scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
-    assert 'diffseg = "jobs.cli:main"' in scripts
+    assert 'diffseg = "jobs.cli:console_main"' in scripts  # main, then exit through process_exit
+
+
+# every command of `diffseg`, with a required positional satisfied so that only the option is wrong
+MISSPELT = {
+    "segment": (["in/", "out/", "--vocab", "cat", "--model", "tiny", "--batch-szie", "2"], "--batch-size"),
+    "synthesize": (["out/", "--classes", "cat", "--model", "tiny", "--per-calss", "2"], "--per-class"),
+    "evaluate": (["out/", "--gt", "gt/", "--class-mapp", "m.txt"], "--class-map"),
+    "report": (["out/", "--max-image", "3", "--max-imagse", "3"], "--max-images"),
+    "export": (["out/", "dest/", "--fromat", "coco"], "--format"),
+    "status": (["out/", "--jsno"], "--json"),
+    "bench": (["--modle", "tiny"], "--model"),
+    "image": (["photo.jpg", "--vocab", "cat", "--outt", "x/"], "--out"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(MISSPELT))
+def test_a_misspelt_option_names_the_right_one_and_the_command_as_called(command, capsys):
+    argv, right = MISSPELT[command]
+    with pytest.raises(SystemExit) as exc:
+        main([command, *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"did you mean {right}" in err, err  # the nearest first
+    assert f"usage: diffseg {command} " in err and "python -m" not in err.split("\n")[0], err
+
+
+def test_python_m_usage_names_python_m(capsys):
+    from jobs.export.cli import main as export_main
+
+    with pytest.raises(SystemExit):
+        export_main(["out/", "dest/", "--fromat", "coco"])
+    err = capsys.readouterr().err
+    assert "usage: python -m jobs.export " in err and "did you mean --format?" in err
+
+
+def test_an_unknown_option_without_a_near_one_points_at_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["status", "out/", "--zzzzzz"])
+    assert "unrecognized option --zzzzzz (diffseg status --help lists the options)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -210,7 +210,7 @@ def test_labelstudio_predictions_decode_with_label_studios_decoder(lake, tmp_pat
     config = (tmp_path / "ls" / "label_config.xml").read_text()
     assert all(f'<Label value="{name}"/>' in config for name in VOCAB)
     for t in tasks:
-        labels = images[t["data"]["image"]]
+        labels = images[t["data"]["uri"]]
         rebuilt = np.zeros_like(labels)
         for region in t["predictions"][0]["result"]:
             assert (region["original_height"], region["original_width"]) == labels.shape
@@ -221,8 +221,6 @@ def test_labelstudio_predictions_decode_with_label_studios_decoder(lake, tmp_pat
 
 def test_selection_errors_name_the_fix(lake, tmp_path, capsys):
     output, _ = lake
-    code, _, err = run_cli(capsys, output, "--format", "coco", tmp_path / "x")
-    assert code == 2 and "several methods" in err and "--method" in err
     code, _, err = run_cli(capsys, output, "--format", "coco", tmp_path / "x", "--method", "nope")
     assert code == 2 and "diffsegmenter, seediff" in err
     code, _, err = run_cli(capsys, output, "--format", "coco", tmp_path / "x", "--run-id", "r9")
@@ -235,9 +233,49 @@ def test_selection_errors_name_the_fix(lake, tmp_path, capsys):
     assert code == 2 and "invalid choice" in err
 
 
+def test_a_run_of_several_methods_exports_one_folder_per_method(lake, tmp_path, capsys):
+    output, images = lake
+    dest = tmp_path / "all"
+    code, out, err = run_cli(capsys, output, dest, "--format", "coco")
+    assert code == 0, err
+    assert "one folder each" in out and out.count("exported 5 images") == 2
+    for method in METHODS:
+        coco = json.loads((dest / method / "instances.json").read_text())
+        assert len(coco["images"]) == 5 and {c["name"] for c in coco["categories"]} == set(VOCAB)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(METHODS)
+    code, _, err = run_cli(capsys, output, dest, "--format", "coco")  # both folders hold one: refused, named
+    assert code == 2 and all(f"{method} holds instances.json" in err for method in METHODS) and "--overwrite" in err
+    code, out, _ = run_cli(capsys, output, dest, "--format", "coco", "--overwrite")
+    assert code == 0 and out.count("exported 5 images") == 2
+
+
+def test_labelstudio_image_urls_open_in_label_studio(tmp_path, capsys):
+    from diffseg.export.labelstudio import image_url
+
+    assert image_url("s3://lake/a b.jpg") == "s3://lake/a b.jpg"  # cloud storage presigns it
+    assert image_url("/home/me/lake/a b.jpg") == "/data/local-files/?d=home/me/lake/a%20b.jpg"
+    assert image_url("file:///home/me/lake/x.png") == "/data/local-files/?d=home/me/lake/x.png"
+    mapping = [("/home/me/", "/data/local-files/?d="), ("s3://lake/", "https://cdn.example.com/")]
+    assert image_url("file:///home/me/lake/x.png", mapping) == "/data/local-files/?d=lake/x.png"
+    assert image_url("s3://lake/a/b c.jpg", mapping) == "https://cdn.example.com/a/b%20c.jpg"
+    output = write_run(tmp_path / "seg", {str(tmp_path / "lake" / "p.png"): label_map(1)}, units=1)
+    code, _, err = run_cli(capsys, output, tmp_path / "ls", "--format", "labelstudio", "--method", "seediff",
+                           "--image-prefix", f"{tmp_path}/=/data/local-files/?d=")
+    assert code == 0, err
+    task = json.loads((tmp_path / "ls" / "tasks.json").read_text())[0]
+    assert task["data"] == {"image": "/data/local-files/?d=lake/p.png", "uri": str(tmp_path / "lake" / "p.png")}
+    code, _, err = run_cli(capsys, output, tmp_path / "ls", "--format", "labelstudio", "--method", "seediff",
+                           "--overwrite")
+    assert code == 0 and "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=/" in err  # the default, and how to serve it
+    code, _, err = run_cli(capsys, output, tmp_path / "x", "--format", "coco", "--image-prefix", "a=b")
+    assert code == 2 and "labelstudio only" in err
+    code, _, err = run_cli(capsys, output, tmp_path / "x", "--format", "labelstudio", "--image-prefix", "nothing")
+    assert code == 2 and "FROM=TO" in err
+
+
 def test_help_lists_formats_examples_and_exit_codes(capsys):
     code, out, _ = run_cli(capsys, "--help")
-    assert code == 0 and "exit codes" in out and "python -m jobs.export s3://lake/seg/ --format coco" in out
+    assert code == 0 and "exit codes" in out and "python -m jobs.export s3://lake/seg/ ./export/coco --format coco" in out
     assert all(name in out for name in ("coco", "voc", "hf", "labelstudio"))
 
 

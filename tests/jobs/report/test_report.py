@@ -265,9 +265,9 @@ def test_an_image_with_no_class_is_drawn_as_background_and_the_legend_keeps_ever
 
 
 def test_missing_output_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main([str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html")])
-    assert exc.value.code == 2 and "manifest.json" in capsys.readouterr().err
+    assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffseg: error: ") and "manifest.json" in err and not (tmp_path / "r.html").exists()
 
 
 def test_output_and_originals_on_s3(tmp_path, bucket, sample_photos):
@@ -291,6 +291,23 @@ def test_output_and_originals_on_s3(tmp_path, bucket, sample_photos):
     assert "2 shown blended with their original" in html
 
 
+def test_a_rerun_with_nothing_to_do_shows_the_runs_own_status(tmp_path):
+    """The header's status is the run's outcome (as `diffseg status` judges it), with the latest
+    invocation's own status beside it when they differ."""
+    from jobs.report.page import ReportOptions, build_report
+
+    bad = [{"uri": "file:///nowhere/c.jpg", "stage": "decode", "error_type": "ValueError", "message": "not an image"}]
+    output = write_output(tmp_path / "out", {"file:///nowhere/a.jpg": (20, 30), "file:///nowhere/b.jpg": (20, 30)}, bad)
+    store = OutputStore(output)
+    manifest = store.get_json("manifest.json")
+    store.put_json("manifest.json", {**manifest, "status": "nothing to do", "config": {"max_error_fraction": 0.5}})
+    page = build_report(output, ReportOptions(originals=False))
+    assert "status <b>succeeded</b>" in page and "latest invocation <b>nothing to do</b>" in page
+    store.put_json("manifest.json", {**manifest, "status": "nothing to do", "config": {"max_error_fraction": 0.1}})
+    page = build_report(output, ReportOptions(originals=False))
+    assert "status <b>too many errors</b>" in page  # 1 error row in 3 inputs
+
+
 def test_an_older_run_is_reported_with_its_own_manifest(tmp_path):
     """--run-id of a run that is not the latest: status, model and manifest come from its own manifest
     (_history), not from manifest.json (which belongs to the latest run)."""
@@ -304,7 +321,7 @@ def test_an_older_run_is_reported_with_its_own_manifest(tmp_path):
     store.put_json("manifest.json", {"run_id": "r2", "status": "failed", "model": {"uri": "s3://models/new"},
                                      "vocabulary": {"classes": ["other"], "hash": "h2"}})
     page = build_report(output, ReportOptions(run_id="r1", originals=False))
-    assert "status <b>finished</b>" in page and "model <b>s3://models/old</b>" in page
+    assert "latest invocation <b>finished</b>" in page and "model <b>s3://models/old</b>" in page
     assert "s3://models/new" not in page and "failed" not in page
 
 
