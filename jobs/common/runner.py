@@ -201,8 +201,7 @@ def run(job: Job, config) -> int:
 
 
 def _usage_error(job: Job, exc: Exception) -> int:
-    job.log.error("%s", exc)
-    print(f"diffseg: error: {exc}")
+    print(f"diffseg: error: {exc}")  # once: not logged as well
     return EXIT_USAGE
 
 
@@ -339,7 +338,6 @@ def _run_on_ray(run: _Invocation) -> int:
             check_output_visible(run.checked.store, config, len(nodes))
             run.resources = resolve_resources(config, nodes)
         except ConfigError as exc:
-            log.error("%s", exc)
             run.write_manifest("failed", error=str(exc))
             print(f"diffseg: error: {exc}")
             return EXIT_USAGE
