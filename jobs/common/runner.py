@@ -32,6 +32,7 @@ from diffseg.lake.units import Unit, check_run_id
 from jobs.common.config import ConfigError, Resources, resolve_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
+NODE_SETTLE_S = 90.0  # after a lost worker, how long to wait for Ray to count its node dead
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class _Invocation:
     stop: object = None  # jobs.common.interrupt.StopSignals
     actors_may_write: bool = False  # an interrupted pipeline on a cluster: its actors may still write
     pipeline_restarts: int = 0  # pipelines started again after losing a worker (jobs.common.restarts)
+    nodes_at_start: int = 0  # alive nodes when the pipeline was sized
 
     @property
     def done(self) -> int:
@@ -334,6 +336,7 @@ def _run_on_ray(run: _Invocation) -> int:
         init_ray(config)
         run.stop.install()  # ours again: Ray's handler would exit the process at once
         nodes = alive_nodes()
+        run.nodes_at_start = len(nodes)
         try:
             check_output_visible(run.checked.store, config, len(nodes))
             run.resources = resolve_resources(config, nodes)
@@ -395,19 +398,34 @@ def _restart_pipeline(run: _Invocation, exc: BaseException) -> list[Unit]:
     """After a pipeline lost a worker: commits what is whole, abandons the units in flight and returns the
     units to run again, with the actor pool re-sized from the alive nodes (jobs.common.restarts)."""
     from diffseg.redact import describe_error
-    from jobs.common.ray_env import alive_nodes
 
     run.writer.flush()
     run.writer.abandon_in_flight()
     units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
-    nodes = alive_nodes()
+    nodes = _settled_nodes(run.nodes_at_start)
     run.resources = resolve_resources(run.config, nodes)
     run.pipeline_restarts += 1
+    run.nodes_at_start = len(nodes)
     res = run.resources
     run.job.log.warning("the pipeline lost a worker (%s): starting it again with the %d unit(s) not committed on "
                         "%d alive node(s) -> %d actor(s) x (%g CPU, %g GPU)", describe_error(exc)[:300], len(units),
                         len(nodes), res.actors, res.cpus_per_actor, res.gpus_per_actor)
     return units
+
+
+def _settled_nodes(before: int, wait_s: float = NODE_SETTLE_S, poll_s: float = 2.0) -> list:
+    """The alive nodes once Ray has noticed a lost one: Ray marks a node dead only after missed health
+    checks (tens of seconds), and a pool sized while it still counts a lost node would wait for an actor
+    it can never place. Waits up to `wait_s` for fewer than `before` alive nodes (a crash on a node that
+    is still there changes nothing: the view is taken as it is after the wait)."""
+    from jobs.common.ray_env import alive_nodes
+
+    deadline = time.monotonic() + wait_s
+    nodes = alive_nodes()
+    while len(nodes) >= before and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        nodes = alive_nodes()
+    return nodes
 
 
 def _interrupted(run: _Invocation, sig, started_ray: bool) -> int:
