@@ -40,7 +40,8 @@ MASKS_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("method", pa.string()),
-        ("label_map_png", pa.binary()),  # uint8 PNG label map at the original size (uint16 beyond 255 classes)
+        ("label_map_png", pa.binary()),  # uint8 PNG label map (uint16 beyond 255 classes) at the argmax size (<= 1024 px
+        # on the long side); width/height are the photo's: diffseg.codecs.masks.decode_label_map gives it at that size
         ("classes", pa.list_(pa.string())),  # classes present in the label map
         ("scores_png", pa.binary()),  # optional (--save-scores): (1+K) x h x w uint8 scores as a tall grey PNG
         ("run_id", pa.string()),
