@@ -770,3 +770,73 @@ def test_retryable_errors_are_retried_by_a_rerun_and_final_ones_with_retry_error
     assert invocation(True, {}) == [corrupt]  # ... but by --retry-errors
     assert plain_outcome(output) == committed_outcome(output) == exactly_once(uris)
     assert read_output(output, "errors").num_rows == 0
+
+
+# ------------------------------------------------------------------------------------ readers
+
+
+@pytest.mark.xfail(strict=True, reason="bug (issue 20): diffseg.export.source.iter_images pairs masks and stats "
+                   "files by position across two separate committed listings (two load_state calls)")
+def test_export_pairs_masks_and_stats_of_the_same_units_during_a_commit(tmp_path, monkeypatch):
+    """An export (diffseg.export.source.iter_images, what every exporter reads) running while the run commits
+    another unit gives every exported image its own statistics."""
+    import fsspec.implementations.local as local
+
+    from diffseg.export.source import iter_images, select
+
+    output = str(tmp_path / "out")
+    store = OutputStore(output)
+    store.put_json("manifest.json", {"run_id": RUN, "vocabulary": {"classes": ["cat"]}, "model": {"uri": "tiny"},
+                                     "config": {"methods": ["diffsegmenter"]}})
+    uris = uris_of(10)
+    units = make_units(uris, 5)
+    a = Invocation(store, lease=False)
+    committer = a.committer(units)
+    for unit in units:
+        committer.add(a.write(unit))
+    selection = select(output)
+    assert selection.uris == uris
+    first = min(u.unit_id for u in units)
+    new = next(u for u in (make_units([f"s3://in/new{k}.jpg"], 1)[0] for k in range(1000)) if u.unit_id < first)
+
+    original = local.LocalFileSystem._open
+    fired = []
+
+    def open_then_commit(self, path, *args, **kwargs):  # another invocation commits as the export starts reading
+        if "/masks/part-" in str(path) and not fired:
+            fired.append(path)
+            b = Invocation(OutputStore(output), lease=False)
+            b.committer([new]).add(b.write(new))
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(local.LocalFileSystem, "_open", open_then_commit)
+    images = list(iter_images(selection))
+    assert fired
+    missing = [image.uri for image in images if [s["uri"] for s in image.stats] != [image.uri]]
+    assert missing == [], f"{len(missing)} of {len(images)} exported images lack their statistics"
+
+
+@pytest.mark.xfail(strict=True, reason="bug (issue 20): an invocation once swept is never swept again, so a file "
+                   "its zombie worker writes after that sweep stays in plain reads for ever (docs/commits.md says "
+                   "'until the next run's sweep of that invocation's prefix')")
+def test_zombie_write_after_the_sweep_is_gone_after_the_next_run(tmp_path, invocations):
+    """A worker of a fenced invocation, still alive, writes an attempt after the new holder swept that
+    invocation. After the next finished invocation of the run a plain read has each image once again."""
+    output = str(tmp_path / "out")
+    uris = uris_of(8)
+    units = make_units(uris, 4)
+    a = invocations(OutputStore(output))
+    a.committer(units).add(a.write(units[0]))
+    b = invocations(OutputStore(output), break_lease=True)
+    b.sweep_ended()
+    a.write(units[1], {uris[5]: "decode"})  # a's zombie actor, after b's sweep of a
+    b_committer = b.committer([units[1]])
+    b_committer.add(b.write(units[1]))
+    b_committer.finish()
+    b.sweep_own()
+    b.release()
+    c = invocations(OutputStore(output))  # the next run: nothing to do, its start sweeps what is dead
+    c.sweep_ended()
+    assert c.done.exclude(uris) == []
+    c.sweep_own()
+    assert plain_outcome(output) == exactly_once(uris)
