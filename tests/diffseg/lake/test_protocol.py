@@ -840,3 +840,45 @@ def test_zombie_write_after_the_sweep_is_gone_after_the_next_run(tmp_path, invoc
     assert c.done.exclude(uris) == []
     c.sweep_own()
     assert plain_outcome(output) == exactly_once(uris)
+
+
+# --------------------------------------------------------------------------------- lost replies
+
+
+@pytest.fixture
+def proxy(s3_endpoint, monkeypatch):
+    """Starts a tests/faultproxy.py FaultProxy in front of moto and points new S3 clients at it."""
+    import s3fs
+    from faultproxy import FaultProxy
+
+    started = []
+
+    def start(**kwargs) -> FaultProxy:
+        fault_proxy = FaultProxy(s3_endpoint, **kwargs).start()
+        started.append(fault_proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        return fault_proxy
+
+    yield start
+    s3fs.S3FileSystem.clear_instance_cache()
+    for fault_proxy in started:
+        fault_proxy.stop()
+
+
+def test_a_lost_reply_to_a_conditional_write_is_not_someone_elses_write(bucket, proxy, invocations):
+    """The store did a conditional write but its reply was lost (the client saw 503 and retried, and the
+    retry's condition failed because of the first write): the lease is still taken (not "held by another
+    invocation": by this one), a heartbeat is not "taken over", and a log entry is this invocation's."""
+    output = f"s3://{bucket}/out"
+    fault_proxy = proxy(lost_replies={"_leases/": 2, "_log/": 2})  # the first two writes of each
+    a = invocations(OutputStore(output), heartbeat_s=0.2)  # acquire (lease write 1), begin (log write 1)
+    a.lease.beat()  # lease write 2
+    a.lease.check()
+    (unit,) = make_units(uris_of(2), 2)
+    committer = a.committer([unit])
+    committer.add(a.write(unit))  # log write 2
+    assert fault_proxy.summary()["failed"]["lost reply"] == 4
+    assert committer.committed == [unit.unit_id]
+    assert [e["invocation"] for e in _entries(a.store)] == [a.invocation] * 2
+    assert committed_outcome(output) == exactly_once(uris_of(2))
