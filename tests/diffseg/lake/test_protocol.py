@@ -882,3 +882,37 @@ def test_a_lost_reply_to_a_conditional_write_is_not_someone_elses_write(bucket, 
     assert committer.committed == [unit.unit_id]
     assert [e["invocation"] for e in _entries(a.store)] == [a.invocation] * 2
     assert committed_outcome(output) == exactly_once(uris_of(2))
+
+
+def test_a_run_killed_before_its_first_commit_is_swept_by_another_run(output, invocations):
+    """Run r2 is killed before its first commit (its workers wrote a unit's files) and never rerun; run r1
+    then processes the same images. r1's start sweeps r2's dead invocation, so after r1 a plain read of the
+    tables has each image once."""
+    from diffseg.lake.sweep import sweep_other_runs
+
+    uris = uris_of(4)
+    (unit,) = make_units(uris, 4)
+    killed = invocations(OutputStore(output), run_id="r2", lease=False)  # its lease went stale with it
+    killed.write(unit)
+    r1 = invocations(OutputStore(output), run_id="r1")
+    assert sweep_other_runs(r1.store, "r1", SCHEMAS, stale_s=120.0) == {"r2": 3}
+    committer = r1.committer([unit])
+    committer.add(r1.write(unit))
+    committer.finish()
+    r1.sweep_own()
+    assert plain_outcome(output) == exactly_once(uris)
+
+
+@pytest.mark.parametrize("stage,exc,retryable", [
+    ("read", OSError("503 SlowDown: Please reduce your request rate."), True),
+    ("read", ConnectionResetError(104, "Connection reset by peer"), True),
+    ("read", TimeoutError("read timed out"), True),
+    ("read", PermissionError("ExpiredToken: the provided token has expired"), True),
+    ("model", RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    ("read", FileNotFoundError("s3://in/00.jpg"), False),
+    ("decode", ValueError("cannot identify image file"), False),
+])
+def test_error_rows_say_whether_a_rerun_retries_them(stage, exc, retryable):
+    """Each error row carries ``retryable`` (diffseg.lake.faults): the store, the network, credentials and the
+    device are transient; missing or undecodable content is final."""
+    assert error_result("s3://in/00.jpg", "u", stage, exc)["retryable"] is retryable
