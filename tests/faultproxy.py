@@ -50,12 +50,15 @@ def operation(method: str, path: str, query: str) -> str:
 class FaultProxy:
     """The proxy (a threaded HTTP server); use as a context manager or call :meth:`start`/:meth:`stop`.
 
-    `shares`: operation -> the share of its requests answered 503 SlowDown (HEAD uses GET's unless given).
-    `bursts`: key substring -> seconds; the first request whose path holds the substring starts a burst in
-    which every request on it is answered 503 for that long. `seed`: the faults' random sequence."""
+    `shares`: operation -> the share of its requests answered 503 SlowDown (HEAD uses GET's unless given):
+    evenly spread, the first request of each operation included (share 0.1: its 1st, 11th, 21st...), or drawn
+    at random when a `seed` is given. `bursts`: key substring -> seconds; the first request whose path holds
+    the substring starts a burst in which every request on it is answered 503 for that long.
+    `lost_replies`: key substring -> how many forwarded writes (not GETs) on it get a 503 instead of their
+    reply."""
 
     def __init__(self, upstream: str, shares: dict[str, float] | None = None, bursts: dict[str, float] | None = None,
-                 seed: int = 0, lost_replies: dict[str, int] | None = None):
+                 seed: int | None = None, lost_replies: dict[str, int] | None = None):
         target = urlsplit(upstream)
         self.upstream_host, self.upstream_port = target.hostname, target.port or 80
         self.shares = dict(shares or {})
@@ -67,6 +70,7 @@ class FaultProxy:
         self.failed: Counter = Counter()
         self.burst_failed: Counter = Counter()
         self.enabled = True
+        self.random = seed is not None
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -107,7 +111,9 @@ class FaultProxy:
                         self.failed[op] += 1
                         self.burst_failed[key] += 1
                         return "burst"
-            if self._rng.random() < self.shares.get(op, 0.0):
+            share = self.shares.get(op, 0.0)
+            if share > 0 and (self._rng.random() < share if self.random else
+                              (self.requests[op] - 1) % max(1, round(1 / share)) == 0):
                 self.failed[op] += 1
                 return "share"
         return None
