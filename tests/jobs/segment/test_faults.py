@@ -140,12 +140,12 @@ from jobs.segment.dataset import build_dataset
 from jobs.segment.run import SegmentJob
 
 class DiesOnPoison(SegmentUDF):  # defined in __main__: Ray ships it by value to the actors
-    def __call__(self, batch):
-        if any(str(u).endswith("poison.png") for u in batch["uri"]):
+    def compute(self, items):  # the model call: a segfault in it, a host OOM kill, kill the actor's process
+        if any(item["uri"].endswith("poison.png") for item in items):
             with open(os.path.join(os.environ["DEATHS"], f"{os.getpid()}-{len(os.listdir(os.environ['DEATHS']))}"), "w"):
                 pass
-            os._exit(1)  # a segfault, a host OOM kill: the actor process dies with the batch
-        return super().__call__(batch)
+            os._exit(1)
+        return super().compute(items)
 
 class PoisonJob(SegmentJob):
     def dataset(self, config, checked, units, resources, target):
@@ -153,18 +153,22 @@ class PoisonJob(SegmentJob):
 
 input, output, resolution, max_pixels = sys.argv[1:5]
 config = JobConfig(input=input, output=output, vocab="cat, person", model="tiny", resolution=int(resolution),
-                   batch_size=2, unit_size=2, max_pixels=int(max_pixels), max_error_fraction=1.0,
+                   batch_size=2, unit_size=3, max_pixels=int(max_pixels), max_error_fraction=1.0,
                    address="local", num_cpus=2, object_store_mb=150)
 sys.exit(run(PoisonJob(), config))
 '''
 
 
 def test_a_batch_that_kills_its_actor_ends_the_job(tmp_path, lake_files):
-    """One image kills its actor process every time it is processed: the job ends within a bound (Ray's
-    actor restarts and task retries are bounded) and reports it, keeping the units committed before."""
+    """One image kills its actor process every time the model runs on it: the job ends within a bound (Ray's
+    actor restarts and task retries are bounded) and reports it, keeping the units committed before.
+
+    Not yet here: splitting the batch to find the image (issue 20.4); once the actors do (main's
+    jobs.common.crashes), the poison becomes an error row, its neighbour is segmented and the job exits 0."""
     files, _, _ = lake_files
     names = ["astronaut.jpg", "coffee.png", "chelsea.JPG", "odd/gray.png", "odd/cmyk.jpg"]
-    inputs = {f"{i}/{n}": files[n] for i in range(2) for n in names} | {"z/poison.png": files["coffee.png"]}
+    # sorted into units of 3, the poison shares the last unit with 1/odd/gray.png
+    inputs = {f"{i}/{n}": files[n] for i in range(2) for n in names} | {"1/poison.png": files["coffee.png"]}
     uris = put_files(str(tmp_path / "in"), inputs)
     output = str(tmp_path / "out")
     deaths = tmp_path / "deaths"
