@@ -73,9 +73,22 @@ class Lease:
 
     def beat(self) -> None:
         """Refreshes the heartbeat; marks the lease lost when someone else rewrote or removed it."""
-        if self.lost is None and not self.write(self.body):
+        if self.lost is None and not self.write(self.body) and not self.adopt():
             self.lost = "the lease was taken over by another invocation (--break-lease or a stale heartbeat)"
             log.error("run %r: %s; this invocation commits nothing more", self.run_id, self.lost)
+
+    def adopt(self, current: bytes | None = None) -> bool:
+        """After a conditional write that failed: True (and the lease object's body taken as ours) when the
+        lease object holds this lease's token, i.e. the write did land and only its reply was lost (the
+        client's retry then found its own write). `current`: the object's bytes when already read."""
+        try:
+            current = self.store.get(lease_path(self.run_id)) if current is None else current
+            if json.loads(current).get("token") != self.token:
+                return False
+        except (FileNotFoundError, ValueError, AttributeError):
+            return False
+        self.body, self.last_ok = current, time.time()
+        return True
 
     @property
     def margin_s(self) -> float:
@@ -150,6 +163,8 @@ def acquire(store: OutputStore, run_id: str, stale_s: float = 120.0, break_lease
             current = store.get(rel)
         except FileNotFoundError:
             continue  # released meanwhile: try again
+        if lease.adopt(current):  # our own write, whose reply was lost
+            return lease.start()
         try:
             holder = json.loads(current)
             age = time.time() - float(holder.get("heartbeat_unix", 0))

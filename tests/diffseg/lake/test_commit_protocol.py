@@ -366,8 +366,10 @@ def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invoca
     a.lease.beat()  # a's next heartbeat finds the lease rewritten
     with pytest.raises(LeaseLostError, match="taken over"):
         a_run.writer.add(a.write(units[1]))
-    with pytest.raises(LogFencedError):
+    try:  # the runner writes the manifest only after a fenced finish entry: it raises or logs the fence
         a_run.write_manifest("succeeded")
+    except LogFencedError:
+        pass
     _end_invocation(a_run)  # the runner's bookkeeping after the pipeline: logs the fence, writes nothing
     a.release()
 
@@ -770,3 +772,155 @@ def test_retryable_errors_are_retried_by_a_rerun_and_final_ones_with_retry_error
     assert invocation(True, {}) == [corrupt]  # ... but by --retry-errors
     assert plain_outcome(output) == committed_outcome(output) == exactly_once(uris)
     assert read_output(output, "errors").num_rows == 0
+
+
+# ------------------------------------------------------------------------------------ readers
+
+
+def _exports_read_one_replay() -> bool:
+    import diffseg.lake.read
+
+    return hasattr(diffseg.lake.read, "iter_unit_tables")  # main's fix (94ec0ca): one replay per export
+
+
+@pytest.mark.xfail(not _exports_read_one_replay(), strict=True, reason="bug (issue 20): diffseg.export.source."
+                   "iter_images pairs masks and stats files by position across two separate committed listings")
+def test_export_pairs_masks_and_stats_of_the_same_units_during_a_commit(tmp_path, monkeypatch):
+    """An export (diffseg.export.source.iter_images, what every exporter reads) running while the run commits
+    another unit gives every exported image its own statistics."""
+    import fsspec.implementations.local as local
+
+    from diffseg.export.source import iter_images, select
+
+    output = str(tmp_path / "out")
+    store = OutputStore(output)
+    store.put_json("manifest.json", {"run_id": RUN, "vocabulary": {"classes": ["cat"]}, "model": {"uri": "tiny"},
+                                     "config": {"methods": ["diffsegmenter"]}})
+    uris = uris_of(10)
+    units = make_units(uris, 5)
+    a = Invocation(store, lease=False)
+    committer = a.committer(units)
+    for unit in units:
+        committer.add(a.write(unit))
+    selection = select(output)
+    assert selection.uris == uris
+    first = min(u.unit_id for u in units)
+    new = next(u for u in (make_units([f"s3://in/new{k}.jpg"], 1)[0] for k in range(1000)) if u.unit_id < first)
+
+    original = local.LocalFileSystem._open
+    fired = []
+
+    def open_then_commit(self, path, *args, **kwargs):  # another invocation commits as the export starts reading
+        if "/masks/part-" in str(path) and not fired:
+            fired.append(path)
+            b = Invocation(OutputStore(output), lease=False)
+            b.committer([new]).add(b.write(new))
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(local.LocalFileSystem, "_open", open_then_commit)
+    images = list(iter_images(selection))
+    assert fired
+    missing = [image.uri for image in images if [s["uri"] for s in image.stats] != [image.uri]]
+    assert missing == [], f"{len(missing)} of {len(images)} exported images lack their statistics"
+
+
+@pytest.mark.xfail(strict=True, reason="bug (issue 20): an invocation once swept is never swept again, so a file "
+                   "its zombie worker writes after that sweep stays in plain reads for ever (docs/commits.md says "
+                   "'until the next run's sweep of that invocation's prefix')")
+def test_zombie_write_after_the_sweep_is_gone_after_the_next_run(tmp_path, invocations):
+    """A worker of a fenced invocation, still alive, writes an attempt after the new holder swept that
+    invocation. After the next finished invocation of the run a plain read has each image once again."""
+    output = str(tmp_path / "out")
+    uris = uris_of(8)
+    units = make_units(uris, 4)
+    a = invocations(OutputStore(output))
+    a.committer(units).add(a.write(units[0]))
+    b = invocations(OutputStore(output), break_lease=True)
+    b.sweep_ended()
+    a.write(units[1], {uris[5]: "decode"})  # a's zombie actor, after b's sweep of a
+    b_committer = b.committer([units[1]])
+    b_committer.add(b.write(units[1]))
+    b_committer.finish()
+    b.sweep_own()
+    b.release()
+    c = invocations(OutputStore(output))  # the next run: nothing to do, its start sweeps what is dead
+    c.sweep_ended()
+    assert c.done.exclude(uris) == []
+    c.sweep_own()
+    assert plain_outcome(output) == exactly_once(uris)
+
+
+# --------------------------------------------------------------------------------- lost replies
+
+
+@pytest.fixture
+def proxy(s3_endpoint, monkeypatch):
+    """Starts a tests/faultproxy.py FaultProxy in front of moto and points new S3 clients at it."""
+    import s3fs
+    from faultproxy import FaultProxy
+
+    started = []
+
+    def start(**kwargs) -> FaultProxy:
+        fault_proxy = FaultProxy(s3_endpoint, **kwargs).start()
+        started.append(fault_proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", fault_proxy.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        return fault_proxy
+
+    yield start
+    s3fs.S3FileSystem.clear_instance_cache()
+    for fault_proxy in started:
+        fault_proxy.stop()
+
+
+def test_a_lost_reply_to_a_conditional_write_is_not_someone_elses_write(bucket, proxy, invocations):
+    """The store did a conditional write but its reply was lost (the client saw 503 and retried, and the
+    retry's condition failed because of the first write): the lease is still taken (not "held by another
+    invocation": by this one), a heartbeat is not "taken over", and a log entry is this invocation's."""
+    output = f"s3://{bucket}/out"
+    fault_proxy = proxy(lost_replies={"_leases/": 2, "_log/": 2})  # the first two writes of each
+    a = invocations(OutputStore(output), heartbeat_s=0.2)  # acquire (lease write 1), begin (log write 1)
+    a.lease.beat()  # lease write 2
+    a.lease.check()
+    (unit,) = make_units(uris_of(2), 2)
+    committer = a.committer([unit])
+    committer.add(a.write(unit))  # log write 2
+    assert fault_proxy.summary()["failed"]["lost reply"] == 4
+    assert committer.committed == [unit.unit_id]
+    assert [e["invocation"] for e in _entries(a.store)] == [a.invocation] * 2
+    assert committed_outcome(output) == exactly_once(uris_of(2))
+
+
+def test_a_run_killed_before_its_first_commit_is_swept_by_another_run(output, invocations):
+    """Run r2 is killed before its first commit (its workers wrote a unit's files) and never rerun; run r1
+    then processes the same images. r1's start sweeps r2's dead invocation, so after r1 a plain read of the
+    tables has each image once."""
+    from diffseg.lake.sweep import sweep_other_runs
+
+    uris = uris_of(4)
+    (unit,) = make_units(uris, 4)
+    killed = invocations(OutputStore(output), run_id="r2", lease=False)  # its lease went stale with it
+    killed.write(unit)
+    r1 = invocations(OutputStore(output), run_id="r1")
+    assert sweep_other_runs(r1.store, "r1", SCHEMAS, stale_s=120.0) == {"r2": 3}
+    committer = r1.committer([unit])
+    committer.add(r1.write(unit))
+    committer.finish()
+    r1.sweep_own()
+    assert plain_outcome(output) == exactly_once(uris)
+
+
+@pytest.mark.parametrize("stage,exc,retryable", [
+    ("read", OSError("503 SlowDown: Please reduce your request rate."), True),
+    ("read", ConnectionResetError(104, "Connection reset by peer"), True),
+    ("read", TimeoutError("read timed out"), True),
+    ("read", PermissionError("ExpiredToken: the provided token has expired"), True),
+    ("model", RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    ("read", FileNotFoundError("s3://in/00.jpg"), False),
+    ("decode", ValueError("cannot identify image file"), False),
+])
+def test_error_rows_say_whether_a_rerun_retries_them(stage, exc, retryable):
+    """Each error row carries ``retryable`` (diffseg.lake.faults): the store, the network, credentials and the
+    device are transient; missing or undecodable content is final."""
+    assert error_result("s3://in/00.jpg", "u", stage, exc)["retryable"] is retryable
