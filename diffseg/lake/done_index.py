@@ -35,6 +35,7 @@ log = logging.getLogger("diffseg.lake.done_index")
 
 INDEX = "_index"
 OK, FINAL, RETRY = 0, 1, 2
+SWEEPS = 2  # an invocation's files are listed by two sweeps: its own (or its successor's) and the next run's
 KEYS_SCHEMA = pa.schema([("uri", pa.string()), ("unit_id", pa.string()), ("status", pa.int8())])
 UNITS_SCHEMA = pa.schema([("unit_id", pa.string()), ("items", pa.int64()), ("errors", pa.int64()),
                           ("retry", pa.int64()), ("files", pa.string())])
@@ -54,7 +55,7 @@ class DoneSet:
     units: dict[str, dict]
     version: int = -1
     entries_read: int = 0  # log entries replayed after the snapshot
-    invocations: dict[str, dict] = field(default_factory=dict)  # invocation -> {"begin": entry, "swept": bool}
+    invocations: dict[str, dict] = field(default_factory=dict)  # invocation -> {"begin": entry, "swept": times}
     index_version: int = -1  # the version of the index entry the snapshot came from (-1: none)
     changes: int = 0  # commit and retry entries replayed after the snapshot (what a new snapshot would add)
     last_at: str | None = None  # when the newest replayed entry was written
@@ -111,8 +112,10 @@ class DoneSet:
         return [u["files"][table]["path"] for _, u in sorted(self.units.items()) if table in u["files"]]
 
     def unswept(self, current: str | None = None) -> list[str]:
-        """Invocations that began and whose uncommitted files were not swept yet (but `current`)."""
-        return [i for i, s in self.invocations.items() if not s.get("swept") and i != current]
+        """Invocations (but `current`) whose files were swept fewer than :data:`SWEEPS` times. The second sweep
+        comes from a later invocation, after the first one's end: by then a worker of the swept invocation that
+        was still alive (cut off, not killed) is gone with its driver, so nothing it writes outlives it."""
+        return [i for i, s in self.invocations.items() if int(s.get("swept") or 0) < SWEEPS and i != current]
 
 
 def _unit_record(unit: dict) -> dict:
@@ -153,7 +156,8 @@ def replay(done: DoneSet, entries: list[dict]) -> DoneSet:
             done.invocations.setdefault(entry["invocation"], {})["begin"] = entry
         elif kind == "swept":
             for inv in entry["invocations"]:
-                done.invocations.setdefault(inv, {})["swept"] = True
+                state = done.invocations.setdefault(inv, {})
+                state["swept"] = int(state.get("swept") or 0) + 1
         done.changes += kind in ("commit", "retry")
         done.version, done.last_at = entry["version"], entry.get("at")
         done.entries_read += 1
@@ -259,7 +263,7 @@ def write_index(store: OutputStore, commit_log, done: DoneSet) -> dict | None:
     files = {"keys": f"{stem}-keys.parquet", "units": f"{stem}-units.parquet"}
     store.put_parquet(files["keys"], keys)
     store.put_parquet(files["units"], units)
-    invocations = {i: {"swept": bool(s.get("swept"))} for i, s in done.invocations.items()}
+    invocations = {i: {"swept": int(s.get("swept") or 0)} for i, s in done.invocations.items()}
     entry = commit_log.append("index", {"covers": done.version, "files": files, "invocations": invocations,
                                         "keys": keys.num_rows, "units": units.num_rows})
     commit_log.write_hint(LAST_INDEX, {"version": entry["version"]})

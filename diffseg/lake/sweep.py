@@ -5,11 +5,12 @@ it (``<table>/part-<run>-<invocation>-...``, ``_staging/<run>/<invocation>/...``
 run names it, and (3) that invocation can never commit again: the sweeper holds the run's lease and has
 appended its own ``begin`` entry to the run's log after the invocation's entries (the fence,
 diffseg.lake.log), or the invocation is the sweeper itself after its last commit. A ``swept`` entry then
-records the invocation, so its files are listed once, not at every start.
+records the invocation; it is swept once more by the next invocation of the run (by then any worker of it
+that was still alive is gone with its driver), then never listed again.
 
-A worker of a fenced invocation that is still alive (cut off, not killed) may write a file after the sweep;
-no commit can name it, readers going through the log never see it, and a plain read of the folder sees its
-rows until the next run's sweep of that invocation's prefix (docs/commits.md, "What a zombie can do").
+A worker of a fenced invocation that is still alive (cut off, not killed) may write a file after the first
+sweep; no commit can name it, readers going through the log never see it, and a plain read of the folder
+sees its rows until the next run's second sweep of that invocation's prefix (docs/commits.md).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def sweep(store: OutputStore, commit_log, done, invocations: list[str], schemas:
                  len(debris), len(invocations), ", ".join(debris[:3]), " ..." if len(debris) > 3 else "")
         store.remove(debris)
     for inv in invocations:
-        done.invocations.setdefault(inv, {})["swept"] = True
+        state = done.invocations.setdefault(inv, {})
+        state["swept"] = int(state.get("swept") or 0) + 1
     return debris
 
 

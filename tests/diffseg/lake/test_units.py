@@ -85,7 +85,16 @@ def test_sweep_removes_only_uncommitted_files_of_ended_invocations(tmp_path):
     assert sorted(removed) == sorted([half, f"_staging/default/aaaaaaaaaaaa/{units[1].unit_id}/masks-12345678.parquet"])
     assert all(store.exists(i["path"]) for i in committed["files"].values())
     assert all(store.exists(rel) for rel in foreign)
-    assert load_state(store, "default").unswept("cccccccccccc") == []  # recorded: listed once, not every start
+    # recorded: the next invocation sweeps it once more (a worker still alive then is gone with its driver),
+    # then it is never listed again
+    assert load_state(store, "default").unswept("cccccccccccc") == ["aaaaaaaaaaaa"]
+    late = f"masks/part-default-aaaaaaaaaaaa-{units[1].unit_id}-1badc0de.parquet"
+    store.put(late, b"a zombie worker's late write")
+    third = CommitLog(store, "default", "dddddddddddd")
+    third.begin()
+    done = load_state(store, "default")
+    assert sweep(store, third, done, done.unswept("dddddddddddd"), SCHEMAS) == [late]
+    assert load_state(store, "default").unswept("dddddddddddd") == ["cccccccccccc"]
 
 
 def test_committed_helper_reads_only_committed_rows_of_a_run(tmp_path, bucket):
