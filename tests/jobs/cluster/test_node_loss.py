@@ -28,19 +28,20 @@ def label_maps(output: str) -> dict[str, np.ndarray]:
     return {r["uri"].rsplit("/images/", 1)[1]: decode_label_png(r["label_map_png"]) for r in masks.to_pylist()}
 
 
-_clean: dict[str, np.ndarray] = {}
+_clean: dict[int, dict[str, np.ndarray]] = {}
 
 
 def clean_label_maps(config: dict, tmp_path) -> dict[str, np.ndarray]:
-    """The label maps of a clean single-node run of the same lake (computed once: they depend on neither
-    the unit size nor the bucket, only on the images)."""
-    if not _clean:
+    """The label maps of a clean single-node run of the same lake with the same unit and batch sizes (which
+    images share a model batch changes a mask only to float rounding, but it can: so they are kept), computed
+    once per unit size."""
+    if config["unit_size"] not in _clean:
         clean = str(tmp_path / "clean")
-        single = job_process("segment", {**config, "output": clean, "num_cpus": 2, "device": None, "unit_size": 4},
-                             "local", tmp_path / "clean.log")
+        single = job_process("segment", {**config, "output": clean, "num_cpus": 2, "device": None}, "local",
+                             tmp_path / "clean.log")
         assert single.wait(timeout=400) == 0, (tmp_path / "clean.log").read_text()[-3000:]
-        _clean.update(label_maps(clean))
-    return _clean
+        _clean[config["unit_size"]] = label_maps(clean)
+    return _clean[config["unit_size"]]
 
 
 CPU = [{"num_cpus": 2}, {"num_cpus": 2}]
