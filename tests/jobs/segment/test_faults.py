@@ -177,11 +177,18 @@ def test_a_batch_that_kills_its_actor_ends_the_job(tmp_path, lake_files):
     script.write_text(KILLER)
     code, out, seconds = run_process([str(script), str(tmp_path / "in"), output, str(RESOLUTION), str(MAX_PIXELS)],
                                      {"DEATHS": str(deaths)}, tmp_path / "job.log",
-                                     timeout=400)
+                                     timeout=550)
+    from jobs.common.ray_env import ACTOR_TASK_RETRIES
+
+    try:  # a pipeline that lost a worker is started again a few times (where the runner does)
+        from jobs.common.restarts import PIPELINE_RESTARTS
+    except ImportError:
+        PIPELINE_RESTARTS = 0
+    bound = (ACTOR_TASK_RETRIES + 1) * (PIPELINE_RESTARTS + 1)  # tries of the batch per pipeline x pipelines
     print(f"the job ended after {seconds:.0f} s with exit code {code}; the poison killed {len(os.listdir(deaths))} "
-          f"actor process(es)")
-    assert code is not None, f"the job did not end in 400 s; actors killed: {len(os.listdir(deaths))}\n{out[-3000:]}"
-    assert 1 <= len(os.listdir(deaths)) <= 8  # bounded retries (ACTOR_TASK_RETRIES + 1 tries of the batch)
+          f"actor process(es) (at most {bound})")
+    assert code is not None, f"the job did not end in 550 s; actors killed: {len(os.listdir(deaths))}\n{out[-3000:]}"
+    assert 1 <= len(os.listdir(deaths)) <= bound
     assert code == 1, out[-3000:]
     assert "FAILED after" in out and "rerun the same command" in out
     from diffseg.lake.store import OutputStore
