@@ -35,3 +35,47 @@ def lost_worker(exc: BaseException) -> bool:
             return True
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
     return False
+
+
+def describe_lost(exc: BaseException) -> str:
+    """A short, redacted description of a lost-worker exception (kept instead of the exception, whose frames
+    would keep the dead pipeline alive)."""
+    from diffseg.redact import describe_error
+
+    return describe_error(exc)[:300]
+
+
+def wait_actors_gone(class_name: str, wait_s: float = 30.0, poll_s: float = 1.0) -> int:
+    """Waits (collecting garbage, so a dropped pipeline shuts down) until no actor whose class name holds
+    `class_name` is alive or restarting, at most `wait_s`; returns how many still are."""
+    import gc
+    import time
+
+    import ray._private.state as state
+
+    deadline, killed = time.monotonic() + wait_s, False
+    while True:
+        gc.collect()
+        try:
+            alive = [aid for aid, a in state.actors().items() if class_name in str(a.get("ActorClassName", ""))
+                     and a.get("State") != "DEAD"]
+        except Exception:
+            return 0
+        if not alive or time.monotonic() >= deadline:
+            return len(alive)
+        if not killed and time.monotonic() >= deadline - wait_s / 2:  # not gone by itself: stop them
+            _kill(alive)
+            killed = True
+        time.sleep(poll_s)
+
+
+def _kill(actor_ids: list[str]) -> None:
+    """Kills actors by id, without restart (the dead pipeline's: Ray Data owns no handle we could use)."""
+    import ray
+    from ray._private.worker import global_worker
+
+    for aid in actor_ids:
+        try:
+            global_worker.core_worker.kill_actor(ray.ActorID.from_hex(aid), True)
+        except Exception:
+            pass

@@ -327,7 +327,7 @@ def _run_on_ray(run: _Invocation) -> int:
     from jobs.common.interrupt import Interrupted
     from jobs.common.progress import Progress
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
-    from jobs.common.restarts import PIPELINE_RESTARTS, lost_worker
+    from jobs.common.restarts import PIPELINE_RESTARTS, describe_lost, lost_worker
 
     job, config, log = run.job, run.config, run.job.log
     started_ray = not ray.is_initialized()
@@ -369,7 +369,11 @@ def _run_on_ray(run: _Invocation) -> int:
                 except Exception as exc:
                     if not lost_worker(exc) or restart == PIPELINE_RESTARTS:
                         raise
-                    units = _restart_pipeline(run, exc)
+                    reason = describe_lost(exc)
+                # out of the except block: the exception's frames (which hold the dead pipeline's iterator)
+                # are gone, so the pipeline shuts down and frees its actors' CPUs and GPUs
+                dataset = None
+                units = _restart_pipeline(run, reason)
         finally:
             progress.close()
         run.writer.flush()
@@ -394,11 +398,13 @@ def _run_on_ray(run: _Invocation) -> int:
     return _finish(run)
 
 
-def _restart_pipeline(run: _Invocation, exc: BaseException) -> list[Unit]:
+def _restart_pipeline(run: _Invocation, reason: str) -> list[Unit]:
     """After a pipeline lost a worker: commits what is whole, abandons the units in flight and returns the
-    units to run again, with the actor pool re-sized from the alive nodes (jobs.common.restarts)."""
-    from diffseg.redact import describe_error
+    units to run again, with the actor pool re-sized from the alive nodes once the dead pipeline's actors
+    are gone (jobs.common.restarts)."""
+    from jobs.common.restarts import wait_actors_gone
 
+    wait_actors_gone("MapWorker")
     run.writer.flush()
     run.writer.abandon_in_flight()
     units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
@@ -408,7 +414,7 @@ def _restart_pipeline(run: _Invocation, exc: BaseException) -> list[Unit]:
     run.nodes_at_start = len(nodes)
     res = run.resources
     run.job.log.warning("the pipeline lost a worker (%s): starting it again with the %d unit(s) not committed on "
-                        "%d alive node(s) -> %d actor(s) x (%g CPU, %g GPU)", describe_error(exc)[:300], len(units),
+                        "%d alive node(s) -> %d actor(s) x (%g CPU, %g GPU)", reason, len(units),
                         len(nodes), res.actors, res.cpus_per_actor, res.gpus_per_actor)
     return units
 
