@@ -186,10 +186,14 @@ def pending_actors(class_name: str) -> int:
 
 class PlacementWatchdog:
     """A driver thread that logs a warning when actors of the pool have waited for a node for more than
-    `after_s` seconds (the request and the largest alive node named), then again every `after_s`."""
+    `after_s` seconds (the request and the largest alive node named), then again every `after_s`. When
+    fewer nodes are alive than `nodes_at_start` (a node lost, not replaced), it calls `on_lost_node` once
+    instead of waiting on: the runner starts the pipeline again, sized for the nodes that remain."""
 
-    def __init__(self, class_name: str, resources: Resources, after_s: float = 60.0, poll_s: float = 5.0):
+    def __init__(self, class_name: str, resources: Resources, after_s: float = 60.0, poll_s: float = 5.0,
+                 nodes_at_start: int | None = None, on_lost_node=None):
         self.class_name, self.resources, self.after_s, self.poll_s = class_name, resources, after_s, poll_s
+        self.nodes_at_start, self.on_lost_node = nodes_at_start, on_lost_node  # see _watch
         self.warnings = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="placement-watchdog", daemon=True)
@@ -220,6 +224,10 @@ class PlacementWatchdog:
                             largest)
                 self.warnings += 1
                 since = time.monotonic()
+                if self.on_lost_node is not None and self.nodes_at_start and len(nodes) < self.nodes_at_start:
+                    # actors sized for a node that is gone: Ray Data would wait for them for ever
+                    self.on_lost_node()
+                    return
 
 
 ACTOR_RESTARTS = 8  # restarts of one actor (a segfault, a host OOM kill, a poisoned device) before Ray gives up

@@ -12,11 +12,15 @@ uncommitted file. So a lost node costs at most the units in flight, never an ima
 from __future__ import annotations
 
 PIPELINE_RESTARTS = 3
+
+
+class PipelineStalled(RuntimeError):
+    """Raised in the driver's main thread when the pool waits for actors sized for a node that is gone."""
 # Ray's exceptions that mean "a worker, its node or an object it held is gone", not "the data is bad"
 LOST_WORKER = frozenset({
     "RayActorError", "ActorDiedError", "ActorUnavailableError", "ActorUnschedulableError", "NodeDiedError",
     "ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError",
-    "WorkerCrashedError", "LocalRayletDiedError", "RaySystemError",
+    "WorkerCrashedError", "LocalRayletDiedError", "RaySystemError", "PipelineStalled",
 })
 LOST_WORKER_WORDS = ("actor is temporarily unavailable", "actor died", "node died", "owner died", "worker died",
                      "was lost", "connection reset by peer")
@@ -79,3 +83,34 @@ def _kill(actor_ids: list[str]) -> None:
             global_worker.core_worker.kill_actor(ray.ActorID.from_hex(aid), True)
         except Exception:
             pass
+
+
+class StallAlarm:
+    """Turns the placement watchdog's "a node is gone" (a driver thread) into :class:`PipelineStalled` in the
+    main thread, where the pipeline is consumed: a SIGUSR1 delivered to ourselves, whose handler raises."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGUSR1, self._raise)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGUSR1, self._old)
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise PipelineStalled("actors wait for a node that is gone: the pipeline starts again on the nodes that remain")
+
+    @staticmethod
+    def ring() -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGUSR1)

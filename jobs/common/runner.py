@@ -327,7 +327,7 @@ def _run_on_ray(run: _Invocation) -> int:
     from jobs.common.interrupt import Interrupted
     from jobs.common.progress import Progress
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
-    from jobs.common.restarts import PIPELINE_RESTARTS, describe_lost, lost_worker
+    from jobs.common.restarts import PIPELINE_RESTARTS, StallAlarm, describe_lost, lost_worker
 
     job, config, log = run.job, run.config, run.job.log
     started_ray = not ray.is_initialized()
@@ -363,7 +363,10 @@ def _run_on_ray(run: _Invocation) -> int:
             for restart in range(PIPELINE_RESTARTS + 1):
                 dataset = job.dataset(config, run.checked, units, run.resources, target)
                 try:
-                    with PlacementWatchdog("MapWorker", run.resources, after_s=config.placement_warn_s):
+                    with StallAlarm() as alarm, PlacementWatchdog("MapWorker", run.resources,
+                                                                   after_s=config.placement_warn_s,
+                                                                   nodes_at_start=run.nodes_at_start,
+                                                                   on_lost_node=alarm.ring):
                         commit_stream(_Counted(run.writer, progress), dataset, job.tables)
                     break
                 except Exception as exc:
