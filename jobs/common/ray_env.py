@@ -1,6 +1,7 @@
 """Ray wiring both jobs share: connecting to (or starting) Ray, progress output, the alive nodes and
 their resources (actors are sized per node: jobs.common.config.resolve_resources), a watchdog that says
-when the actor pool cannot be placed, and the model actor stage of their pipelines."""
+when the actor pool cannot be placed, the model actor stage of their pipelines and the CPU stage that
+encodes and writes its results (map_encode)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ class PlacementWatchdog:
 
 ACTOR_RESTARTS = 4  # restarts of one actor (a segfault, a host OOM kill, a poisoned device) before Ray gives up
 ACTOR_TASK_RETRIES = 3  # retries of one batch on a restarted or other actor (Ray Data's default: for ever)
-TASK_RETRIES = 3  # retries of one decode task
+TASK_RETRIES = 3  # retries of one decode or encode task
 
 
 def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: int | None):
@@ -117,16 +118,31 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
     )
 
 
-def commit_stream(committer, dataset, tables) -> None:
+def map_encode(ds, encoder, target, cpus: float = 1.0):
+    """`ds` (a device actor stage with ``encode_stage``: jobs.common.actor.COMPACT_SCHEMA rows, one per
+    unit) -> ``map_batches(encode_and_write)`` on plain CPU tasks of `cpus` CPUs each: the units' rows
+    encoded with `encoder` and written to `target`, META rows out. One block per call, so a unit (one row)
+    always arrives whole; a task that dies is retried :data:`TASK_RETRIES` times (its files have new
+    attempt names, so a repeat can only leave an uncommitted file). The device actors never wait for it:
+    Ray Data queues their outputs while these tasks run wherever CPUs are free."""
+    from jobs.common.actor import encode_and_write
+
+    return ds.map_batches(encode_and_write, batch_size=None, batch_format="pyarrow",
+                          fn_kwargs={"encoder": encoder, "target": target}, num_cpus=cpus, max_retries=TASK_RETRIES)
+
+
+def commit_stream(committer, dataset, tables) -> int:
     """Feeds the metadata batches of `dataset` to `committer` (a diffseg.lake.writer.UnitCommitter), runs
     the compactions it asks for as Ray tasks in the cluster and queues their units as they finish; returns
-    once every queued unit is committed."""
+    once every queued unit is committed. Returns the number of compactions it ran (units that arrived in
+    several parts: the pipelines keep a unit in one block, so normally 0; jobs.bench.pipeline reports it)."""
     import ray
 
     from diffseg.lake.commit import compact_unit
 
     compact = ray.remote(num_cpus=0, max_retries=3)(compact_unit)
     running: dict = {}
+    compactions = 0
 
     def collect(block: bool) -> None:
         ready, _ = ray.wait(list(running), num_returns=len(running), timeout=None if block else 0)
@@ -136,8 +152,10 @@ def commit_stream(committer, dataset, tables) -> None:
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         for spec in committer.add(batch):
             running[compact.remote(spec, tables)] = spec
+            compactions += 1
         if running:
             collect(block=False)
     if running:
         collect(block=True)
     committer.flush()
+    return compactions

@@ -2,11 +2,17 @@
 
     from_arrow(URI blocks, one per unit)
       -> map_batches(decode_batch)             CPU tasks: read + decode + resize (jobs.segment.actor)
-      -> map_batches(SegmentUDF, ActorPool)    actors: model, masks, stats, error rows, written to OUTPUT
+      -> map_batches(SegmentUDF, ActorPool)    device actors: model, methods, argmax; compact outcomes
+      -> map_batches(encode_and_write)         CPU tasks: masks, stats, error rows, written to OUTPUT
       -> iter_batches() in the driver          metadata only: UnitCommitter commits units (diffseg.lake.writer)
 
-One block per unit, so a unit usually reaches an actor as one batch and its rows go straight to the
-unit's final files; the actor runs the model on runs of ``--batch-size`` images inside it.
+Stages by resource (jobs.common.actor): the actors holding the devices do device work only; encoding and
+writing run on CPU tasks wherever the cluster has CPUs, so the device never waits for them.
+
+One block per unit, so a unit reaches an actor as one batch and its rows go straight to the unit's final
+files (no compaction): the input is one block per unit, Ray Data's block target is raised so that a
+decoded unit stays one block (:func:`block_target_bytes`), and the actor returns one row per unit. The
+actor runs the model on runs of ``--batch-size`` images inside its batch.
 """
 
 from __future__ import annotations
@@ -16,8 +22,18 @@ import pyarrow as pa
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
-from jobs.common.ray_env import TASK_RETRIES, map_actors
+from jobs.common.ray_env import TASK_RETRIES, map_actors, map_encode
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
+
+BLOCK_SLACK = 1.25  # a block target this much above a decoded unit's bytes (row overhead, URIs, columns)
+
+
+def block_target_bytes(unit_size: int, resolution: int, current: int) -> int:
+    """Ray Data's target block size for the pipeline: at least `current` (its default, 128 MiB) and large
+    enough for a decoded unit (``unit_size`` images of ``resolution^2 x 3`` bytes, times
+    :data:`BLOCK_SLACK`), so a decode task's output is one block and the actor gets the unit in one batch
+    (a unit in two blocks can meet another unit's block in one batch: two parts, a compaction)."""
+    return max(int(current), int(BLOCK_SLACK * unit_size * 3 * resolution**2))
 
 
 def input_blocks(units: list[Unit]) -> list[pa.Table]:
@@ -37,7 +53,9 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     import ray
 
     configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
-    udf_config = UdfConfig.placed(config, resources, target, methods=tuple(config.methods),
+    context = ray.data.DataContext.get_current()  # sealed into the dataset when it is created
+    context.target_max_block_size = block_target_bytes(config.unit_size, config.resolution, context.target_max_block_size)
+    udf_config = UdfConfig.placed(config, resources, target, encode_stage=target is not None, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params, recipe=config.recipe_kwargs())
     ds = ray.data.from_arrow(input_blocks(units))
@@ -55,4 +73,16 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         max_retries=TASK_RETRIES,  # a task that dies (its worker killed) is retried this often, not for ever
     )
     # a batch of a unit's size: one unit per call (Ray Data also requires a batch size with GPUs)
-    return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
+    ds = map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
+    if target is None:
+        return ds
+    return map_encode(ds, encoder_of(vocab, config.save_scores), target, resources.decode_cpus)
+
+
+def encoder_of(vocab, save_scores: bool):
+    """The CPU stage's jobs.segment.actor.SegmentEncoder for `vocab` (a Vocabulary or its spec)."""
+    from diffseg import Vocabulary
+    from jobs.segment.actor import SegmentEncoder
+
+    vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
+    return SegmentEncoder(tuple(vocab.names), save_scores)
