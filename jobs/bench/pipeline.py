@@ -55,7 +55,7 @@ RATES = (200, 400)  # images/s per GPU the sizing is printed for
 def _record(stage: str, cpu: float, images: int) -> None:
     folder = os.environ.get(STAGES_ENV)
     if folder:
-        name = os.path.join(folder, f"{stage}-{os.getpid()}-{time.perf_counter_ns()}.json")
+        name = os.path.join(folder, f"{stage}-{images}-{os.getpid()}-{time.perf_counter_ns()}.json")
         with open(name, "w") as f:
             json.dump({"stage": stage, "cpu_s": cpu, "images": images}, f)
 
@@ -134,6 +134,8 @@ class StandInUDF(SegmentUDF):
         c0 = time.process_time()
         out = super().__call__(batch)
         _record("model", time.process_time() - c0, len(batch["uri"]))
+        if self.config.target is not None and not self.config.encode_stage:  # in-actor: it wrote the units
+            _record("unit", 0.0, out.num_rows)
         return out
 
 
@@ -162,8 +164,10 @@ def make_lake(folder: str, n: int, quality: int = 92) -> dict:
 
 
 def run_bench(n: int, ms_per_image: float, unit_size: int, batch_size: int, num_cpus: int, methods: tuple[str, ...],
-              folder: str) -> dict:
-    """One run of the job over a fresh lake of `n` photos under `folder`; returns the report's figures."""
+              folder: str, in_actor: bool = False) -> dict:
+    """One run of the job over a fresh lake of `n` photos under `folder`; returns the report's figures.
+    `in_actor`: the actor encodes and writes itself (the layout before the CPU stage, for comparison; its
+    ``model`` CPU then includes encoding and writing)."""
     import ray
 
     import jobs.common.actor as actor_module
@@ -186,7 +190,8 @@ def run_bench(n: int, ms_per_image: float, unit_size: int, batch_size: int, num_
 
     class StandInJob(SegmentJob):
         def dataset(self, config, checked, units, resources, target):
-            return build_dataset(units, config, resources, checked.vocab, target, actor_class=StandInUDF)
+            return build_dataset(units, config, resources, checked.vocab, target, actor_class=StandInUDF,
+                                 encode_stage=not in_actor)
 
     def counted_commit_stream(*args):
         compactions.append(real_commit_stream(*args))
@@ -200,8 +205,8 @@ def run_bench(n: int, ms_per_image: float, unit_size: int, batch_size: int, num_
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     units = math.ceil(n / unit_size)
 
-    def units_done() -> int:
-        return sum(1 for f in os.listdir(stages) if f.startswith("unit-"))
+    def units_done() -> int:  # units written so far (an encode task may write several)
+        return sum(int(f.split("-")[1]) for f in os.listdir(stages) if f.startswith("unit-"))
 
     try:
         for module, name, value in patches:
@@ -236,7 +241,8 @@ def run_bench(n: int, ms_per_image: float, unit_size: int, batch_size: int, num_
     achieved = steady["images_per_s"] if steady else n / wall
     cluster_ms = sum(cpu[s] or 0.0 for s in ("decode", "model", "encode", "write"))
     sizing = {str(r): cpus_per_gpu(cluster_ms, r) for r in RATES}
-    return {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "photos": photos, "methods": list(methods),
+    return {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "layout": "in-actor" if in_actor else "stage",
+            "load_average": round(os.getloadavg()[0], 1), "photos": photos, "methods": list(methods),
             "unit_size": unit_size, "batch_size": batch_size, "ms_per_image": ms_per_image, "stand_in_images_per_s": rate,
             "images_per_s": round(achieved, 1), "whole_run_images_per_s": round(n / wall, 1), "steady": steady,
             "pipeline_efficiency": round(achieved / rate, 3) if rate else None, "cpu_ms_per_image": cpu,
@@ -255,7 +261,7 @@ def report(r: dict) -> str:
     lines = [
         f"pipeline: {r['photos']['images']} photos ({r['photos']['mp'][0]}-{r['photos']['mp'][2]} MP, mean "
         f"{r['photos']['mp'][1]}; {r['photos']['kb'][0]}-{r['photos']['kb'][2]} KB), methods {', '.join(r['methods'])}, "
-        f"unit {r['unit_size']}, {r['cores']} cores, {r['date']}",
+        f"unit {r['unit_size']}, {r['cores']} cores (load average {r['load_average']}), {r['date']}; encoding: {r['layout']}",
         f"stand-in: {r['ms_per_image']} ms per image = {r['stand_in_images_per_s']} images/s; achieved "
         f"{r['images_per_s']} images/s (steady; whole run {r['whole_run_images_per_s']})",
         f"pipeline efficiency: {r['pipeline_efficiency']}",
@@ -277,12 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="images per stand-in call (default 16)")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray runtime for the tasks (default 2)")
     p.add_argument("--method", action="append", dest="methods", help="methods (repeat; default diffsegmenter)")
+    p.add_argument("--in-actor", action="store_true", help="the actor encodes and writes (the layout before the CPU "
+                   "stage), for comparison")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args(argv)
     folder = tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
         result = run_bench(args.images, args.ms_per_image, args.unit_size, args.batch_size, args.num_cpus,
-                           tuple(args.methods or ("diffsegmenter",)), folder)
+                           tuple(args.methods or ("diffsegmenter",)), folder, in_actor=args.in_actor)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(report(result))

@@ -45,17 +45,18 @@ def input_blocks(units: list[Unit]) -> list[pa.Table]:
 
 
 def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab, target=None,
-                  actor_class=SegmentUDF):
+                  actor_class=SegmentUDF, encode_stage: bool = True):
     """The lazy Ray Data pipeline. With a write `target` (diffseg.lake.commit.WriteTarget) its rows are
-    diffseg.lake.commit.META_SCHEMA metadata (the actors wrote the tables); without one they are
+    diffseg.lake.commit.META_SCHEMA metadata (the encode tasks wrote the tables); without one they are
     diffseg.lake.schemas.RESULT_SCHEMA rows. `actor_class`: SegmentUDF or a stand-in (the benchmark's
-    null model, jobs.bench.null_model)."""
+    null model, jobs.bench.null_model). `encode_stage`: encoding and writing on CPU tasks after the actors
+    (the job); False: in the actors (jobs.bench.pipeline --in-actor compares)."""
     import ray
 
     configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
     context = ray.data.DataContext.get_current()  # sealed into the dataset when it is created
     context.target_max_block_size = block_target_bytes(config.unit_size, config.resolution, context.target_max_block_size)
-    udf_config = UdfConfig.placed(config, resources, target, encode_stage=target is not None, methods=tuple(config.methods),
+    udf_config = UdfConfig.placed(config, resources, target, encode_stage=encode_stage and target is not None, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params, recipe=config.recipe_kwargs())
     ds = ray.data.from_arrow(input_blocks(units))
@@ -74,7 +75,7 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     )
     # a batch of a unit's size: one unit per call (Ray Data also requires a batch size with GPUs)
     ds = map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
-    if target is None:
+    if target is None or not encode_stage:
         return ds
     return map_encode(ds, encoder_of(vocab, config.save_scores), target, resources.decode_cpus)
 
