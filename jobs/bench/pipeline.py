@@ -72,13 +72,14 @@ def timed_encode_and_write(batch, encoder, target):
     """jobs.common.actor.encode_and_write, its CPU time recorded as ``encode`` and ``write``."""
     from diffseg.lake.commit import write_results
     from diffseg.lake.store import OutputStore
-    from jobs.common.actor import encode_rows, unpack_compact
+    from jobs.common.actor import encode_rows, send_keys_option, unpack_compact
 
     c0 = time.process_time()
     items, outcomes, positions, unit_rows = unpack_compact(batch)
     results = encode_rows(encoder, items, outcomes)
     c1 = time.process_time()
-    meta = write_results(OutputStore(target.output), target, encoder.tables, results, positions, unit_rows)
+    meta = write_results(OutputStore(target.output), target, encoder.tables, results, positions, unit_rows,
+                         **send_keys_option(batch))
     _record("encode", c1 - c0, len(items))
     _record("write", time.process_time() - c1, len(items))
     _record("unit", 0.0, meta.num_rows)
@@ -139,8 +140,8 @@ class StandInUDF(SegmentUDF):
         return out
 
 
-def make_lake(folder: str, n: int, quality: int = 92) -> dict:
-    """`n` JPEG photos under `folder` (:data:`DISTINCT` distinct ones of :data:`PHOTO_SIZES`, repeated);
+def make_lake(folder: str, n: int, sizes=PHOTO_SIZES, quality: int = 92) -> dict:
+    """`n` JPEG photos under `folder` (:data:`DISTINCT` distinct ones of `sizes` (H, W), repeated);
     returns their count, megapixels and kilobytes (min, mean, max)."""
     from PIL import Image
 
@@ -148,7 +149,7 @@ def make_lake(folder: str, n: int, quality: int = 92) -> dict:
 
     distinct = []
     for i in range(DISTINCT):
-        h, w = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+        h, w = sizes[i % len(sizes)]
         buf = io.BytesIO()
         Image.fromarray(synth_photo(h, w, seed=i)).save(buf, format="JPEG", quality=quality)
         distinct.append((buf.getvalue(), h * w / 1e6))
@@ -164,7 +165,7 @@ def make_lake(folder: str, n: int, quality: int = 92) -> dict:
 
 
 def run_bench(n: int, ms_per_image: float, unit_size: int, batch_size: int, num_cpus: int, methods: tuple[str, ...],
-              folder: str, in_actor: bool = False) -> dict:
+              folder: str, in_actor: bool = False, sizes=PHOTO_SIZES) -> dict:
     """One run of the job over a fresh lake of `n` photos under `folder`; returns the report's figures.
     `in_actor`: the actor encodes and writes itself (the layout before the CPU stage, for comparison; its
     ``model`` CPU then includes encoding and writing)."""
@@ -178,7 +179,7 @@ def run_bench(n: int, ms_per_image: float, unit_size: int, batch_size: int, num_
     from jobs.segment.run import SegmentJob
 
     lake, out, stages = (os.path.join(folder, name) for name in ("lake", "out", "stages"))
-    photos = make_lake(lake, n)
+    photos = make_lake(lake, n, sizes)
     os.makedirs(stages)
     os.environ[STAGES_ENV], os.environ[MS_ENV] = stages, str(ms_per_image)  # before ray.init: workers inherit
     # the stand-in actor takes 1 logical CPU (it sleeps, as a GPU actor waits); the tasks get num_cpus
@@ -283,14 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="images per stand-in call (default 16)")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray runtime for the tasks (default 2)")
     p.add_argument("--method", action="append", dest="methods", help="methods (repeat; default diffsegmenter)")
+    p.add_argument("--photo-size", action="append", metavar="HxW", help="photo sizes of the lake (repeat; default "
+                   "480x640, 768x1024, 1080x1620, 1382x2048)")
     p.add_argument("--in-actor", action="store_true", help="the actor encodes and writes (the layout before the CPU "
                    "stage), for comparison")
     p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = p.parse_args(argv)
+    sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.photo_size) if args.photo_size else PHOTO_SIZES
     folder = tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
         result = run_bench(args.images, args.ms_per_image, args.unit_size, args.batch_size, args.num_cpus,
-                           tuple(args.methods or ("diffsegmenter",)), folder, in_actor=args.in_actor)
+                           tuple(args.methods or ("diffsegmenter",)), folder, in_actor=args.in_actor, sizes=sizes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(report(result))

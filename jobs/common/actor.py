@@ -52,6 +52,7 @@ COMPACT_SCHEMA = pa.schema([
     ("positions", pa.list_(pa.int32())),  # the batch's items of the unit, as positions in the unit
     ("unit_rows", pa.int32()),  # the unit's size
     ("outcomes", pa.large_binary()),  # pickle of [(item without its input arrays, result or Failure)] in positions' order
+    ("send_keys", pa.bool_()),  # the META rows carry the keys (units whose keys only the workers know: containers)
 ])
 """What a device actor returns with ``encode_stage``: one row per (batch, unit). The payload is pickled
 numpy arrays (a buffer copy each way); it only ever travels between two stages of one job."""
@@ -113,7 +114,7 @@ def encode_rows(encoder, items: list[dict], outcomes: list) -> pa.Table:
 
 def unpack_compact(batch: pa.Table) -> tuple[list[dict], list, np.ndarray, np.ndarray]:
     """:data:`COMPACT_SCHEMA` rows -> (items, outcomes, positions (N,) int32, unit_rows (N,) int32), one
-    entry per item, unit after unit."""
+    entry per item, unit after unit (``send_keys``: see :func:`encode_and_write`)."""
     items, outcomes, positions, unit_rows = [], [], [], []
     for pos, size, payload in zip(*(batch.column(c).to_pylist() for c in ("positions", "unit_rows", "outcomes"))):
         pairs = pickle.loads(payload)
@@ -130,7 +131,14 @@ def encode_and_write(batch: pa.Table, encoder, target: WriteTarget) -> pa.Table:
     diffseg.lake.commit.META_SCHEMA rows out."""
     items, outcomes, positions, unit_rows = unpack_compact(batch)
     results = encode_rows(encoder, items, outcomes)
-    return write_results(OutputStore(target.output), target, encoder.tables, results, positions, unit_rows)
+    return write_results(OutputStore(target.output), target, encoder.tables, results, positions, unit_rows,
+                         **send_keys_option(batch))
+
+
+def send_keys_option(batch: pa.Table) -> dict:
+    """``{"send_keys": True}`` for write_results when the units' keys travel in the metadata (container
+    inputs, whose keys the workers discover), else ``{}``."""
+    return {"send_keys": True} if any(batch.column("send_keys").to_pylist()) else {}
 
 
 class ModelActor:
@@ -232,7 +240,8 @@ class ModelActor:
                      for i in members]
             rows.append({"unit_id": unit_id, "positions": [int(positions[i]) for i in members],
                          "unit_rows": int(batch["unit_rows"][members[0]]),
-                         "outcomes": pickle.dumps(pairs, protocol=pickle.HIGHEST_PROTOCOL)})
+                         "outcomes": pickle.dumps(pairs, protocol=pickle.HIGHEST_PROTOCOL),
+                         "send_keys": "source" in batch})  # containers (jobs.segment.containers)
         return pa.Table.from_pylist(rows, schema=COMPACT_SCHEMA)
 
     def compute_each(self, items: list[dict]) -> list:
