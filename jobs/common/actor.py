@@ -183,8 +183,14 @@ class ModelActor:
         stored); default: the result itself."""
         return result
 
+    @classmethod
+    def stage_encoder(cls, *constructor_args):
+        """The object the CPU stage encodes with (``tables``, ``encode``, ``error_row``; picklable, no model),
+        from the actor's constructor arguments (jobs.common.ray_env.map_actors adds the stage with it)."""
+        raise NotImplementedError(f"{cls.__name__} has no CPU-stage encoder: run it without encode_stage")
+
     def encoder(self):
-        """The object the CPU stage encodes with (``tables``, ``encode``, ``error_row``; picklable, no model)."""
+        """This actor's :meth:`stage_encoder`."""
         raise NotImplementedError(f"{type(self).__name__} has no CPU-stage encoder: run it without encode_stage")
 
     def encode(self, item: dict, result) -> dict:

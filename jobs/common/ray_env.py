@@ -102,10 +102,12 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
     one), each holding ``resources.cpus_per_actor`` CPUs and ``resources.gpus_per_actor`` GPUs (a
     jobs.common.config.Resources). A node lost and not replaced shrinks the pool instead of leaving it
     waiting for an actor it can never place; restarts and retries are bounded (Ray Data's defaults retry
-    for ever)."""
+    for ever). When the actor config (the last constructor argument) has ``encode_stage`` and a write
+    target, the CPU stage that encodes and writes follows (:func:`map_encode`, with the class's
+    ``stage_encoder``), so every pipeline built on this stage gets it."""
     from ray.data import ActorPoolStrategy
 
-    return ds.map_batches(
+    ds = ds.map_batches(
         actor_class,
         fn_constructor_args=constructor_args,
         batch_size=batch_size,
@@ -116,6 +118,10 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
         max_restarts=ACTOR_RESTARTS,
         max_task_retries=ACTOR_TASK_RETRIES,
     )
+    config = constructor_args[-1] if constructor_args else None
+    if getattr(config, "encode_stage", False) and getattr(config, "target", None) is not None:
+        ds = map_encode(ds, actor_class.stage_encoder(*constructor_args), config.target, resources.decode_cpus)
+    return ds
 
 
 def map_encode(ds, encoder, target, cpus: float = 1.0):

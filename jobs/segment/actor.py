@@ -192,6 +192,13 @@ class SegmentUDF(ModelActor):
         """{method: compact_segmentation} (all score channels only with --save-scores)."""
         return {m: compact_segmentation(seg, self.config.save_scores) for m, seg in per_method.items()}
 
+    @classmethod
+    def stage_encoder(cls, model_uri: str, vocab, config: UdfConfig) -> SegmentEncoder:
+        from diffseg import Vocabulary
+
+        vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
+        return SegmentEncoder(tuple(vocab.names), config.save_scores)
+
     def encoder(self) -> SegmentEncoder:
         return SegmentEncoder(tuple(self.vocab.names), self.config.save_scores)
 

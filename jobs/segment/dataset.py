@@ -22,7 +22,7 @@ import pyarrow as pa
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
-from jobs.common.ray_env import TASK_RETRIES, map_actors, map_encode
+from jobs.common.ray_env import TASK_RETRIES, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 BLOCK_SLACK = 1.25  # a block target this much above a decoded unit's bytes (row overhead, URIs, columns)
@@ -74,16 +74,5 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         max_retries=TASK_RETRIES,  # a task that dies (its worker killed) is retried this often, not for ever
     )
     # a batch of a unit's size: one unit per call (Ray Data also requires a batch size with GPUs)
-    ds = map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
-    if target is None or not encode_stage:
-        return ds
-    return map_encode(ds, encoder_of(vocab, config.save_scores), target, resources.decode_cpus)
-
-
-def encoder_of(vocab, save_scores: bool):
-    """The CPU stage's jobs.segment.actor.SegmentEncoder for `vocab` (a Vocabulary or its spec)."""
-    from diffseg import Vocabulary
-    from jobs.segment.actor import SegmentEncoder
-
-    vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
-    return SegmentEncoder(tuple(vocab.names), save_scores)
+    # the CPU stage (encode_and_write) follows inside map_actors when the actor config asks for it
+    return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
