@@ -2,8 +2,8 @@
 
 Two measurements (docs/benchmarks.md records them):
 
-- ``--scaling N`` (default): the whole segment job (listing, units, Ray, decode tasks, actors that
-  encode and write, commits) with a **null model** (:class:`NullUDF`: fixed masks, realistic PNGs and
+- ``--scaling N`` (default): the whole segment job (listing, units, Ray, decode tasks, actors, the
+  CPU tasks that encode and write, commits) with a **null model** (:class:`NullUDF`: fixed masks, realistic PNGs and
   statistics, no U-Net), at N and 10 x N images, side by side with Ray Data's own ``map_batches ->
   write_parquet`` of the same masks rows at the same block size (one block per unit). Each run is a
   fresh process with its own local Ray runtime, so its peak RSS is its own. Prints images/s, driver

@@ -1,31 +1,61 @@
-"""The actor base class both jobs' Ray Data actors derive from (jobs.segment.actor, jobs.synthesize.actor).
+"""The actor base class both jobs' Ray Data actors derive from (jobs.segment.actor, jobs.synthesize.actor),
+and the CPU stage that encodes and writes what a device actor computed.
 
 :class:`ModelActor` holds what every model actor does the same way: it sets its torch threads and
 loads the pipeline once, in ``__init__`` (heavy imports stay in the actor; the driver never loads the
 model); it turns a batch into work items, runs the model on groups of them "batch first, then one by
-one" (so one bad item never fails its neighbours), frees accelerator memory after a failure, encodes
-each result and makes an error row of whatever fails (``model`` or ``encode``), one result row per item.
-With a write target (the jobs) it then writes those rows to OUTPUT itself and returns only small metadata
-per unit of the batch (diffseg.lake.commit.write_results: workers write, the driver commits); without one
-(a stage dropped into another pipeline) it returns the result rows.
+one" (so one bad item never fails its neighbours), frees accelerator memory after a failure, and makes
+one outcome per item: the model's result, or a :class:`Failure` (``model``, or a stage before the actor).
+
+**Stages by resource.** Encoding (label PNGs, RLE, statistics) and writing the unit's Parquet files cost
+far more CPU per image than a GPU forward (issue 21: 6-70 ms against 3-5 ms), and an actor runs one call at
+a time: done in the actor, they leave the device idle. So with ``config.encode_stage`` (the segment job)
+the actor does device work only and returns, per unit of its batch, ONE row of compact outcomes
+(:data:`COMPACT_SCHEMA`: the argmax-size label maps and the score channels the statistics read, pickled;
+a unit never splits across Ray Data blocks because it is one row); :func:`encode_and_write`, plain CPU
+tasks of the pipeline (jobs.common.ray_env.map_encode), encodes them with the job's encoder (the same
+``encode``/``error_row`` code the actor would run), writes the unit's files
+(diffseg.lake.commit.write_results) and returns the small META rows the driver commits. The device actor
+is then free for the next batch while CPU tasks anywhere in the cluster encode the last one: how many CPUs
+a GPU needs is a cluster sizing question, not an actor's (docs/job.md; measured by jobs.bench.pipeline).
+A pool of threads inside the actor was the alternative; it is bounded by the actor's own CPUs and the
+GIL, where the Ray Data stage scales with the cluster (docs/benchmarks.md, "Pipeline").
+
+Without ``encode_stage`` (the synthesize job, whose generation takes seconds per image against
+milliseconds of encoding) the actor encodes and writes itself, as before; without a write target (a
+stage dropped into another pipeline) it returns the result rows.
 
 A job supplies only what differs: how a batch becomes items (:meth:`ModelActor.items`), which items go
-through the model together (:meth:`ModelActor.groups`), one model call (:meth:`ModelActor.compute`), how
-a result is encoded (:meth:`ModelActor.encode`) and how an error row looks (:meth:`ModelActor.error_row`).
+through the model together (:meth:`ModelActor.groups`), one model call (:meth:`ModelActor.compute`), the
+compact form of a result that travels to the CPU stage (:meth:`ModelActor.compact`), how a result is
+encoded (:meth:`ModelActor.encode`) and how an error row looks (:meth:`ModelActor.error_row`); with the
+CPU stage, the encoder object that does the last two there (:meth:`ModelActor.encoder`).
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from diffseg.lake.commit import WriteTarget, write_results
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
 
 log = logging.getLogger("jobs.common.actor")
+
+COMPACT_SCHEMA = pa.schema([
+    ("unit_id", pa.string()),
+    ("positions", pa.list_(pa.int32())),  # the batch's items of the unit, as positions in the unit
+    ("unit_rows", pa.int32()),  # the unit's size
+    ("outcomes", pa.large_binary()),  # pickle of [(item without its input arrays, result or Failure)] in positions' order
+    ("send_keys", pa.bool_()),  # the META rows carry the keys (units whose keys only the workers know: containers)
+])
+"""What a device actor returns with ``encode_stage``: one row per (batch, unit). The payload is pickled
+numpy arrays (a buffer copy each way); it only ever travels between two stages of one job."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +68,7 @@ class ActorConfig:
     torch_threads: int = 1  # intra-op threads of this actor (its CPU share)
     batch_size: int = 8  # items per model call (a batch of the pipeline may hold a whole unit)
     target: WriteTarget | None = None  # write the rows to OUTPUT and return metadata; None: return the rows
+    encode_stage: bool = False  # with a target: return compact outcomes; encode_and_write tasks encode and write
 
     @classmethod
     def placed(cls, config, resources, target: WriteTarget | None = None, **fields):
@@ -45,6 +76,16 @@ class ActorConfig:
         job `config`'s dtype and batch size, its write `target` and the actor's own `fields`."""
         return cls(dtype=config.dtype, device=resources.device, torch_threads=resources.torch_threads,
                    batch_size=config.batch_size, target=target, compile=config.compile, **fields)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item's outcome when it failed: at `stage` ("read", "decode", "model"...), with the exception's
+    type name and its redacted message (what the error row records)."""
+
+    stage: str
+    error_type: str
+    message: str
 
 
 def describe(exc: BaseException) -> str:
@@ -55,8 +96,54 @@ def describe(exc: BaseException) -> str:
     return describe_error(exc) if str(exc) else type(exc).__name__
 
 
+def encode_rows(encoder, items: list[dict], outcomes: list) -> pa.Table:
+    """Result rows (``encoder.tables.result_schema``), one per item: ``encoder.error_row`` of a
+    :class:`Failure`, else ``encoder.encode`` of the result (an ``encode`` error row when that raises).
+    `encoder`: a ModelActor, or the job's CPU-stage encoder (same two methods and ``tables``)."""
+    rows = []
+    for item, outcome in zip(items, outcomes):
+        if isinstance(outcome, Failure):
+            rows.append(encoder.error_row(item, outcome.stage, outcome.message, outcome.error_type))
+            continue
+        try:
+            rows.append(encoder.encode(item, outcome))
+        except Exception as exc:
+            rows.append(encoder.error_row(item, "encode", exc))
+    return encoder.tables.to_table(rows)
+
+
+def unpack_compact(batch: pa.Table) -> tuple[list[dict], list, np.ndarray, np.ndarray]:
+    """:data:`COMPACT_SCHEMA` rows -> (items, outcomes, positions (N,) int32, unit_rows (N,) int32), one
+    entry per item, unit after unit (``send_keys``: see :func:`encode_and_write`)."""
+    items, outcomes, positions, unit_rows = [], [], [], []
+    for pos, size, payload in zip(*(batch.column(c).to_pylist() for c in ("positions", "unit_rows", "outcomes"))):
+        pairs = pickle.loads(payload)
+        items += [item for item, _ in pairs]
+        outcomes += [outcome for _, outcome in pairs]
+        positions += pos
+        unit_rows += [size] * len(pos)
+    return items, outcomes, np.asarray(positions, np.int32), np.asarray(unit_rows, np.int32)
+
+
+def encode_and_write(batch: pa.Table, encoder, target: WriteTarget) -> pa.Table:
+    """The CPU stage (a Ray Data task): :data:`COMPACT_SCHEMA` rows in, the units' rows encoded with
+    `encoder` (encode_rows) and written to `target` (diffseg.lake.commit.write_results), their
+    diffseg.lake.commit.META_SCHEMA rows out."""
+    items, outcomes, positions, unit_rows = unpack_compact(batch)
+    results = encode_rows(encoder, items, outcomes)
+    return write_results(OutputStore(target.output), target, encoder.tables, results, positions, unit_rows,
+                         **send_keys_option(batch))
+
+
+def send_keys_option(batch: pa.Table) -> dict:
+    """``{"send_keys": True}`` for write_results when the units' keys travel in the metadata (container
+    inputs, whose keys the workers discover), else ``{}``."""
+    return {"send_keys": True} if any(batch.column("send_keys").to_pylist()) else {}
+
+
 class ModelActor:
-    """Ray Data callable class: a batch (dict of numpy columns) in, a pyarrow Table of result rows out.
+    """Ray Data callable class: a batch (dict of numpy columns) in, a pyarrow Table out (result rows,
+    META rows, or with ``encode_stage`` :data:`COMPACT_SCHEMA` rows: see the module docstring).
 
     Subclasses set ``tables`` (their diffseg.lake.schemas.TableSet) and implement the hooks below.
     An item is a dict; one with an ``"error"`` entry ``(stage, error_type, message)`` failed before the
@@ -64,6 +151,7 @@ class ModelActor:
     """
 
     tables: TableSet
+    input_keys: tuple[str, ...] = ("image",)  # item entries the model reads that never leave the actor
 
     def __init__(self, model_uri: str, config: ActorConfig):
         import torch
@@ -90,6 +178,21 @@ class ModelActor:
         """One model call on `items`: one result per item (raises when the call fails)."""
         raise NotImplementedError
 
+    def compact(self, item: dict, result):
+        """What of a result travels to the CPU stage (picklable, small: no dense float maps unless they are
+        stored); default: the result itself."""
+        return result
+
+    @classmethod
+    def stage_encoder(cls, *constructor_args):
+        """The object the CPU stage encodes with (``tables``, ``encode``, ``error_row``; picklable, no model),
+        from the actor's constructor arguments (jobs.common.ray_env.map_actors adds the stage with it)."""
+        raise NotImplementedError(f"{cls.__name__} has no CPU-stage encoder: run it without encode_stage")
+
+    def encoder(self):
+        """This actor's :meth:`stage_encoder`."""
+        raise NotImplementedError(f"{type(self).__name__} has no CPU-stage encoder: run it without encode_stage")
+
     def encode(self, item: dict, result) -> dict:
         """The result row of an item the model served (may raise: the item gets an ``encode`` error row)."""
         raise NotImplementedError
@@ -102,7 +205,10 @@ class ModelActor:
     def __call__(self, batch: dict[str, np.ndarray]):
         """With a write target: the batch's rows written to OUTPUT, diffseg.lake.commit.META_SCHEMA rows
         returned (the batch carries ``pos`` and ``unit_rows``: each item's position in its unit and the
-        unit's size). Without one: the result rows (``tables.result_schema``), one per item, in row order."""
+        unit's size), or with ``encode_stage`` the :data:`COMPACT_SCHEMA` rows that encode_and_write
+        turns into them. Without one: the result rows (``tables.result_schema``), one per item, in row order."""
+        if self.config.target is not None and self.config.encode_stage:
+            return self.compact_outcomes(batch)
         results = self.results(batch)
         if self.config.target is None:
             return results
@@ -111,16 +217,39 @@ class ModelActor:
 
     def results(self, batch: dict[str, np.ndarray]):
         """Result rows (``tables.result_schema``), one per item, in the batch's row order."""
+        items, outcomes = self.outcomes(batch)
+        return encode_rows(self, items, outcomes)
+
+    def outcomes(self, batch: dict[str, np.ndarray]) -> tuple[list[dict], list]:
+        """The batch's items and, per item, the model's result or a :class:`Failure`, in row order."""
         items = self.items(batch)
-        rows: list[dict | None] = [None] * len(items)
+        outcomes: list = [None] * len(items)
         for i, item in enumerate(items):
             if item.get("error"):
-                stage, error_type, message = item["error"]
-                rows[i] = self.error_row(item, stage, message, error_type)
-        for group in self.groups(items, [i for i, row in enumerate(rows) if row is None]):
+                outcomes[i] = Failure(*item["error"])
+        todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        for group in self.groups(items, todo):
             for i, result in zip(group, self.compute_each([items[i] for i in group])):
-                rows[i] = self._encode_or_error(items[i], result)
-        return self.tables.to_table(rows)
+                outcomes[i] = Failure("model", type(result).__name__, describe(result)) if isinstance(result, Exception) else result
+        return items, outcomes
+
+    def compact_outcomes(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        """:data:`COMPACT_SCHEMA` rows of the batch: one per unit, its items (without their input arrays)
+        and outcomes (:meth:`compact` of each result) in position order."""
+        items, outcomes = self.outcomes(batch)
+        unit_ids = [str(u) for u in batch["unit_id"]]
+        positions = np.asarray(batch["pos"], np.int32)
+        rows = []
+        for unit_id in dict.fromkeys(unit_ids):
+            members = sorted((i for i, u in enumerate(unit_ids) if u == unit_id), key=lambda i: positions[i])
+            pairs = [({k: v for k, v in items[i].items() if k not in self.input_keys},
+                      outcomes[i] if isinstance(outcomes[i], Failure) else self.compact(items[i], outcomes[i]))
+                     for i in members]
+            rows.append({"unit_id": unit_id, "positions": [int(positions[i]) for i in members],
+                         "unit_rows": int(batch["unit_rows"][members[0]]),
+                         "outcomes": pickle.dumps(pairs, protocol=pickle.HIGHEST_PROTOCOL),
+                         "send_keys": "source" in batch})  # containers (jobs.segment.containers)
+        return pa.Table.from_pylist(rows, schema=COMPACT_SCHEMA)
 
     def compute_each(self, items: list[dict]) -> list:
         """Per item: its result or its exception. The items go through the model together first; when
@@ -141,14 +270,6 @@ class ModelActor:
                 self.free_memory()
                 results.append(exc)
         return results
-
-    def _encode_or_error(self, item: dict, result) -> dict:
-        if isinstance(result, Exception):
-            return self.error_row(item, "model", result)
-        try:
-            return self.encode(item, result)
-        except Exception as exc:
-            return self.error_row(item, "encode", exc)
 
     def free_memory(self) -> None:
         """Returns cached accelerator memory after a failure (an out-of-memory batch, typically)."""

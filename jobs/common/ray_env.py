@@ -1,6 +1,7 @@
 """Ray wiring both jobs share: connecting to (or starting) Ray, progress output, the alive nodes and
 their resources (actors are sized per node: jobs.common.config.resolve_resources), a watchdog that says
-when the actor pool cannot be placed, and the model actor stage of their pipelines."""
+when the actor pool cannot be placed, the model actor stage of their pipelines and the CPU stage that
+encodes and writes its results (map_encode)."""
 
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ class PlacementWatchdog:
 
 ACTOR_RESTARTS = 8  # restarts of one actor (a segfault, a host OOM kill, a poisoned device) before Ray gives up
 ACTOR_TASK_RETRIES = 5  # retries of one batch on a restarted actor: enough to isolate up to 3 killing images (jobs.common.crashes)
-TASK_RETRIES = 3  # retries of one decode task
+TASK_RETRIES = 3  # retries of one decode or encode task
 
 
 def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: int | None):
@@ -240,10 +241,12 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
     one), each holding ``resources.cpus_per_actor`` CPUs and ``resources.gpus_per_actor`` GPUs (a
     jobs.common.config.Resources). A node lost and not replaced shrinks the pool instead of leaving it
     waiting for an actor it can never place; restarts and retries are bounded (Ray Data's defaults retry
-    for ever)."""
+    for ever). When the actor config (the last constructor argument) has ``encode_stage`` and a write
+    target, the CPU stage that encodes and writes follows (:func:`map_encode`, with the class's
+    ``stage_encoder``), so every pipeline built on this stage gets it."""
     from ray.data import ActorPoolStrategy
 
-    return ds.map_batches(
+    ds = ds.map_batches(
         actor_class,
         fn_constructor_args=constructor_args,
         batch_size=batch_size,
@@ -254,18 +257,37 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
         max_restarts=ACTOR_RESTARTS,
         max_task_retries=ACTOR_TASK_RETRIES,
     )
+    config = constructor_args[-1] if constructor_args else None
+    if getattr(config, "encode_stage", False) and getattr(config, "target", None) is not None:
+        ds = map_encode(ds, actor_class.stage_encoder(*constructor_args), config.target, resources.decode_cpus)
+    return ds
 
 
-def commit_stream(committer, dataset, tables) -> None:
+def map_encode(ds, encoder, target, cpus: float = 1.0):
+    """`ds` (a device actor stage with ``encode_stage``: jobs.common.actor.COMPACT_SCHEMA rows, one per
+    unit) -> ``map_batches(encode_and_write)`` on plain CPU tasks of `cpus` CPUs each: the units' rows
+    encoded with `encoder` and written to `target`, META rows out. One block per call, so a unit (one row)
+    always arrives whole; a task that dies is retried :data:`TASK_RETRIES` times (its files have new
+    attempt names, so a repeat can only leave an uncommitted file). The device actors never wait for it:
+    Ray Data queues their outputs while these tasks run wherever CPUs are free."""
+    from jobs.common.actor import encode_and_write
+
+    return ds.map_batches(encode_and_write, batch_size=None, batch_format="pyarrow",
+                          fn_kwargs={"encoder": encoder, "target": target}, num_cpus=cpus, max_retries=TASK_RETRIES)
+
+
+def commit_stream(committer, dataset, tables) -> int:
     """Feeds the metadata batches of `dataset` to `committer` (a diffseg.lake.writer.UnitCommitter), runs
     the compactions it asks for as Ray tasks in the cluster and queues their units as they finish; returns
-    once every queued unit is committed."""
+    once every queued unit is committed. Returns the number of compactions it ran (units that arrived in
+    several parts: the pipelines keep a unit in one block, so normally 0; jobs.bench.pipeline reports it)."""
     import ray
 
     from diffseg.lake.commit import compact_unit
 
     compact = ray.remote(num_cpus=0, max_retries=3)(compact_unit)
     running: dict = {}
+    compactions = 0
 
     def collect(block: bool) -> None:
         ready, _ = ray.wait(list(running), num_returns=len(running), timeout=None if block else 0)
@@ -275,8 +297,10 @@ def commit_stream(committer, dataset, tables) -> None:
     for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
         for spec in committer.add(batch):
             running[compact.remote(spec, tables)] = spec
+            compactions += 1
         if running:
             collect(block=False)
     if running:
         collect(block=True)
     committer.flush()
+    return compactions

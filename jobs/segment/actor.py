@@ -3,9 +3,14 @@
 ``decode_batch`` reads and decodes images and resizes them to the model's square input, so only
 ``resolution x resolution x 3`` uint8 arrays travel to the actors. ``SegmentUDF`` (a
 jobs.common.actor.ModelActor: model loaded once per actor, inside ``__init__``) holds one Segmenter and
-returns one :data:`diffseg.lake.schemas.RESULT_SCHEMA` row per image: encoded label maps, optional
-quantised scores and per-class statistics, or an error row. No decoded image or dense float map ever
-goes back through the object store.
+does the device work: VAE, U-Net under capture, the methods, the argmax. In the job
+(``UdfConfig.encode_stage``) it returns compact outcomes (:func:`compact_segmentation`: the argmax-size
+label maps, uint8 or uint16, and only the score channels of the classes present, which the statistics
+read; every channel only with ``--save-scores``), and :class:`SegmentEncoder` in the pipeline's CPU tasks
+(jobs.common.actor.encode_and_write) turns them into one :data:`diffseg.lake.schemas.RESULT_SCHEMA` row per
+image: encoded label maps, optional quantised scores and per-class statistics, or an error row, byte for
+byte what the actor would encode itself (tests/jobs/segment/test_encode_stage.py). No decoded image
+travels back through the object store.
 
 Faults are per image: a read or decode failure becomes an error row in ``decode_batch``; if the model
 fails on a batch, the images are retried one by one and those that still fail become ``model`` error
@@ -97,6 +102,61 @@ def decode_batch(batch: dict[str, np.ndarray], resolution: int, max_pixels: int,
     }
 
 
+def compact_segmentation(seg, all_scores: bool = False) -> dict:
+    """One method's result (a diffseg.segmenter.Segmentation) as it travels to the CPU stage: its labels
+    (h, w) uint8/uint16 at the argmax size, ``size``, ``classes``, ``class_ids``, ``method``, and
+    ``scores`` (n, hs, ws) float32: the channels ``channels`` (the labels present: ``class_ids``) of the
+    (``n_channels``, hs, ws) scores, or all of them with `all_scores` (--save-scores stores them)."""
+    present = seg.class_ids or [int(k) for k in np.unique(seg.labels) if k]  # class_ids: the Segmenter's counts
+    channels = list(range(seg.scores.shape[0])) if all_scores else sorted(int(k) for k in present)
+    return {"labels": seg.labels, "size": tuple(seg.size), "classes": list(seg.classes),
+            "class_ids": list(seg.class_ids or []), "method": seg.method, "n_channels": int(seg.scores.shape[0]),
+            "channels": channels, "scores": np.ascontiguousarray(seg.scores[channels])}
+
+
+def expand_segmentation(compact: dict):
+    """The Segmentation a :func:`compact_segmentation` dict stands for: scores of the channels it left out are
+    NaN (the statistics read only the channels of the labels present; the scores PNG needs all of them)."""
+    from diffseg.segmenter import Segmentation
+
+    scores = compact["scores"]
+    if len(compact["channels"]) != compact["n_channels"]:
+        full = np.full((compact["n_channels"], *scores.shape[1:]), np.nan, np.float32)
+        full[compact["channels"]] = scores
+        scores = full
+    return Segmentation(labels=compact["labels"], scores=scores, classes=compact["classes"], method=compact["method"],
+                        class_ids=compact["class_ids"], size=compact["size"])
+
+
+@dataclass(frozen=True)
+class SegmentEncoder:
+    """Encodes an image's results into its RESULT_SCHEMA row, and makes error rows: what SegmentUDF does in
+    the actor, as a small picklable object for the pipeline's CPU tasks (no model)."""
+
+    vocab_names: tuple[str, ...]
+    save_scores: bool = False
+    tables = SEGMENT_TABLES
+
+    def error_row(self, item: dict, stage: str, exc: BaseException | str, error_type: str | None = None) -> dict:
+        message = exc if isinstance(exc, str) else describe(exc)
+        return error_result(item["uri"], item["unit_id"], stage, message, error_type=error_type or type(exc).__name__)
+
+    def encode(self, item: dict, per_method: dict) -> dict:
+        """Masks and stats items of one image for every method: the label map stored at the argmax size
+        (``width``/``height``: the photo's; readers use diffseg.codecs.masks.decode_label_map), the
+        statistics exact at the photo's size. `per_method`: {method: Segmentation or its compact dict}."""
+        from diffseg.codecs.masks import encode_segmentation
+
+        masks, stats = [], []
+        for method, seg in per_method.items():
+            seg = expand_segmentation(seg) if isinstance(seg, dict) else seg
+            mask, rows = encode_segmentation(seg, list(self.vocab_names), self.save_scores, argmax_size=True)
+            masks.append({**mask, "method": method})
+            stats += [{"method": method, **row} for row in rows]
+        return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,
+                "masks": masks, "stats": stats}
+
+
 class SegmentUDF(ModelActor):
     """Ray Data callable class: one Segmenter per actor; batches of decoded images in, RESULT_SCHEMA rows out."""
 
@@ -128,21 +188,23 @@ class SegmentUDF(ModelActor):
                                      sizes=[it["size"] for it in items])
         return [{m: out[m][j] for m in self.segmenter.methods} for j in range(len(items))]
 
+    def compact(self, item: dict, per_method: dict) -> dict:
+        """{method: compact_segmentation} (all score channels only with --save-scores)."""
+        return {m: compact_segmentation(seg, self.config.save_scores) for m, seg in per_method.items()}
+
+    @classmethod
+    def stage_encoder(cls, model_uri: str, vocab, config: UdfConfig) -> SegmentEncoder:
+        from diffseg import Vocabulary
+
+        vocab = vocab if isinstance(vocab, Vocabulary) else Vocabulary.from_spec(vocab)
+        return SegmentEncoder(tuple(vocab.names), config.save_scores)
+
+    def encoder(self) -> SegmentEncoder:
+        return SegmentEncoder(tuple(self.vocab.names), self.config.save_scores)
+
     def error_row(self, item: dict, stage: str, exc: BaseException | str, error_type: str | None = None) -> dict:
-        message = exc if isinstance(exc, str) else describe(exc)
-        return error_result(item["uri"], item["unit_id"], stage, message, error_type=error_type or type(exc).__name__)
+        return self.encoder().error_row(item, stage, exc, error_type)
 
     def encode(self, item: dict, per_method: dict) -> dict:
-        """Masks and stats items of one image for every method: the label map stored at the argmax size
-        (``width``/``height``: the photo's; readers use diffseg.codecs.masks.decode_label_map), the
-        statistics exact at the photo's size."""
-        from diffseg.codecs.masks import encode_segmentation
-
-        masks, stats = [], []
-        for method, seg in per_method.items():
-            mask, rows = encode_segmentation(seg, self.vocab.names, self.config.save_scores, argmax_size=True)
-            masks.append({**mask, "method": method})
-            stats += [{"method": method, **row} for row in rows]
-        return {"uri": item["uri"], "unit_id": item["unit_id"], "stage": None, "error_type": None, "message": None,
-                "masks": masks, "stats": stats}
-
+        """SegmentEncoder.encode, in the actor (without encode_stage)."""
+        return self.encoder().encode(item, per_method)

@@ -2,11 +2,17 @@
 
     from_arrow(URI blocks, one per unit)
       -> map_batches(decode_batch)             CPU tasks: read + decode + resize (jobs.segment.actor)
-      -> map_batches(SegmentUDF, ActorPool)    actors: model, masks, stats, error rows, written to OUTPUT
+      -> map_batches(SegmentUDF, ActorPool)    device actors: model, methods, argmax; compact outcomes
+      -> map_batches(encode_and_write)         CPU tasks: masks, stats, error rows, written to OUTPUT
       -> iter_batches() in the driver          metadata only: UnitCommitter commits units (diffseg.lake.writer)
 
-One block per unit, so a unit usually reaches an actor as one batch and its rows go straight to the
-unit's final files; the actor runs the model on runs of ``--batch-size`` images inside it.
+Stages by resource (jobs.common.actor): the actors holding the devices do device work only; encoding and
+writing run on CPU tasks wherever the cluster has CPUs, so the device never waits for them.
+
+One block per unit, so a unit reaches an actor as one batch and its rows go straight to the unit's final
+files (no compaction): the input is one block per unit, Ray Data's block target is raised so that a
+decoded unit stays one block (:func:`block_target_bytes`), and the actor returns one row per unit. The
+actor runs the model on runs of ``--batch-size`` images inside its batch.
 """
 
 from __future__ import annotations
@@ -19,6 +25,16 @@ from jobs.common.progress import configure_ray_data
 from jobs.common.ray_env import TASK_RETRIES, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
+BLOCK_SLACK = 1.25  # a block target this much above a decoded unit's bytes (row overhead, URIs, columns)
+
+
+def block_target_bytes(unit_size: int, resolution: int, current: int) -> int:
+    """Ray Data's target block size for the pipeline: at least `current` (its default, 128 MiB) and large
+    enough for a decoded unit (``unit_size`` images of ``resolution^2 x 3`` bytes, times
+    :data:`BLOCK_SLACK`), so a decode task's output is one block and the actor gets the unit in one batch
+    (a unit in two blocks can meet another unit's block in one batch: two parts, a compaction)."""
+    return max(int(current), int(BLOCK_SLACK * unit_size * 3 * resolution**2))
+
 
 def input_blocks(units: list[Unit]) -> list[pa.Table]:
     """Arrow tables of (uri, unit_id, pos, unit_rows) rows, one per unit (``pos``: the URI's position in
@@ -29,15 +45,18 @@ def input_blocks(units: list[Unit]) -> list[pa.Table]:
 
 
 def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab, target=None,
-                  actor_class=SegmentUDF):
+                  actor_class=SegmentUDF, encode_stage: bool = True):
     """The lazy Ray Data pipeline. With a write `target` (diffseg.lake.commit.WriteTarget) its rows are
-    diffseg.lake.commit.META_SCHEMA metadata (the actors wrote the tables); without one they are
+    diffseg.lake.commit.META_SCHEMA metadata (the encode tasks wrote the tables); without one they are
     diffseg.lake.schemas.RESULT_SCHEMA rows. `actor_class`: SegmentUDF or a stand-in (the benchmark's
-    null model, jobs.bench.null_model)."""
+    null model, jobs.bench.null_model). `encode_stage`: encoding and writing on CPU tasks after the actors
+    (the job); False: in the actors (jobs.bench.pipeline --in-actor compares)."""
     import ray
 
     configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
-    udf_config = UdfConfig.placed(config, resources, target, methods=tuple(config.methods),
+    context = ray.data.DataContext.get_current()  # sealed into the dataset when it is created
+    context.target_max_block_size = block_target_bytes(config.unit_size, config.resolution, context.target_max_block_size)
+    udf_config = UdfConfig.placed(config, resources, target, encode_stage=encode_stage and target is not None, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params, recipe=config.recipe_kwargs())
     if units and units[0].source:  # containers: one read task per shard or row group, read front to back
@@ -65,4 +84,5 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
         max_retries=TASK_RETRIES,  # a task that dies (its worker killed) is retried this often, not for ever
     )
     # a batch of a unit's size: one unit per call (Ray Data also requires a batch size with GPUs)
+    # the CPU stage (encode_and_write) follows inside map_actors when the actor config asks for it
     return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
