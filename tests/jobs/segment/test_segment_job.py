@@ -15,6 +15,7 @@ from jobtest_utils import (
     RESOLUTION,
     check_exactly_once,
     check_masks_and_stats,
+    committed_units,
     parent_pid,
     pids_matching,
     put_files,
@@ -103,7 +104,7 @@ def test_actor_killed_mid_run_loses_nothing(ray_local, tmp_path, lake_files, cap
     def kill_one_actor_after_first_commit():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            if os.path.isdir(f"{output}/_commits/default") and os.listdir(f"{output}/_commits/default"):
+            if committed_units(output) >= 1:
                 for pid in pids_matching("SegmentUDF"):
                     if parent_pid(pid) == raylet:
                         os.kill(pid, signal.SIGKILL)

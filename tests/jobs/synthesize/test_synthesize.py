@@ -361,8 +361,11 @@ def test_killed_job_resumes_and_produces_each_item_once(ray_local, first_run, tm
             "--address", "local", "--num-cpus", "2", "--object-store-mb", "150"]
     committed = kill_job_after_commits(argv, output, tmp_path / "job.log")  # whole markers only
     assert 2 <= committed < 20
-    # what a kill can leave: a unit's file without its marker (made explicit here)
-    (output / "samples" / "part-default-00000000deadbeef.parquet").write_bytes(b"half-written")
+    # what a kill can leave: a unit's file that no commit names (made explicit here)
+    store = OutputStore(str(output))
+    (killed,) = {store.get_json(r)["invocation"] for r in store.list("_log/default") if r.endswith(".json")
+                 and not r.rsplit("/", 1)[1].startswith("_")}
+    (output / "samples" / f"part-default-{killed}-00000000deadbeef-0badc0de.parquet").write_bytes(b"half-written")
 
     cfg = config(str(output), classes=classes, per_class=per_class)
     assert run(cfg) == 0
