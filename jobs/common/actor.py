@@ -44,6 +44,7 @@ import pyarrow as pa
 from diffseg.lake.commit import WriteTarget, write_results
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
+from jobs.common.crashes import crash_message, exit_poisoned, is_poisoning
 
 log = logging.getLogger("jobs.common.actor")
 
@@ -228,10 +229,40 @@ class ModelActor:
             if item.get("error"):
                 outcomes[i] = Failure(*item["error"])
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        for group in self.groups(items, todo):
+        guard = self.crash_guard([self.key_of(items[i]) for i in todo])
+        groups = self.groups(items, todo)
+        if guard is not None and guard.careful:  # an earlier attempt of this batch killed its process
+            killers = set(guard.killers)
+            for i in todo:
+                if self.key_of(items[i]) in killers:
+                    outcomes[i] = Failure("model", "WorkerCrash",
+                                          crash_message(self.key_of(items[i]), guard.record["attempts"]))
+            groups = [[i] for i in todo if outcomes[i] is None]  # one at a time, each noted before it runs
+        for group in groups:
+            if guard is not None and guard.careful:
+                guard.running(self.key_of(items[group[0]]))
             for i, result in zip(group, self.compute_each([items[i] for i in group])):
                 outcomes[i] = Failure("model", type(result).__name__, describe(result)) if isinstance(result, Exception) else result
+        if guard is not None:
+            guard.done()
         return items, outcomes
+
+    def key_of(self, item: dict) -> str:
+        """An item's work-item key (its URI; ``class\\tseed`` for jobs.synthesize)."""
+        return str(item.get(self.tables.key_column) or item.get("uri") or item.get("key"))
+
+    def crash_guard(self, keys: list[str]):
+        """The crash record of this batch (jobs.common.crashes), when the actor writes to OUTPUT."""
+        from jobs.common.crashes import CrashGuard
+
+        target = self.config.target
+        if target is None or self.store is None or not keys:
+            return None
+        try:
+            return CrashGuard(self.store, f"_staging/{target.run_id}/{target.invocation}", keys)
+        except Exception as exc:  # the record is an aid: without it the batch runs as before
+            log.warning("no crash record for this batch (%s)", describe(exc))
+            return None
 
     def compact_outcomes(self, batch: dict[str, np.ndarray]) -> pa.Table:
         """:data:`COMPACT_SCHEMA` rows of the batch: one per unit, its items (without their input arrays)
@@ -259,6 +290,8 @@ class ModelActor:
         try:
             return self.compute(items)
         except Exception as exc:
+            if is_poisoning(exc):  # every later call would fail: a fresh process (Ray restarts it, bounded)
+                exit_poisoned(exc)
             log.warning("model failed on a batch of %d item(s) (%s); retrying them one by one", len(items),
                         describe(exc))
             self.free_memory()
@@ -267,6 +300,8 @@ class ModelActor:
             try:
                 results.append(self.compute([item])[0])
             except Exception as exc:
+                if is_poisoning(exc):
+                    exit_poisoned(exc)
                 self.free_memory()
                 results.append(exc)
         return results
