@@ -70,13 +70,15 @@ class ActorConfig:
     batch_size: int = 8  # items per model call (a batch of the pipeline may hold a whole unit)
     target: WriteTarget | None = None  # write the rows to OUTPUT and return metadata; None: return the rows
     encode_stage: bool = False  # with a target: return compact outcomes; encode_and_write tasks encode and write
+    counter: object = None  # where to count finished items per model batch (jobs.common.progress.BatchCounter)
 
     @classmethod
     def placed(cls, config, resources, target: WriteTarget | None = None, **fields):
         """The actor config for `resources` (a jobs.common.config.Resources: device, threads) with the
         job `config`'s dtype and batch size, its write `target` and the actor's own `fields`."""
         return cls(dtype=config.dtype, device=resources.device, torch_threads=resources.torch_threads,
-                   batch_size=config.batch_size, target=target, compile=config.compile, **fields)
+                   batch_size=config.batch_size, target=target, compile=config.compile,
+                   counter=getattr(resources, "counter", None), **fields)
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ class ModelActor:
             if item.get("error"):
                 outcomes[i] = Failure(*item["error"])
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        self.count(len(items) - len(todo), len(items) - len(todo))  # failed upstream: done, as errors
         guard = self.crash_guard([self.key_of(items[i]) for i in todo])
         groups = self.groups(items, todo)
         if guard is not None and guard.careful:  # an earlier attempt of this batch killed its process
@@ -243,9 +246,18 @@ class ModelActor:
                 guard.running(self.key_of(items[group[0]]))
             for i, result in zip(group, self.compute_each([items[i] for i in group])):
                 outcomes[i] = Failure("model", type(result).__name__, describe(result)) if isinstance(result, Exception) else result
+            self.count(len(group), sum(isinstance(outcomes[i], Failure) for i in group))
         if guard is not None:
             guard.done()
         return items, outcomes
+
+    def count(self, items: int, errors: int) -> None:
+        """Tells the run's progress counter that `items` more are done (fire and forget)."""
+        if items and self.config.counter is not None:
+            try:
+                self.config.counter.add.remote(items, errors)
+            except Exception:  # progress is a view: never a reason to fail a batch
+                pass
 
     def key_of(self, item: dict) -> str:
         """An item's work-item key (its URI; ``class\\tseed`` for jobs.synthesize)."""

@@ -155,6 +155,7 @@ class Resources:
     cluster_gpus: float
     nodes: int = 1  # alive nodes when the pool was sized
     capacity: int = 1  # actors the alive nodes can hold now (what a request above it waits for)
+    counter: object = None  # the run's progress counter (a Ray actor handle: jobs.common.progress.BatchCounter)
 
 
 def decode_memory_bytes(config: RunOptions) -> int:

@@ -145,17 +145,58 @@ class Progress:
             self.logger.info("%s", self.line(now))
 
 
-def meta_counts(meta) -> tuple[int, int]:
-    """(items, errors) of one batch of worker metadata rows (diffseg.lake.commit.META_SCHEMA, a pyarrow
-    Table): the sums of its ``counts`` JSON's "items" and "errors"."""
-    import json
+class BatchCounter:
+    """Items the model actors have finished, as they finish each model batch (a Ray actor in the jobs:
+    jobs.common.ray_env.batch_counter): the driver takes what arrived every second, so progress and the ETA
+    move per batch of images, not per committed unit of hundreds. A batch Ray retries is counted again
+    (:meth:`Progress.add` clamps at the total)."""
 
-    items = errors = 0
-    for text in meta.column("counts").to_pylist():
-        counts = json.loads(text)
-        items += int(counts.get("items", 0))
-        errors += int(counts.get("errors", 0))
-    return items, errors
+    def __init__(self):
+        self.items = self.errors = 0
+
+    def add(self, items: int, errors: int = 0) -> None:
+        self.items += int(items)
+        self.errors += int(errors)
+
+    def take(self) -> tuple[int, int]:
+        """(items, errors) added since the last take."""
+        taken = (self.items, self.errors)
+        self.items = self.errors = 0
+        return taken
+
+
+class CounterPoller:
+    """A driver thread feeding a :class:`Progress` from a BatchCounter actor every `every_s` seconds."""
+
+    def __init__(self, counter, progress: Progress, every_s: float = 1.0):
+        import threading
+
+        self.counter, self.progress, self.every_s = counter, progress, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="progress-poller", daemon=True)
+
+    def __enter__(self) -> CounterPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 5)
+        self._take()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._take()
+
+    def _take(self) -> None:
+        import ray
+
+        try:
+            items, errors = ray.get(self.counter.take.remote(), timeout=5)
+        except Exception:  # a late or lost count only delays a progress line
+            return
+        if items:
+            self.progress.add(items, errors)
 
 
 def configure_ray_data(verbose: bool = False) -> None:

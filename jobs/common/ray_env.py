@@ -173,6 +173,15 @@ def alive_nodes() -> list[Node]:
                  int(n["Resources"].get("memory", 0))) for n in ray.nodes() if n.get("Alive")]
 
 
+def batch_counter():
+    """The run's progress counter: a BatchCounter actor that takes no CPU (jobs.common.progress)."""
+    import ray
+
+    from jobs.common.progress import BatchCounter
+
+    return ray.remote(num_cpus=0, max_restarts=0)(BatchCounter).remote()
+
+
 def pending_actors(class_name: str) -> int:
     """Actors of `class_name` (Ray Data names them ``MapWorker(...Class)``) waiting to be placed."""
     import ray._private.state as state

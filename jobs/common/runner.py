@@ -21,6 +21,7 @@ are kept, rerun to finish); 2 bad options or a failed check; 3 finished with mor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -150,7 +151,8 @@ class _Invocation:
         so an invocation that lost the run writes none)."""
         c, config = self.checked, self.config
         committed = len(self.done_set.units) + (len(self.writer.committed_units) if self.writer else 0)
-        res = None if self.resources is None else {k: getattr(self.resources, k) for k in self.resources.__dataclass_fields__}
+        res = None if self.resources is None else {k: getattr(self.resources, k) for k in self.resources.__dataclass_fields__
+                                                   if k != "counter"}
         timings = {} if status == "running" else self.timings()
         counts = self.counts()
         if status != "running":
@@ -325,8 +327,8 @@ def _run_on_ray(run: _Invocation) -> int:
     from diffseg.lake.commit import WriteTarget
     from diffseg.lake.writer import UnitCommitter
     from jobs.common.interrupt import Interrupted
-    from jobs.common.progress import Progress
-    from jobs.common.ray_env import PlacementWatchdog, alive_nodes, commit_stream, init_ray
+    from jobs.common.progress import CounterPoller, Progress
+    from jobs.common.ray_env import PlacementWatchdog, alive_nodes, batch_counter, commit_stream, init_ray
     from jobs.common.restarts import PIPELINE_RESTARTS, StallAlarm, describe_lost, lost_worker
 
     job, config, log = run.job, run.config, run.job.log
@@ -358,6 +360,8 @@ def _run_on_ray(run: _Invocation) -> int:
         run.writer = UnitCommitter(run.checked.store, run.commit_log, run.planned.units, job.tables,
                                    before_commit=run.before_commit, done=run.done_set.copy())
         progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
+        counter = batch_counter()  # the actors count per model batch: progress moves per batch, not per unit
+        run.resources = dataclasses.replace(run.resources, counter=counter)
         units = run.planned.units
         try:
             for restart in range(PIPELINE_RESTARTS + 1):
@@ -366,8 +370,9 @@ def _run_on_ray(run: _Invocation) -> int:
                     with StallAlarm() as alarm, PlacementWatchdog("MapWorker", run.resources,
                                                                    after_s=config.placement_warn_s,
                                                                    nodes_at_start=run.nodes_at_start,
-                                                                   on_lost_node=alarm.ring):
-                        commit_stream(_Counted(run.writer, progress), dataset, job.tables)
+                                                                   on_lost_node=alarm.ring), \
+                            CounterPoller(counter, progress):
+                        commit_stream(run.writer, dataset, job.tables)
                     break
                 except Exception as exc:
                     if not lost_worker(exc) or restart == PIPELINE_RESTARTS:
@@ -412,7 +417,7 @@ def _restart_pipeline(run: _Invocation, reason: str) -> list[Unit]:
     run.writer.abandon_in_flight()
     units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
     nodes = _settled_nodes(run.nodes_at_start)
-    run.resources = resolve_resources(run.config, nodes)
+    run.resources = dataclasses.replace(resolve_resources(run.config, nodes), counter=run.resources.counter)
     run.pipeline_restarts += 1
     run.nodes_at_start = len(nodes)
     res = run.resources
@@ -452,23 +457,6 @@ def _interrupted(run: _Invocation, sig, started_ray: bool) -> int:
     print(f"diffseg: interrupted by {sig} after {items} {job.words.items} were committed ({units} units); rerun "
           f"the same command to finish the rest")
     return sig.exit_code
-
-
-class _Counted:
-    """The run's UnitCommitter, with every metadata batch it receives also counted by a
-    jobs.common.progress.Progress (the lines users read while the job runs)."""
-
-    def __init__(self, committer, progress):
-        self._committer, self._progress = committer, progress
-
-    def add(self, batch):
-        from jobs.common.progress import meta_counts
-
-        self._progress.add(*meta_counts(batch))
-        return self._committer.add(batch)
-
-    def __getattr__(self, name):  # compacted, finish... of the committer
-        return getattr(self._committer, name)
 
 
 def check_output_visible(store, config, nodes: int) -> None:

@@ -79,11 +79,6 @@ class SegmentJob(Job):
         return build_dataset(units, config, resources, checked.vocab, target)
 
 
-def spread(units: list) -> list:
-    """Units in a spread order (by their id, a hash), so the reads in flight are not one moving range of
-    adjacent keys (a store throttles per key prefix); images within a unit stay sorted."""
-    return sorted(units, key=lambda u: u.unit_id)
-
     def manifest_extra(self, manifest: dict, config: JobConfig, checked: Checked) -> dict:
         """Records the recipe the actors' Segmenters run (resolved as they resolve it)."""
         from diffseg.segmenter import SegmenterConfig, resolve_recipe
@@ -119,3 +114,9 @@ def check_prompt(config: JobConfig, vocab) -> None:
 def run(config: JobConfig) -> int:
     """Runs the segment job described by `config`; returns the process exit code."""
     return run_job(SegmentJob(), config)
+
+
+def spread(units: list) -> list:
+    """Units in a spread order (by their id, a hash), so the reads in flight are not one moving range of
+    adjacent keys (a store throttles per key prefix); images within a unit stay sorted."""
+    return sorted(units, key=lambda u: u.unit_id)

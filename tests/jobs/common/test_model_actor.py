@@ -65,3 +65,29 @@ def test_a_batch_whose_items_all_failed_upstream_never_calls_the_model():
     actor = Doubler()
     out = actor({"key": np.array([-3, -4])}).to_pylist()
     assert actor.calls == [] and [r["stage"] for r in out] == ["decode", "decode"]
+
+
+class Recorder:
+    """Stands in for the run's BatchCounter actor handle: ``counter.add.remote(items, errors)``."""
+
+    def __init__(self):
+        self.calls = []
+        self.add = self
+
+    def remote(self, items, errors):
+        self.calls.append((items, errors))
+
+
+def test_each_model_batch_is_counted_as_it_finishes():
+    """Progress moves per model batch (jobs.common.progress.BatchCounter), not per committed unit: items
+    failed upstream are counted as errors at once, then every group when the model is done with it."""
+    from dataclasses import replace
+
+    actor = Doubler()
+    actor.config = replace(actor.config, counter=Recorder())
+    batch = {"key": np.array([1, -1, 2, 3, 4, 13])}
+    actor.results(batch)
+    calls = actor.config.counter.calls
+    assert calls[0] == (1, 1)  # the item that failed upstream
+    assert sorted(calls[1:]) == [(2, 0), (3, 1)]  # the even group, then the odd group (13 fails alone)
+    assert sum(n for n, _ in calls) == 6

@@ -1,13 +1,11 @@
 """jobs.common.progress: readable progress lines and bar (injected clock and stream), Ray Data kept quiet."""
 
 import io
-import json
 import logging
 
-import pyarrow as pa
 import pytest
 
-from jobs.common.progress import Progress, configure_ray_data, format_duration, meta_counts
+from jobs.common.progress import Progress, configure_ray_data, format_duration
 
 
 class Clock:
@@ -104,12 +102,6 @@ def test_bad_totals_are_refused_with_the_value():
         Progress(total=1, every_s=0)
 
 
-def test_meta_counts_sum_the_workers_counts():
-    meta = pa.table({"counts": [json.dumps({"items": 3, "errors": 1, "mask_rows": 4}), json.dumps({"items": 2})]})
-    assert meta_counts(meta) == (5, 1)
-
-
-@pytest.mark.slow
 def test_ray_data_prints_no_progress_or_banners_unless_verbose(ray_local):
     import importlib
 
