@@ -363,8 +363,8 @@ def scores_to_labels(
     finite = torch.nan_to_num(scores.float(), neginf=-1e9, posinf=1e9)
     up = F.interpolate(finite[None], size=(ah, aw), mode="bilinear", align_corners=False)[0]
     labels = up.argmax(0)
-    counts = torch.bincount(labels.flatten(), minlength=scores.shape[0]).cpu().numpy()
-    small = labels.to(torch.uint8) if np.dtype(dtype) == np.uint8 else labels.to(torch.int32)
+    small = labels.to(torch.uint8) if np.dtype(dtype) == np.uint8 else labels.to(torch.int32)  # before the copy
+    counts = torch.bincount(small.flatten(), minlength=scores.shape[0]).cpu().numpy()
     return small.cpu().numpy().astype(dtype, copy=False), counts
 
 

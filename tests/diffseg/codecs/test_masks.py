@@ -124,7 +124,7 @@ def test_a_segmentation_encodes_to_the_masks_row_and_stats_rows_the_tables_store
 
 
 def test_label_pngs_are_standard_pngs_any_reader_decodes():
-    """The fast encoder's bytes (Up filter, Z_RLE) read back with Pillow alone, CRCs checked."""
+    """The fast encoder's bytes (unfiltered rows, Z_RLE) read back with Pillow alone, CRCs checked."""
     rng = np.random.default_rng(2)
     for labels in (rng.integers(0, 20, (37, 53)).astype(np.uint8), np.full((1, 1), 7, np.uint8),
                    rng.integers(0, 40000, (9, 300)).astype(np.uint16)):
