@@ -183,7 +183,8 @@ def batch_counter():
 
 
 def pending_actors(class_name: str) -> int:
-    """Actors of `class_name` (Ray Data names them ``MapWorker(...Class)``) waiting to be placed."""
+    """Actors of `class_name` (Ray Data names them ``MapWorker(...Class)``) waiting to be placed: new ones,
+    and restarting ones (an actor whose node is gone waits in RESTARTING for a node that can hold it)."""
     import ray._private.state as state
 
     try:
@@ -191,7 +192,7 @@ def pending_actors(class_name: str) -> int:
     except Exception:
         return 0
     return sum(1 for a in table.values() if class_name in str(a.get("ActorClassName", ""))
-               and a.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"))
+               and a.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY", "RESTARTING"))
 
 
 class PlacementWatchdog:
