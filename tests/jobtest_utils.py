@@ -266,26 +266,10 @@ def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int =
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    log_dir = Path(output) / "_log" / "default"
-
-    def committed_markers() -> int:
-        """Units named by the run's commit entries (whole entries only: the store writes a hidden
-        temporary first, then links it into place)."""
-        units = 0
-        for path in log_dir.glob("*.json"):
-            if path.name.startswith(("." , "_")):
-                continue
-            try:
-                entry = json.loads(path.read_text())
-            except ValueError:
-                continue
-            units += len(entry.get("units", ())) if entry.get("kind") == "commit" else 0
-        return units
-
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if log_dir.is_dir() and committed_markers() >= min_commits:
+            if committed_units(str(output)) >= min_commits:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, Path(log_path).read_text()[-3000:]
@@ -298,7 +282,7 @@ def kill_job_after_commits(argv: list[str], output, log_path, min_commits: int =
         stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)  # the killed job's Ray runtime
         shutil.rmtree(ray_tmp, ignore_errors=True)
         log.close()
-    return committed_markers()
+    return committed_units(str(output))
 
 
 def run_main(main, capsys, *argv) -> tuple[int, str, str]:
@@ -330,23 +314,10 @@ def signal_job_after_commits(argv: list[str], output, log_path, sig: int, min_co
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    log_dir = Path(output) / "_log" / "default"
-
-    def committed() -> int:
-        units = 0
-        for path in log_dir.glob("*.json"):
-            if not path.name.startswith((".", "_")):
-                try:
-                    entry = json.loads(path.read_text())
-                except ValueError:
-                    continue
-                units += len(entry.get("units", ())) if entry.get("kind") == "commit" else 0
-        return units
-
     left = ""
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None and committed() < min_commits:
+        while time.monotonic() < deadline and proc.poll() is None and committed_units(str(output)) < min_commits:
             time.sleep(0.05)
         assert proc.poll() is None, Path(log_path).read_text()[-3000:]
         sent = time.monotonic()
@@ -366,7 +337,7 @@ def signal_job_after_commits(argv: list[str], output, log_path, sig: int, min_co
         stop_process_tree("DIFFSEG_TEST_PROCESS_TREE", marker)
         shutil.rmtree(ray_tmp, ignore_errors=True)
         log.close()
-    return code, committed(), elapsed, left
+    return code, committed_units(str(output)), elapsed, left
 
 
 def _cmdline(pid: int) -> str:
