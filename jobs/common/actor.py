@@ -302,8 +302,8 @@ class ModelActor:
         try:
             return self.compute(items)
         except Exception as exc:
-            if is_poisoning(exc):  # every later call would fail: a fresh process (Ray restarts it, bounded)
-                exit_poisoned(exc)
+            if self.config.device == "cuda" and is_poisoning(exc):  # every later CUDA call would fail: a fresh
+                exit_poisoned(exc)  # process (Ray restarts it, bounded; the crash record isolates the image)
             log.warning("model failed on a batch of %d item(s) (%s); retrying them one by one", len(items),
                         describe(exc))
             self.free_memory()
@@ -312,7 +312,7 @@ class ModelActor:
             try:
                 results.append(self.compute([item])[0])
             except Exception as exc:
-                if is_poisoning(exc):
+                if self.config.device == "cuda" and is_poisoning(exc):
                     exit_poisoned(exc)
                 self.free_memory()
                 results.append(exc)

@@ -172,6 +172,7 @@ class CounterPoller:
         import threading
 
         self.counter, self.progress, self.every_s = counter, progress, every_s
+        self.taken = 0  # items taken so far (what a stall watchdog watches; not clamped to the total)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="progress-poller", daemon=True)
 
@@ -196,6 +197,7 @@ class CounterPoller:
         except Exception:  # a late or lost count only delays a progress line
             return
         if items:
+            self.taken += items
             self.progress.add(items, errors)
 
 

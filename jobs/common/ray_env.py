@@ -199,12 +199,15 @@ class PlacementWatchdog:
     """A driver thread that logs a warning when actors of the pool have waited for a node for more than
     `after_s` seconds (the request and the largest alive node named), then again every `after_s`. When
     fewer nodes are alive than `nodes_at_start` (a node lost, not replaced), it calls `on_lost_node` once
-    instead of waiting on: the runner starts the pipeline again, sized for the nodes that remain."""
+    instead of waiting on: the runner starts the pipeline again, sized for the nodes that remain. So it
+    does when no item finished for `after_s` (`progress`) while a node is gone (a stall Ray Data does not
+    report: a task or actor waiting for the lost node)."""
 
     def __init__(self, class_name: str, resources: Resources, after_s: float = 60.0, poll_s: float = 5.0,
-                 nodes_at_start: int | None = None, on_lost_node=None):
+                 nodes_at_start: int | None = None, on_lost_node=None, progress=None):
         self.class_name, self.resources, self.after_s, self.poll_s = class_name, resources, after_s, poll_s
         self.nodes_at_start, self.on_lost_node = nodes_at_start, on_lost_node  # see _watch
+        self.progress = progress  # () -> items done so far: no progress for after_s with a node gone is a stall
         self.warnings = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="placement-watchdog", daemon=True)
@@ -219,7 +222,17 @@ class PlacementWatchdog:
 
     def _watch(self) -> None:
         since = None
+        last_done, last_change = None, time.monotonic()
         while not self._stop.wait(self.poll_s):
+            if self.progress is not None and self.on_lost_node is not None and self.nodes_at_start:
+                done = self.progress()
+                if done != last_done:
+                    last_done, last_change = done, time.monotonic()
+                elif time.monotonic() - last_change >= self.after_s and len(alive_nodes()) < self.nodes_at_start:
+                    log.warning("no image finished for %.0f s and a node is gone: starting the pipeline again on the "
+                                "nodes that remain", time.monotonic() - last_change)
+                    self.on_lost_node()
+                    return
             waiting = pending_actors(self.class_name)
             if not waiting:
                 since = None

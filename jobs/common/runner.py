@@ -367,11 +367,10 @@ def _run_on_ray(run: _Invocation) -> int:
             for restart in range(PIPELINE_RESTARTS + 1):
                 dataset = job.dataset(config, run.checked, units, run.resources, target)
                 try:
-                    with StallAlarm() as alarm, PlacementWatchdog("MapWorker", run.resources,
-                                                                   after_s=config.placement_warn_s,
-                                                                   nodes_at_start=run.nodes_at_start,
-                                                                   on_lost_node=alarm.ring), \
-                            CounterPoller(counter, progress):
+                    poller = CounterPoller(counter, progress)
+                    with StallAlarm() as alarm, poller, PlacementWatchdog(
+                            "MapWorker", run.resources, after_s=config.placement_warn_s,
+                            nodes_at_start=run.nodes_at_start, on_lost_node=alarm.ring, progress=lambda p=poller: p.taken):
                         commit_stream(run.writer, dataset, job.tables)
                     break
                 except Exception as exc:
