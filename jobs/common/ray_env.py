@@ -10,8 +10,13 @@ import logging
 import os
 import threading
 import time
+import warnings
 
 from jobs.common.config import JobConfig, Node, Resources
+
+# Ray 2.60 warns that passing max_retries/max_restarts/max_task_retries to map_batches as keyword arguments is
+# deprecated (removal in Ray 2.64); they are still how Ray Data takes them, and the job pins Ray 2.60
+warnings.filterwarnings("ignore", message=r".*`ray_remote_args` is deprecated")
 
 log = logging.getLogger("jobs.common.ray_env")
 

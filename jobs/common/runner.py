@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -205,7 +206,7 @@ def run(job: Job, config) -> int:
 
 
 def _usage_error(job: Job, exc: Exception) -> int:
-    print(f"diffseg: error: {exc}")  # once: not logged as well
+    print(f"diffseg: error: {exc}", file=sys.stderr)  # once: not logged as well
     return EXIT_USAGE
 
 
@@ -344,7 +345,7 @@ def _run_on_ray(run: _Invocation) -> int:
             run.resources = resolve_resources(config, nodes)
         except ConfigError as exc:
             run.write_manifest("failed", error=str(exc))
-            print(f"diffseg: error: {exc}")
+            print(f"diffseg: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         res = run.resources
         if res.actors > res.capacity:

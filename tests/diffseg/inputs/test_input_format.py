@@ -93,7 +93,7 @@ def test_the_segment_job_exits_2_naming_the_choice_for_ambiguous_input(tmp_path,
     common = ["--model", "tiny", "--vocab", "cat", "--resolution", "64"]
     code, out, err = run_main(main, capsys, lake, tmp_path / "out", *common)
     assert code == 2, out + err
-    assert "ambiguous" in out and "--input-format files or --input-format webdataset" in out
+    assert "ambiguous" in err and "--input-format files or --input-format webdataset" in err
     config = config_from_args(build_parser().parse_args([str(lake), "out/", *common, "--input-format", "files"]))
     assert config.input_format == "files" and config.to_dict()["input_format"] == "files"
     with pytest.raises(SystemExit) as exit_:

@@ -83,5 +83,5 @@ def test_preflight_builds_the_prompt_with_the_recipe_and_refuses_a_too_long_temp
     code, out, err = run_main(main, capsys, tmp_path / "in", tmp_path / "out", "--model", "tiny", "--vocab", "cat",
                               "--resolution", "64", "--context", "per_class", "--template", template)
     assert code == 2
-    assert "--template" in out and "longer than one 77-token context" in out
+    assert "--template" in err and "longer than one 77-token context" in err
     assert not (tmp_path / "out").exists()

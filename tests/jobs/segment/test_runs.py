@@ -39,7 +39,7 @@ def test_second_invocation_of_a_running_run_exits_2_naming_the_holder(tmp_path, 
     holder = acquire(store, "default")  # the first invocation, still running
     try:
         assert run(config(tmp_path)) == 2
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err
         assert "being written by another invocation" in out and "--break-lease" in out and "pid" in out
         assert not store.exists("manifest.json")  # it touched nothing
     finally:

@@ -84,7 +84,7 @@ def test_s3_lake_every_input_once_resubmit_incremental_and_refused_vocabulary(ra
 
     # another vocabulary under the same run is refused before any work; a new run id is accepted
     assert run(config(cfg.input, output, vocab="dog, tree")) == 2
-    assert "--run-id" in capsys.readouterr().out
+    assert "--run-id" in capsys.readouterr().err
     assert run(config(cfg.input, output, vocab="dog, tree", run_id="trees", limit=3, max_error_fraction=1.0)) == 0
     assert read_committed(output, "masks", run_id="trees").num_rows + read_committed(
         output, "errors", run_id="trees").num_rows == 3

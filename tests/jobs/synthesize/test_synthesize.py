@@ -259,11 +259,11 @@ def test_finished_run_is_not_redone_and_other_settings_are_refused_without_ray(t
     assert manifest["counts"]["already_done"] == 6
 
     assert run(config(output, guidance=3.0)) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "guidance: 7.0 there, 3.0 now" in out and "--run-id" in out
     assert run(config(output, classes="cat, dog")) == 2
     assert run(config(output, model=str(tmp_path / "no-such-model"), run_id="other")) == 2
-    assert "no such folder" in capsys.readouterr().out
+    assert "no such folder" in capsys.readouterr().err
     assert read_committed(output, "samples", schemas=SYNTH_SCHEMAS).num_rows == 0
 
 
