@@ -14,9 +14,12 @@ import warnings
 
 from jobs.common.config import JobConfig, Node, Resources
 
-# Ray 2.60 warns that passing max_retries/max_restarts/max_task_retries to map_batches as keyword arguments is
-# deprecated (removal in Ray 2.64); they are still how Ray Data takes them, and the job pins Ray 2.60
-warnings.filterwarnings("ignore", message=r".*`ray_remote_args` is deprecated")
+
+def accept_remote_args() -> None:
+    """Ray 2.60 warns that max_retries/max_restarts/max_task_retries passed to map_batches as keyword
+    arguments are deprecated (removal in 2.64); they are still how Ray Data takes them, the job pins Ray
+    2.60, and `-q` shows only our lines. Called after Ray is imported (Ray installs its own filter then)."""
+    warnings.filterwarnings("ignore", message=r".*`ray_remote_args` is deprecated")
 
 log = logging.getLogger("jobs.common.ray_env")
 
@@ -274,6 +277,7 @@ def map_actors(ds, actor_class, constructor_args: tuple, resources, batch_size: 
     ``stage_encoder``), so every pipeline built on this stage gets it."""
     from ray.data import ActorPoolStrategy
 
+    accept_remote_args()
     ds = ds.map_batches(
         actor_class,
         fn_constructor_args=constructor_args,

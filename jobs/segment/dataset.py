@@ -22,7 +22,7 @@ import pyarrow as pa
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
-from jobs.common.ray_env import TASK_RETRIES, map_actors
+from jobs.common.ray_env import TASK_RETRIES, accept_remote_args, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 BLOCK_SLACK = 1.25  # a block target this much above a decoded unit's bytes (row overhead, URIs, columns)
@@ -54,6 +54,7 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     import ray
 
     configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
+    accept_remote_args()
     context = ray.data.DataContext.get_current()  # sealed into the dataset when it is created
     context.target_max_block_size = block_target_bytes(config.unit_size, config.resolution, context.target_max_block_size)
     udf_config = UdfConfig.placed(config, resources, target, encode_stage=encode_stage and target is not None, methods=tuple(config.methods),

@@ -27,21 +27,16 @@ def label_maps(output: str) -> dict[str, np.ndarray]:
     return {r["uri"].rsplit("/images/", 1)[1]: decode_label_png(r["label_map_png"]) for r in masks.to_pylist()}
 
 
-_clean: dict[int, dict[str, np.ndarray]] = {}
-
-
 def clean_label_maps(config: dict, tmp_path) -> dict[str, np.ndarray]:
-    """The label maps of a clean single-node run of the same lake with the same unit size, computed once per
-    unit size. The runs use batches of one image: which images share a model batch changes a mask by float
-    rounding, which flips whole regions of the random tiny model's near-uniform scores, and a unit redone
-    after a node loss may come in other batches."""
-    if config["unit_size"] not in _clean:
-        clean = str(tmp_path / "clean")
-        single = job_process("segment", {**config, "output": clean, "num_cpus": 2, "device": None}, "local",
-                             tmp_path / "clean.log")
-        assert single.wait(timeout=400) == 0, (tmp_path / "clean.log").read_text()[-3000:]
-        _clean[config["unit_size"]] = label_maps(clean)
-    return _clean[config["unit_size"]]
+    """The label maps of a clean single-node run of the same lake with the same settings. The runs use
+    batches of one image: which images share a model batch changes a mask by float rounding, which flips
+    whole regions of the random tiny model's near-uniform scores, and a unit redone after a node loss may
+    come in other batches."""
+    clean = str(tmp_path / "clean")
+    single = job_process("segment", {**config, "output": clean, "num_cpus": 2, "device": None}, "local",
+                         tmp_path / "clean.log")
+    assert single.wait(timeout=400) == 0, (tmp_path / "clean.log").read_text()[-3000:]
+    return label_maps(clean)
 
 
 CPU = [{"num_cpus": 2}, {"num_cpus": 2}]
