@@ -1,7 +1,8 @@
 """A run on a 3-node cluster (a head with no CPU, two worker nodes) with OUTPUT on S3, one of whose worker
 nodes is removed and not replaced: the run finishes on the other with every input exactly once in masks xor
 errors and the same label maps as a clean single-node run. Varied: which node (the first or the second), the
-moment (between commits; mid-unit), the unit size (2, or 8 so that the loss falls mid-unit), and nodes that declare one logical GPU each with the model forced onto the CPU
+moment (while the actors start, before any commit; between commits; mid-unit), the unit size (2, or 8 so
+that the loss falls mid-unit), and nodes that declare one logical GPU each with the model forced onto the CPU
 (``--device cpu``): one actor per GPU, spread over the nodes. The actor pool is elastic (at least one
 actor), so losing a node shrinks it instead of leaving it waiting for an actor it can never place."""
 
@@ -47,7 +48,8 @@ GPU = [{"num_cpus": 2, "num_gpus": 1}, {"num_cpus": 2, "num_gpus": 1}]
     (CPU, {}, 1, 2, 2),
     (GPU, {"device": "cpu"}, 1, 2, 2),
     (CPU, {}, 0, 1, 8),  # units of 8 images: the loss falls mid-unit
-], ids=["cpu-second-between-commits", "gpu-second-between-commits", "cpu-first-mid-unit-of-8"])
+    (CPU, {}, 0, 0, 2),  # while the actors start: nothing committed yet
+], ids=["cpu-second-between-commits", "gpu-second-between-commits", "cpu-first-mid-unit-of-8", "cpu-first-at-start"])
 def test_a_node_removed_and_not_replaced_loses_and_duplicates_nothing(cluster_factory, bucket, lake_files, tmp_path,
                                                                      nodes, extra, removed, after_commits, unit_size):
     files, _, _ = lake_files
@@ -61,6 +63,8 @@ def test_a_node_removed_and_not_replaced_loses_and_duplicates_nothing(cluster_fa
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and committed_units(output) < after_commits:
         time.sleep(0.5)
+    while not after_commits and proc.poll() is None and "cluster:" not in (tmp_path / "job.log").read_text():
+        time.sleep(0.2)  # the actors are being placed
     assert proc.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
     cluster.remove_node(workers[removed], allow_graceful=False)
     assert proc.wait(timeout=400) == 0, (tmp_path / "job.log").read_text()[-3000:]
