@@ -80,3 +80,16 @@ def writable_store(output: str):
     store = OutputStore(output)
     store.check_writable()
     return store
+
+
+def check_output_visible(store, config, nodes: int) -> None:
+    """ConfigError when OUTPUT is a local path on a cluster of several nodes (the workers write their rows
+    there: other nodes would write to their own disks) unless ``--shared-output`` says every node sees it."""
+    from diffseg.model import redact_uri
+
+    if store.local and nodes > 1 and not config.shared_output:
+        raise ConfigError(
+            f"OUTPUT {redact_uri(config.output)!r} is a local path but the cluster has {nodes} alive nodes: the "
+            f"workers write their rows to OUTPUT, and other nodes cannot see this node's disk. Use an object store "
+            f"(s3://, gs://) or pass --shared-output if the path is shared by every node (NFS)"
+        )

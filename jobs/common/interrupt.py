@@ -98,3 +98,20 @@ class StopSignals:
                 log.warning("while exiting: %s", exc)
         logging.shutdown()
         os._exit(128 + (self.signum or signal.SIGTERM))
+
+
+def finish_interrupted(run, sig, started_ray: bool) -> int:
+    """SIGTERM/SIGINT during the pipeline: commits what is whole within the grace period, records the
+    invocation as interrupted, returns 128 + the signal number."""
+    job, w = run.job, run.writer
+    if w is not None:
+        try:
+            w.flush(timeout=max(1.0, run.stop.left_s() - 5.0))
+        except Exception as exc:  # the rest is redone by the next run
+            job.log.warning("stopped committing: %s", exc)
+    run.actors_may_write = not started_ray  # our own runtime is shut down before the sweep; a cluster's is not
+    run.write_manifest("interrupted", error=f"stopped by {sig}")
+    items, units = (w.counts["items"], len(w.committed_units)) if w is not None else (0, 0)
+    print(f"diffseg: interrupted by {sig} after {items} {job.words.items} were committed ({units} units); rerun "
+          f"the same command to finish the rest")
+    return sig.exit_code

@@ -12,6 +12,7 @@ uncommitted file. So a lost node costs at most the units in flight, never an ima
 from __future__ import annotations
 
 PIPELINE_RESTARTS = 3
+NODE_SETTLE_S = 90.0  # after a lost worker, how long to wait for Ray to count its node dead
 
 
 class PipelineStalled(RuntimeError):
@@ -114,3 +115,43 @@ class StallAlarm:
         import signal
 
         os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def restart_pipeline(run, reason: str) -> list:
+    """After a pipeline lost a worker: commits what is whole, abandons the units in flight and returns the
+    units to run again, with the actor pool re-sized from the alive nodes once the dead pipeline's actors
+    are gone (jobs.common.restarts)."""
+    import dataclasses
+
+    from jobs.common.config import resolve_resources
+
+    wait_actors_gone("MapWorker")
+    run.writer.flush()
+    run.writer.abandon_in_flight()
+    units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
+    nodes = settled_nodes(run.nodes_at_start)
+    run.resources = dataclasses.replace(resolve_resources(run.config, nodes), counter=run.resources.counter)
+    run.pipeline_restarts += 1
+    run.nodes_at_start = len(nodes)
+    res = run.resources
+    run.job.log.warning("the pipeline lost a worker (%s): starting it again with the %d unit(s) not committed on "
+                        "%d alive node(s) -> %d actor(s) x (%g CPU, %g GPU)", reason, len(units),
+                        len(nodes), res.actors, res.cpus_per_actor, res.gpus_per_actor)
+    return units
+
+
+def settled_nodes(before: int, wait_s: float = NODE_SETTLE_S, poll_s: float = 2.0) -> list:
+    """The alive nodes once Ray has noticed a lost one: Ray marks a node dead only after missed health
+    checks (tens of seconds), and a pool sized while it still counts a lost node would wait for an actor
+    it can never place. Waits up to `wait_s` for fewer than `before` alive nodes (a crash on a node that
+    is still there changes nothing: the view is taken as it is after the wait)."""
+    import time
+
+    from jobs.common.ray_env import alive_nodes
+
+    deadline = time.monotonic() + wait_s
+    nodes = alive_nodes()
+    while len(nodes) >= before and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        nodes = alive_nodes()
+    return nodes

@@ -34,7 +34,6 @@ from diffseg.lake.units import Unit, check_run_id
 from jobs.common.config import ConfigError, Resources, resolve_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
-NODE_SETTLE_S = 90.0  # after a lost worker, how long to wait for Ray to count its node dead
 
 
 @dataclass(frozen=True)
@@ -221,6 +220,7 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
     from diffseg.lake.manifest import record_run_identity
     from diffseg.lake.sweep import sweep, sweep_other_runs
     from diffseg.model import redact_uri
+    from jobs.common.bookkeeping import end_invocation, release_retried
 
     store, run_id = checked.store, config.run_id
     commit_log = CommitLog(store, run_id, new_invocation_id())
@@ -258,56 +258,24 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
     run.before_commit = before_commit
     if not planned.units:
         return _nothing_to_do(run, redact_uri(config.output))
-    _release_retried(run)
+    release_retried(run)
     run.write_manifest("running")
     try:
         return _run_on_ray(run)
     finally:
-        _end_invocation(run)
-
-
-def _release_retried(run: _Invocation) -> None:
-    """Hands the error rows of planned keys back (a fenced ``retry`` entry; diffseg.lake.retry)."""
-    import pyarrow as pa
-
-    from diffseg.lake.retry import release_errors
-
-    keys = pa.array([k for unit in run.planned.units for k in unit.uris], pa.string())
-    released = release_errors(run.checked.store, run.commit_log, run.done_set, keys, run.job.tables)
-    run.planned.counts["errors_retried"] = released
-    if released:
-        run.job.log.info("retrying %d error row(s) of earlier invocations", released)
-
-
-def _end_invocation(run: _Invocation) -> None:
-    """After the pipeline: sweeps this invocation's uncommitted files and writes the done index (a failure
-    only costs re-reads: the log stays the truth)."""
-    from diffseg.lake.done_index import load_state, write_index
-    from diffseg.lake.log import LogFencedError
-    from diffseg.lake.sweep import sweep
-
-    store, log = run.checked.store, run.job.log
-    try:
-        if run.writer is not None:
-            run.writer.finish()
-        done = load_state(store, run.config.run_id)
-        if not run.actors_may_write:  # else the next invocation sweeps this one, once its actors are gone
-            sweep(store, run.commit_log, done, [run.commit_log.invocation], run.job.tables.schemas)
-        write_index(store, run.commit_log, load_state(store, run.config.run_id))
-    except LogFencedError as exc:
-        log.error("%s", exc)
-    except Exception as exc:
-        log.warning("could not finish the bookkeeping of run %r (%s); the next run does it", run.config.run_id, exc)
+        end_invocation(run)
 
 
 def _nothing_to_do(run: _Invocation, output: str) -> int:
     """A rerun of a finished run: reports the run's recorded outcome (exit 3 when its error fraction is over
     --max-error-fraction, as its last invocation exited)."""
+    from jobs.common.bookkeeping import end_invocation
+
     config, planned = run.config, run.planned
     items, errors = run.done_set.error_fraction()
     fraction, too_many = _error_fraction(items, errors, config.max_error_fraction)
     planned.counts.update(run_items=items, run_errors=errors)
-    _end_invocation(run)
+    end_invocation(run)
     run.write_manifest("nothing to do")
     print(f"diffseg: nothing to do: all {planned.everything} are already committed in run {config.run_id!r} of "
           f"{output} (no model work); the run has {errors} errors in {items} {run.job.words.items} = {fraction:.1%}"
@@ -327,10 +295,17 @@ def _run_on_ray(run: _Invocation) -> int:
 
     from diffseg.lake.commit import WriteTarget
     from diffseg.lake.writer import UnitCommitter
-    from jobs.common.interrupt import Interrupted
+    from jobs.common.checks import check_output_visible
+    from jobs.common.interrupt import Interrupted, finish_interrupted
     from jobs.common.progress import CounterPoller, Progress
     from jobs.common.ray_env import PlacementWatchdog, alive_nodes, batch_counter, commit_stream, init_ray
-    from jobs.common.restarts import PIPELINE_RESTARTS, StallAlarm, describe_lost, lost_worker
+    from jobs.common.restarts import (
+        PIPELINE_RESTARTS,
+        StallAlarm,
+        describe_lost,
+        lost_worker,
+        restart_pipeline,
+    )
 
     job, config, log = run.job, run.config, run.job.log
     started_ray = not ray.is_initialized()
@@ -381,14 +356,14 @@ def _run_on_ray(run: _Invocation) -> int:
                 # out of the except block: the exception's frames (which hold the dead pipeline's iterator)
                 # are gone, so the pipeline shuts down and frees its actors' CPUs and GPUs
                 dataset = None
-                units = _restart_pipeline(run, reason)
+                units = restart_pipeline(run, reason)
         finally:
             progress.close()
         run.writer.flush()
         if run.writer.incomplete:
             raise RuntimeError(f"{len(run.writer.incomplete)} unit(s) did not receive all their rows")
     except Interrupted as sig:
-        return _interrupted(run, sig, started_ray)
+        return finish_interrupted(run, sig, started_ray)
     except Exception as exc:
         from diffseg.redact import describe_error
 
@@ -404,72 +379,6 @@ def _run_on_ray(run: _Invocation) -> int:
         if started_ray and ray.is_initialized():
             ray.shutdown()
     return _finish(run)
-
-
-def _restart_pipeline(run: _Invocation, reason: str) -> list[Unit]:
-    """After a pipeline lost a worker: commits what is whole, abandons the units in flight and returns the
-    units to run again, with the actor pool re-sized from the alive nodes once the dead pipeline's actors
-    are gone (jobs.common.restarts)."""
-    from jobs.common.restarts import wait_actors_gone
-
-    wait_actors_gone("MapWorker")
-    run.writer.flush()
-    run.writer.abandon_in_flight()
-    units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
-    nodes = _settled_nodes(run.nodes_at_start)
-    run.resources = dataclasses.replace(resolve_resources(run.config, nodes), counter=run.resources.counter)
-    run.pipeline_restarts += 1
-    run.nodes_at_start = len(nodes)
-    res = run.resources
-    run.job.log.warning("the pipeline lost a worker (%s): starting it again with the %d unit(s) not committed on "
-                        "%d alive node(s) -> %d actor(s) x (%g CPU, %g GPU)", reason, len(units),
-                        len(nodes), res.actors, res.cpus_per_actor, res.gpus_per_actor)
-    return units
-
-
-def _settled_nodes(before: int, wait_s: float = NODE_SETTLE_S, poll_s: float = 2.0) -> list:
-    """The alive nodes once Ray has noticed a lost one: Ray marks a node dead only after missed health
-    checks (tens of seconds), and a pool sized while it still counts a lost node would wait for an actor
-    it can never place. Waits up to `wait_s` for fewer than `before` alive nodes (a crash on a node that
-    is still there changes nothing: the view is taken as it is after the wait)."""
-    from jobs.common.ray_env import alive_nodes
-
-    deadline = time.monotonic() + wait_s
-    nodes = alive_nodes()
-    while len(nodes) >= before and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        nodes = alive_nodes()
-    return nodes
-
-
-def _interrupted(run: _Invocation, sig, started_ray: bool) -> int:
-    """SIGTERM/SIGINT during the pipeline: commits what is whole within the grace period, records the
-    invocation as interrupted, returns 128 + the signal number."""
-    job, w = run.job, run.writer
-    if w is not None:
-        try:
-            w.flush(timeout=max(1.0, run.stop.left_s() - 5.0))
-        except Exception as exc:  # the rest is redone by the next run
-            job.log.warning("stopped committing: %s", exc)
-    run.actors_may_write = not started_ray  # our own runtime is shut down before the sweep; a cluster's is not
-    run.write_manifest("interrupted", error=f"stopped by {sig}")
-    items, units = (w.counts["items"], len(w.committed_units)) if w is not None else (0, 0)
-    print(f"diffseg: interrupted by {sig} after {items} {job.words.items} were committed ({units} units); rerun "
-          f"the same command to finish the rest")
-    return sig.exit_code
-
-
-def check_output_visible(store, config, nodes: int) -> None:
-    """ConfigError when OUTPUT is a local path on a cluster of several nodes (the workers write their rows
-    there: other nodes would write to their own disks) unless ``--shared-output`` says every node sees it."""
-    from diffseg.model import redact_uri
-
-    if store.local and nodes > 1 and not config.shared_output:
-        raise ConfigError(
-            f"OUTPUT {redact_uri(config.output)!r} is a local path but the cluster has {nodes} alive nodes: the "
-            f"workers write their rows to OUTPUT, and other nodes cannot see this node's disk. Use an object store "
-            f"(s3://, gs://) or pass --shared-output if the path is shared by every node (NFS)"
-        )
 
 
 def _finish(run: _Invocation) -> int:

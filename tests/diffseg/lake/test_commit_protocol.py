@@ -338,8 +338,9 @@ def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invoca
 
     from diffseg.lake.lease import lease_path
     from diffseg.lake.manifest import MANIFEST, run_manifest_path
+    from jobs.common.bookkeeping import end_invocation as _end_invocation
     from jobs.common.config import JobConfig
-    from jobs.common.runner import _end_invocation, _Invocation
+    from jobs.common.runner import _Invocation
     from jobs.segment.run import SegmentJob
 
     uris = put_files(str(tmp_path / "in"), {f"{i:02d}.jpg": b"x" for i in range(6)})

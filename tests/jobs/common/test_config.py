@@ -72,7 +72,7 @@ def test_gpu_cluster_gets_one_actor_per_gpu_spread_over_nodes():
 
 
 def test_local_output_is_refused_on_several_nodes_unless_shared(tmp_path):
-    from jobs.common.runner import check_output_visible
+    from jobs.common.checks import check_output_visible
 
     store = OutputStore(str(tmp_path))
     check_output_visible(store, JobConfig(**BASE), 1)

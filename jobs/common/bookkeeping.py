@@ -1,0 +1,39 @@
+"""An invocation's bookkeeping around its pipeline (the runner calls these): handing retried error rows
+back before it, sweeping its own leftovers and writing the done index after it (jobs.common.runner's
+_Invocation is the `run` they take)."""
+
+from __future__ import annotations
+
+
+def release_retried(run) -> None:
+    """Hands the error rows of planned keys back (a fenced ``retry`` entry; diffseg.lake.retry)."""
+    import pyarrow as pa
+
+    from diffseg.lake.retry import release_errors
+
+    keys = pa.array([k for unit in run.planned.units for k in unit.uris], pa.string())
+    released = release_errors(run.checked.store, run.commit_log, run.done_set, keys, run.job.tables)
+    run.planned.counts["errors_retried"] = released
+    if released:
+        run.job.log.info("retrying %d error row(s) of earlier invocations", released)
+
+
+def end_invocation(run) -> None:
+    """After the pipeline: sweeps this invocation's uncommitted files and writes the done index (a failure
+    only costs re-reads: the log stays the truth)."""
+    from diffseg.lake.done_index import load_state, write_index
+    from diffseg.lake.log import LogFencedError
+    from diffseg.lake.sweep import sweep
+
+    store, log = run.checked.store, run.job.log
+    try:
+        if run.writer is not None:
+            run.writer.finish()
+        done = load_state(store, run.config.run_id)
+        if not run.actors_may_write:  # else the next invocation sweeps this one, once its actors are gone
+            sweep(store, run.commit_log, done, [run.commit_log.invocation], run.job.tables.schemas)
+        write_index(store, run.commit_log, load_state(store, run.config.run_id))
+    except LogFencedError as exc:
+        log.error("%s", exc)
+    except Exception as exc:
+        log.warning("could not finish the bookkeeping of run %r (%s); the next run does it", run.config.run_id, exc)
