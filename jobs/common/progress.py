@@ -168,10 +168,11 @@ class BatchCounter:
 class CounterPoller:
     """A driver thread feeding a :class:`Progress` from a BatchCounter actor every `every_s` seconds."""
 
-    def __init__(self, counter, progress: Progress, every_s: float = 1.0):
+    def __init__(self, counter, progress: Progress, every_s: float = 1.0, take=None):
         import threading
 
         self.counter, self.progress, self.every_s = counter, progress, every_s
+        self._take_counts = take or self._take_remote  # () -> (items, errors): the actor's, or injected
         self.taken = 0  # items taken so far (what a stall watchdog watches; not clamped to the total)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="progress-poller", daemon=True)
@@ -189,11 +190,14 @@ class CounterPoller:
         while not self._stop.wait(self.every_s):
             self._take()
 
-    def _take(self) -> None:
+    def _take_remote(self) -> tuple[int, int]:
         import ray
 
+        return ray.get(self.counter.take.remote(), timeout=5)
+
+    def _take(self) -> None:
         try:
-            items, errors = ray.get(self.counter.take.remote(), timeout=5)
+            items, errors = self._take_counts()
         except Exception:  # a late or lost count only delays a progress line
             return
         if items:
