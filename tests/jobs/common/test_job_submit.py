@@ -37,12 +37,21 @@ def ray_head(tmp_path):
     marker = os.path.basename(temp_dir)
     env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                DIFFSEG_TEST_PROCESS_TREE=marker)  # inherited by every process of this head: how we stop them
-    dashboard = free_port()
-    ports = ["--port", str(free_port()), "--dashboard-port", str(dashboard),
-             "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-             "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port()),
-             "--runtime-env-agent-port", str(free_port()), "--node-manager-port", str(free_port()),
-             "--object-manager-port", str(free_port()), "--min-worker-port", "23000", "--max-worker-port", "23999"]
+    drawn: set[int] = set()
+
+    def port() -> int:  # distinct free ports, outside the workers' range (the OS may hand one out twice)
+        while True:
+            p = free_port()
+            if p not in drawn and not 23000 <= p <= 23999:
+                drawn.add(p)
+                return p
+
+    dashboard = port()
+    ports = ["--port", str(port()), "--dashboard-port", str(dashboard),
+             "--ray-client-server-port", str(port()), "--dashboard-agent-listen-port", str(port()),
+             "--dashboard-agent-grpc-port", str(port()), "--metrics-export-port", str(port()),
+             "--runtime-env-agent-port", str(port()), "--node-manager-port", str(port()),
+             "--object-manager-port", str(port()), "--min-worker-port", "23000", "--max-worker-port", "23999"]
     start = subprocess.run(
         [f"{bin_dir}/ray", "start", "--head", "--temp-dir", temp_dir, "--num-cpus", "2",
          "--object-store-memory", str(200 * 1024 * 1024), "--include-dashboard", "true",
