@@ -22,7 +22,7 @@ import torch
 from diffseg import methods as method_registry
 from diffseg.capture import capture
 from diffseg.model import Pipeline
-from diffseg.segmenter import scores_to_label_map
+from diffseg.segmentation import scores_to_label_map
 from diffseg.vocabulary import Vocabulary, empty_prompt_ids, encode_text
 
 

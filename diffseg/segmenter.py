@@ -10,101 +10,21 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffseg import methods as method_registry
 from diffseg.capture import CapturedMaps, Needs, SelfAttention, capture
 from diffseg.codecs.images import resize_square, to_rgb_array
-from diffseg.codecs.upscale import upscale_labels
 from diffseg.model import Pipeline
+from diffseg.recipes import RECIPES, SHARED_RECIPE, SegmenterConfig, resolve_recipe, vocab_with_template  # noqa: F401 (re-exported)
+from diffseg.segmentation import Segmentation, scores_to_label_map, scores_to_labels  # noqa: F401 (re-exported)
 from diffseg.vocabulary import (
-    DEFAULT_CLASS_TEMPLATE,
-    DEFAULT_TEMPLATE,
-    SEPARATOR,
     Vocabulary,
-    class_token_weight,
     encode_context,
 )
-
-# Each paper's own recipe when its method runs alone (METHODS.md); several methods share DiffSegmenter's.
-# template: the joint prompt ("{classes}"), class_template: per_class ("{class}"); class_token_weight None:
-# the context mode's default (diffseg.vocabulary.CLASS_TOKEN_WEIGHT); noise False: the U-Net sees the
-# posterior-mean latent itself. SeeDiff is a generation method: for segmenting a real image it takes
-# DiffSegmenter's one forward at t=100 (its paper averages over the generation steps) and its own prompt.
-RECIPES = {
-    "diffsegmenter": {"timesteps": (100,), "template": DEFAULT_TEMPLATE, "class_template": DEFAULT_CLASS_TEMPLATE,
-                      "separator": SEPARATOR, "class_token_weight": None, "noise": True},
-    "seediff": {"timesteps": (100,), "template": "a photo of {classes}", "class_template": "a photo of a {class}",
-                "separator": SEPARATOR, "class_token_weight": 1.0, "noise": True},
-    "maskdiffusion": {"timesteps": (0,), "template": "{classes}", "class_template": "{class}",
-                      "separator": " and ", "class_token_weight": 1.0, "noise": False},
-}
-RECIPES["maskdiffusion-unsupervised"] = RECIPES["maskdiffusion"]
-SHARED_RECIPE = "diffsegmenter"  # the recipe of several methods in one forward (DESIGN.md "Prompts")
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """Options of a Segmenter. None: the recipe's value (diffseg.recipes: each paper's own when its method
-    runs alone, DiffSegmenter's when several share the forward); a value given overrides the recipe."""
-
-    resolution: int = 512  # model input side (square; the paper ignores aspect ratio, results are resized back)
-    timesteps: tuple[int, ...] | None = None  # one U-Net forward per timestep, maps averaged
-    context: str = "joint"  # "joint": one context for the vocabulary; "per_class": the paper's protocol
-    seed: int = 0  # mixed into every image's noise seed (the key decides the rest)
-    max_label_side: int = 1024  # argmax at most this long side, then nearest-resize to the original size
-    class_token_weight: float | None = None  # Compel's up-weighting of class tokens (1.21 per_class, 1.0 joint)
-    template: str | None = None  # "{classes}" (joint) or "{class}" (per_class) is replaced by the class(es)
-    separator: str | None = None  # between classes (and aliases) in a joint prompt
-    noise: bool | None = None  # add seeded noise at t (False: the posterior-mean latent itself, MaskDiffusion)
-
-
-@dataclass
-class Segmentation:
-    """One image's result for one method.
-
-    labels: (h, w) uint8 (uint16 beyond 255 classes) at the argmax size (at most ``max_label_side`` on the
-    long side: what the job stores), 0 = background, k = the k-th vocabulary class; size: (H, W) of the
-    input (default: labels' own shape); label_map: (H, W) the labels at the input's size, the nearest
-    upscale of ``labels`` (diffseg.codecs.upscale.upscale_labels; made on first access, then kept);
-    scores: (1 + K, h, w) float32 at model resolution (channel 0 background, -inf for classes the method
-    filtered out); classes: names present in label_map; method: its name.
-    For maskdiffusion-unsupervised, label k is the k-th segment, and classes/class_ids name the segments
-    present (the vocabulary class each overlaps most by cross-attention, or "segment k").
-    """
-
-    labels: np.ndarray
-    scores: np.ndarray
-    classes: list[str]
-    method: str
-    class_ids: list[int] = field(default_factory=list)
-    size: tuple[int, int] | None = None
-
-    def __post_init__(self):
-        if self.size is None:
-            self.size = tuple(int(n) for n in np.shape(self.labels))
-        else:
-            self.size = (int(self.size[0]), int(self.size[1]))
-
-    @cached_property
-    def label_map(self) -> np.ndarray:
-        """(H, W) at the input's size: ``labels`` itself when it is that size, else its nearest upscale."""
-        return upscale_labels(self.labels, *self.size)
-
-    def label_names(self, vocab_names: list[str]) -> list[str]:
-        """Names of label ids 1..K: the vocabulary, overridden by what this result says it found
-        (methods without a vocabulary, such as unsupervised clustering, name their own segments)."""
-        names = list(vocab_names)
-        for cid, name in zip(self.class_ids or [], self.classes):
-            if cid > len(names):
-                names += [f"segment {j}" for j in range(len(names) + 1, cid + 1)]
-            names[cid - 1] = name
-        return names
 
 
 class Segmenter:
@@ -303,81 +223,9 @@ class Segmenter:
         )
 
 
-def resolve_recipe(methods: Sequence[str], config: SegmenterConfig, vocab: Vocabulary) -> dict:
-    """The recipe a Segmenter runs: {"name", "timesteps", "template", "separator", "context",
-    "class_token_weight", "noise"} (plain values, for a manifest).
-
-    The paper's own recipe (:data:`RECIPES`) when one method runs alone (a user-registered method:
-    DiffSegmenter's), the shared one (DiffSegmenter's) for several; each option set in `config` (not
-    None) overrides its entry, and a `vocab` whose template is not the default keeps its template.
-    Explicit timesteps without an explicit `noise` add noise (``noise`` False only means t's own latent).
-    """
-    name = methods[0] if len(methods) == 1 and methods[0] in RECIPES else SHARED_RECIPE
-    base = RECIPES[name]
-    mode = config.context
-    key, default = ("template", DEFAULT_TEMPLATE) if mode == "joint" else ("class_template", DEFAULT_CLASS_TEMPLATE)
-    template = config.template or (getattr(vocab, key) if getattr(vocab, key) != default else base[key])
-    noise = config.noise if config.noise is not None else (base["noise"] or config.timesteps is not None)
-    separator = config.separator if config.separator is not None else base["separator"]
-    return {
-        "name": name if len(methods) == 1 else f"shared ({SHARED_RECIPE})",
-        "timesteps": [int(t) for t in (config.timesteps if config.timesteps is not None else base["timesteps"])],
-        "template": template,
-        "separator": separator,
-        "context": mode,
-        "class_token_weight": class_token_weight(
-            mode, config.class_token_weight if config.class_token_weight is not None else base["class_token_weight"]
-        ),
-        "noise": bool(noise),
-    }
-
-
-def vocab_with_template(vocab: Vocabulary, recipe: dict) -> Vocabulary:
-    """`vocab` with the recipe's template for its context mode (the same object when it already has it)."""
-    key = "template" if recipe["context"] == "joint" else "class_template"
-    if getattr(vocab, key) == recipe["template"]:
-        return vocab
-    return Vocabulary(vocab.names, vocab.aliases, **{
-        "template": vocab.template, "class_template": vocab.class_template, key: recipe["template"]})
-
-
 def _default_keys(arrays: list[np.ndarray]) -> list[str]:
     """The keys of images given without keys: the SHA-256 of each image's RGB pixels."""
     return [hashlib.sha256(a.tobytes()).hexdigest() for a in arrays]
-
-
-def scores_to_labels(
-    scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8
-) -> tuple[np.ndarray, np.ndarray]:
-    """(1 + K, h, w) scores -> the argmax-size label map of `dtype` and its label counts.
-
-    The argmax is taken on scores upsampled (bilinear) to at most `max_side` on the long side of `size`
-    = (H, W) (the size itself when it is smaller): (ah, aw) = round((H, W) * min(1, max_side / max(H, W))).
-    -inf scores (filtered classes) never win. Returns (labels (ah, aw) of `dtype`, counts (1 + K,) int64
-    of each label in it, counted where the argmax ran). ah <= H and aw <= W, so every cell survives the
-    nearest upscale to (H, W) (:func:`scores_to_label_map`).
-    """
-    h, w = int(size[0]), int(size[1])
-    f = min(1.0, max_side / max(h, w))
-    ah, aw = max(1, round(h * f)), max(1, round(w * f))
-    finite = torch.nan_to_num(scores.float(), neginf=-1e9, posinf=1e9)
-    up = F.interpolate(finite[None], size=(ah, aw), mode="bilinear", align_corners=False)[0]
-    labels = up.argmax(0)
-    small = labels.to(torch.uint8) if np.dtype(dtype) == np.uint8 else labels.to(torch.int32)  # before the copy
-    counts = torch.bincount(small.flatten(), minlength=scores.shape[0]).cpu().numpy()
-    return small.cpu().numpy().astype(dtype, copy=False), counts
-
-
-def scores_to_label_map(scores: torch.Tensor, size: tuple[int, int], max_side: int, dtype=np.uint8) -> np.ndarray:
-    """(1 + K, h, w) scores -> (H, W) label map of `dtype` at `size` = (H, W).
-
-    The argmax is taken on scores upsampled (bilinear) to at most `max_side` on the long side
-    (:func:`scores_to_labels`), then the labels are resized (nearest,
-    diffseg.codecs.upscale.upscale_labels: torch's ``mode="nearest"``) to the full size, so memory never
-    scales with K x original pixels. -inf scores (filtered classes) never win.
-    """
-    labels, _ = scores_to_labels(scores, size, max_side, dtype)
-    return upscale_labels(labels, int(size[0]), int(size[1]))
 
 
 def seeded_noise(key: str, seed: int, shape) -> torch.Tensor:

@@ -59,7 +59,7 @@ def label_flips(seg, maps, spans, size, method: str, dtype) -> dict:
     import numpy as np
     import torch
 
-    from diffseg.segmenter import scores_to_label_map
+    from diffseg.segmentation import scores_to_label_map
 
     def labels(propagation_dtype):
         chosen = dataclasses.replace(maps, self_attn={r: sa.in_dtype(propagation_dtype)

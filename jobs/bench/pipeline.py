@@ -118,7 +118,7 @@ class StandInUDF(SegmentUDF):
     def result(self, size: tuple[int, int], method: str):
         import torch
 
-        from diffseg.segmenter import Segmentation, scores_to_labels
+        from diffseg.segmentation import Segmentation, scores_to_labels
 
         key = (size, method)
         if key not in self.cache:

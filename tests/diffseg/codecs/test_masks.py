@@ -106,7 +106,7 @@ def test_scores_png_channel_count_comes_from_the_png():
 
 def test_a_segmentation_encodes_to_the_masks_row_and_stats_rows_the_tables_store():
     from diffseg.codecs.masks import encode_segmentation
-    from diffseg.segmenter import Segmentation
+    from diffseg.segmentation import Segmentation
 
     labels = np.zeros((6, 8), np.uint8)
     labels[:3, :4], labels[3:, 4:] = 1, 3
@@ -141,7 +141,7 @@ def test_label_map_decodes_at_the_photos_size_as_the_segmenter_resized_it():
     import torch
     import torch.nn.functional as F
 
-    from diffseg.segmenter import scores_to_labels
+    from diffseg.segmentation import scores_to_labels
 
     rng = np.random.default_rng(4)
     for height, width in [(1382, 2048), (1001, 1537), (300, 2000), (700, 500)]:
@@ -160,7 +160,7 @@ def test_label_map_decodes_at_the_photos_size_as_the_segmenter_resized_it():
 def test_the_job_stores_the_argmax_size_map_and_stats_at_the_photos_size():
     from diffseg.codecs.masks import encode_segmentation
     from diffseg.codecs.stats import compute_class_stats
-    from diffseg.segmenter import Segmentation
+    from diffseg.segmentation import Segmentation
 
     small = np.random.default_rng(5).integers(0, 4, (10, 15)).astype(np.uint8)
     scores = np.random.default_rng(6).random((4, 3, 4), dtype=np.float32)

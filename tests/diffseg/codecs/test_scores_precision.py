@@ -6,7 +6,7 @@ import torch
 
 from diffseg import Segmenter
 from diffseg.codecs.masks import decode_scores_png, encode_scores_png
-from diffseg.segmenter import scores_to_label_map
+from diffseg.segmentation import scores_to_label_map
 
 VOCAB = ["cat", "potted plant", "tv monitor", "sofa"]
 METHODS = ["diffsegmenter", "seediff", "maskdiffusion", "maskdiffusion-unsupervised"]

@@ -6,7 +6,7 @@ import pytest
 from diffseg import Segmenter
 from diffseg.methods.seediff import SeeDiffParams
 from diffseg.methods.unsupervised import UnsupervisedParams
-from diffseg.segmenter import RECIPES, SHARED_RECIPE
+from diffseg.recipes import RECIPES, SHARED_RECIPE
 
 VOCAB = ["cat", "potted plant", "tv monitor"]
 COMPARED = ["diffsegmenter", "seediff", "maskdiffusion"]

@@ -34,7 +34,7 @@ def test_the_slow_store_waits_before_every_request(tmp_path):
 def test_stand_in_scores_give_five_to_ten_classes_and_sizing_adds_the_actor():
     import torch
 
-    from diffseg.segmenter import scores_to_labels
+    from diffseg.segmentation import scores_to_labels
 
     scores = blob_scores((1382, 2048), seed=3)
     assert scores.shape == (1 + CLASSES, 64, 64) and scores.dtype == np.float32

@@ -8,7 +8,7 @@ from jobtest_utils import run_main
 
 import diffseg.inputs
 from diffseg import Vocabulary
-from diffseg.segmenter import SegmenterConfig, resolve_recipe
+from diffseg.recipes import SegmenterConfig, resolve_recipe
 from jobs.segment.cli import build_parser, config_from_args, main
 
 
