@@ -198,18 +198,23 @@ class DoneSet:
     def exclude(self, keys, retry_errors: bool = False):
         """`keys` (in order) minus the done ones: a list for a list, an Arrow array for an Arrow array.
         Reads the shards `keys` fall in (every shard for a large listing), a few at once."""
-        array = _string_array(keys if isinstance(keys, pa.Array | pa.ChunkedArray) else pa.array(keys, pa.string()))
+        arrow = isinstance(keys, pa.Array | pa.ChunkedArray)
+        array = keys if arrow else pa.array(keys, pa.string())
+        if array.type != pa.string():
+            array = array.cast(pa.string())
+        if not self.segments and not self.delta:  # nothing committed: no key is hashed
+            return array if arrow else list(keys)
         done = np.zeros(len(array), bool)
 
         def probe(group):
             shard, positions = group
-            best, _ = self._status(array.take(pa.array(positions)), shard)
+            best, _ = self._status(_string_array(array.take(pa.array(positions))), shard)
             return positions, done_mask(best, retry_errors)
 
         for positions, mask in map_ordered(probe, self._grouped(array)):
             done[positions] = mask
         array = array.filter(pa.array(~done)) if done.any() else array
-        return array if isinstance(keys, pa.Array | pa.ChunkedArray) else array.to_pylist()
+        return array if arrow else array.to_pylist()
 
     def held_rows(self, keys: pa.Array) -> pa.Table:
         """Live error rows (uri, unit_id, status: FINAL or RETRY) of `keys`, read shard by shard."""

@@ -308,3 +308,17 @@ def test_copies_share_the_keys_and_write_index_drops_the_delta(tmp_path):
     assert (copy.delta, copy.changes, len(copy)) == ([], 0, 60) and len(done.delta) == 1
     assert copy.exclude([uri(55), uri(70)]) == [uri(70)]
     assert KEY_SHARDS == copy.shards == 256
+
+
+def test_exclude_takes_chunked_listings_and_an_empty_run_hashes_nothing(tmp_path):
+    store = OutputStore(str(tmp_path))
+    commit_log = begun(store)
+    keys = [uri(i) for i in range(30)]
+    assert load_state(store, "r").exclude(keys) == keys  # only a begin entry: nothing committed
+    commit_fast(commit_log, [("a" * 16, keys[:10])])
+    write_index(store, commit_log, load_state(store, "r"))
+    done = load_state(store, "r")
+    listing = pa.chunked_array([keys[:15], keys[15:]])
+    todo = done.exclude(listing)
+    assert isinstance(todo, pa.ChunkedArray) and todo.to_pylist() == keys[10:]
+    assert done.exclude(pa.array(keys).dictionary_encode()).to_pylist() == keys[10:]
