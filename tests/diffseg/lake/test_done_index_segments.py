@@ -322,3 +322,17 @@ def test_exclude_takes_chunked_listings_and_an_empty_run_hashes_nothing(tmp_path
     todo = done.exclude(listing)
     assert isinstance(todo, pa.ChunkedArray) and todo.to_pylist() == keys[10:]
     assert done.exclude(pa.array(keys).dictionary_encode()).to_pylist() == keys[10:]
+
+
+def test_segments_on_object_storage(bucket):
+    """The same index on moto S3: ranged GETs for footers and shards, uploads of merged segments."""
+    store = OutputStore(f"s3://{bucket}/out")
+    commit_log = begun(store)
+    keys = [uri(i) for i in range(400)]
+    for step in range(4):
+        commit_fast(commit_log, [(f"{step:016x}", keys[step * 100: (step + 1) * 100])])
+        write_index(store, commit_log, load_state(store, "r"))
+    done = load_state(OutputStore(f"s3://{bucket}/out"), "r")
+    assert done.entries_read == 0 and len(done) == 400
+    assert done.exclude(keys + [uri(999)]) == [uri(999)]
+    assert set(store.list("_index/r")) == {f for s in done.segments for f in (s.keys, s.units)}
