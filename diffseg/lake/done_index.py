@@ -188,6 +188,11 @@ class DoneSet:
         done = done_mask(best, retry_errors)
         return keys.filter(pa.array(~done)), keys.filter(pa.array(~done & (best != NO_ROW)))
 
+    def exclude_shards(self, groups, retry_errors: bool = False):
+        """:meth:`exclude_shard` over (shard, keys) pairs, a few shards read at once (hides the store's
+        latency); yields (shard, todo, held) in the order of `groups`, holding a few shards at a time."""
+        yield from map_ordered(lambda g: (g[0], *self.exclude_shard(g[1], g[0], retry_errors)), groups)
+
     def _grouped(self, array: pa.Array):
         """(shard, positions) of `array`'s keys, shards ascending."""
         shards = key_shard(array)

@@ -214,6 +214,11 @@ def test_exclude_shard_agrees_with_exclude_and_names_the_held_keys(tmp_path):
             todo += t.to_pylist()
             held += h.to_pylist()
         assert sorted(todo) == sorted(whole)
+        groups = [(int(s), listing.filter(pa.array(shards == s))) for s in np.unique(shards)]
+        streamed = list(done.exclude_shards(groups, retry_errors=retry_errors))
+        assert [s for s, _, _ in streamed] == [s for s, _ in groups]
+        assert sorted(k for _, t, _ in streamed for k in t.to_pylist()) == sorted(whole)
+        assert sorted(k for _, _, h in streamed for k in h.to_pylist()) == sorted(held)
         expected = {k for u in range(0, 2000, 200) for k in keys[u: u + (8 if retry_errors else 5)]}
         assert set(held) == expected and len(whole) == 1000 + len(expected)
     assert done.exclude(keys[:3]) == keys[:3] and done.exclude(keys[10:12]) == []
