@@ -38,10 +38,12 @@ def hash_keys(n: int, seed: int) -> pa.Array:
     rows = np.empty((n, width), np.uint8)
     rows[:, : len(prefix)] = np.frombuffer(prefix, np.uint8)
     rows[:, len(prefix) + 32:] = np.frombuffer(suffix, np.uint8)
-    digits = np.random.default_rng(seed).integers(0, 16, (n, 32), dtype=np.uint8)
-    rows[:, len(prefix): len(prefix) + 32] = np.frombuffer(b"0123456789abcdef", np.uint8)[digits]
+    rng, hexdigits = np.random.default_rng(seed), np.frombuffer(b"0123456789abcdef", np.uint8)
+    for start in range(0, n, 1 << 20):  # in slices: no n x 32 temporary
+        digits = rng.integers(0, 16, (min(n, start + (1 << 20)) - start, 32), dtype=np.uint8)
+        rows[start: start + len(digits), len(prefix): len(prefix) + 32] = hexdigits[digits]
     offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(rows.tobytes()))
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(rows.reshape(-1)))
 
 
 def files_json(unit_id: str) -> dict:
@@ -54,17 +56,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class ArrowPeak:
-    """Peak of pyarrow.total_allocated_bytes() during a `with` block, sampled every 5 ms, in MB."""
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux /proc; the peak so far elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return peak_rss_mb()
+
+
+class Peak:
+    """Peaks during a `with` block, sampled every 5 ms: ``arrow_mb`` (pyarrow.total_allocated_bytes()) and
+    ``rss_mb`` (resident memory above what it was at the start)."""
 
     def __enter__(self):
         import threading
 
-        self.peak, self._stop = pa.total_allocated_bytes(), threading.Event()
+        self.rss0_mb = rss_mb()
+        self._arrow, self._rss, self._stop = pa.total_allocated_bytes(), self.rss0_mb, threading.Event()
 
         def sample():
             while not self._stop.wait(0.005):
-                self.peak = max(self.peak, pa.total_allocated_bytes())
+                self._arrow, self._rss = max(self._arrow, pa.total_allocated_bytes()), max(self._rss, rss_mb())
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -73,7 +86,8 @@ class ArrowPeak:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.mb = round(max(self.peak, pa.total_allocated_bytes()) / 2**20)
+        self.arrow_mb = round(max(self._arrow, pa.total_allocated_bytes()) / 2**20)
+        self.rss_mb = round(max(self._rss, rss_mb()) - self.rss0_mb)
 
 
 def _imports() -> None:
@@ -131,19 +145,19 @@ def build(folder: str, n: int, appends: int) -> dict:
 
 def load(folder: str, n: int) -> dict:
     _imports()
-    rss0, t0 = peak_rss_mb(), time.perf_counter()
-    with ArrowPeak() as arrow:
+    t0 = time.perf_counter()
+    with Peak() as peak:
         done = _state(folder)
-    return {"step": "load", "n": n, "seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb_added": round(peak_rss_mb() - rss0), "units": len(done.units), "segments": len(done.segments),
-            "arrow_held_mb": round(pa.total_allocated_bytes() / 2**20, 1), "arrow_peak_mb": arrow.mb}
+    return {"step": "load", "n": n, "seconds": round(time.perf_counter() - t0, 2), "rss_peak_mb_added": peak.rss_mb,
+            "rss_held_mb_added": round(rss_mb() - peak.rss0_mb), "units": len(done.units), "segments": len(done.segments),
+            "arrow_held_mb": round(pa.total_allocated_bytes() / 2**20, 1), "arrow_peak_mb": peak.arrow_mb}
 
 
 def probe(folder: str, n: int, delta: int, full: bool) -> dict:
     _imports()
     listing = hash_keys(n, seed=0) if full else hash_keys(delta, seed=1)
-    rss0, t0 = peak_rss_mb(), time.perf_counter()
-    with ArrowPeak() as arrow:
+    t0 = time.perf_counter()
+    with Peak() as peak:
         done = _state(folder)
         t1 = time.perf_counter()
         todo = done.exclude(listing)
@@ -152,8 +166,8 @@ def probe(folder: str, n: int, delta: int, full: bool) -> dict:
     if len(todo) != expected:
         raise SystemExit(f"probe gave {len(todo)} keys to do, expected {expected}")
     return {"step": "full" if full else "delta", "n": n, "listed": len(listing), "seconds": round(seconds, 1),
-            "exclude_seconds": round(time.perf_counter() - t1, 1), "peak_rss_mb_added": round(peak_rss_mb() - rss0),
-            "arrow_peak_mb": arrow.mb, "listing_mb": round(listing.nbytes / 2**20)}
+            "exclude_seconds": round(time.perf_counter() - t1, 1), "rss_peak_mb_added": peak.rss_mb,
+            "arrow_peak_mb": peak.arrow_mb, "listing_mb": round(listing.nbytes / 2**20)}
 
 
 def nightly(folder: str, n: int, delta: int) -> dict:
@@ -177,12 +191,12 @@ def nightly(folder: str, n: int, delta: int) -> dict:
         done.units[u] = UnitRecord.of(UNIT, 0, 0, files_json(u))
     done.dirty, done.changes, done.version = set(unit_ids), 1, commit_log.next_version - 1
     before = {s.keys for s in done.segments}
-    rss0, t0 = peak_rss_mb(), time.perf_counter()
-    with ArrowPeak() as arrow:
+    t0 = time.perf_counter()
+    with Peak() as peak:
         write_index(store, commit_log, done)
     new = [s for s in done.segments if s.keys not in before]
     return {"step": "nightly", "n": n, "delta": delta, "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb_added": round(peak_rss_mb() - rss0), "arrow_peak_mb": arrow.mb, "rows_written": sum(s.keys_rows for s in new),
+            "rss_peak_mb_added": peak.rss_mb, "arrow_peak_mb": peak.arrow_mb, "rows_written": sum(s.keys_rows for s in new),
             "bytes_written": sum(s.keys_bytes for s in new), "segments": [s.keys_rows for s in done.segments]}
 
 
