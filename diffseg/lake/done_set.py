@@ -149,6 +149,9 @@ class DoneSet:
         (hand them to diffseg.lake.retry.release_errors before processing them). Reads the shard's rows of
         each segment once (one ranged GET each) plus the delta."""
         keys = _string_array(keys)
+        if len(keys) and int(key_shard(keys.slice(0, 1))[0]) != shard:  # a cheap check of the precondition
+            raise ValueError(f"exclude_shard: key {keys[0].as_py()!r} is in shard {int(key_shard(keys.slice(0, 1))[0])}, "
+                             f"not {shard}: group keys with diffseg.lake.key_shards.key_shard")
         best, _ = self._status(keys, shard)
         done = done_mask(best, retry_errors)
         return keys.filter(pa.array(~done)), keys.filter(pa.array(~done & (best != NO_ROW)))

@@ -222,6 +222,9 @@ def test_exclude_shard_agrees_with_exclude_and_names_the_held_keys(tmp_path):
         expected = {k for u in range(0, 2000, 200) for k in keys[u: u + (8 if retry_errors else 5)]}
         assert set(held) == expected and len(whole) == 1000 + len(expected)
     assert done.exclude(keys[:3]) == keys[:3] and done.exclude(keys[10:12]) == []
+    wrong = (int(key_shard([keys[0]])[0]) + 1) % KEY_SHARDS
+    with pytest.raises(ValueError, match=f"not {wrong}: group keys with diffseg.lake.key_shards.key_shard"):
+        done.exclude_shard(pa.array(keys[:1]), wrong)
 
 
 def test_a_probe_reads_one_range_per_segment_holding_the_shard(tmp_path, monkeypatch):
