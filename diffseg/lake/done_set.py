@@ -159,6 +159,7 @@ class DoneSet:
     def exclude_shards(self, groups, retry_errors: bool = False):
         """:meth:`exclude_shard` over (shard, keys) pairs, a few shards read at once (hides the store's
         latency); yields (shard, todo, held) in the order of `groups`, holding a few shards at a time."""
+        self._delta_by_shard()  # built once here, not by each thread
         yield from map_ordered(lambda g: (g[0], *self.exclude_shard(g[1], g[0], retry_errors)), groups)
 
     def _grouped(self, array: pa.Array):
@@ -178,6 +179,7 @@ class DoneSet:
         if not self.segments and not self.delta:  # nothing committed: no key is hashed
             return array if arrow else list(keys)
         done = np.zeros(len(array), bool)
+        self._delta_by_shard()  # built once here, not by each thread
 
         def probe(group):
             shard, positions = group
@@ -194,6 +196,7 @@ class DoneSet:
         array = _string_array(keys)
         if not len(array) or not any(r.n_errors for r in self.units.values()):
             return ROWS_SCHEMA.empty_table()
+        self._delta_by_shard()  # built once here, not by each thread
 
         def probe(group):
             shard, positions = group
@@ -206,6 +209,7 @@ class DoneSet:
         """Per shard (ascending, or those of `shards`) a ROWS_SCHEMA table of its live rows: every committed
         (key, unit) pair with its status. Reads every segment's shard (the whole index over all shards:
         for tools, tests and the cheap paths' checks, not for planning a delta)."""
+        self._delta_by_shard()  # built once here, not by each thread
         yield from map_ordered(lambda s: resolve(self.shard_rows(s)), range(KEY_SHARDS) if shards is None else shards)
 
     def all_keys(self) -> pa.Table:

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ MAX_SEGMENTS = 8  # more live segments than this: the newest are merged (bounds 
 TAIL_BYTES = 256 * 1024  # first guess at a keys file's footer (256 row groups x 3 columns: ~60 KB)
 READ_THREADS = 8  # shards read and decoded at once (object stores: hides the latency of each GET)
 _SHARD_ROWS, _SHARD_ERRORS = b"diffseg.shard_rows", b"diffseg.shard_errors"
+_FLAT_LOCK = threading.Lock()  # a flat segment is read whole once, not by every thread probing it
 
 
 @dataclass(eq=False)
@@ -197,14 +199,19 @@ def shard_parts(store: OutputStore, segments: list[Segment], shard: int) -> list
 
 
 def _flat_shard(store: OutputStore, seg: Segment, shard: int) -> pa.Table:
-    if seg._split is None:
-        table = plain_rows(pq.read_table(pa.BufferReader(store.get(seg.keys))))
-        shards = key_shard(table.column("uri"))
-        order = np.argsort(shards, kind="stable")
-        bounds = np.searchsorted(shards[order], np.arange(KEY_SHARDS + 1))
-        table = table.take(pa.array(order))
-        seg._split = {s: table.slice(bounds[s], bounds[s + 1] - bounds[s]) for s in range(KEY_SHARDS)}
+    with _FLAT_LOCK:
+        if seg._split is None:
+            _split_flat(store, seg)
     return seg._split[shard]
+
+
+def _split_flat(store: OutputStore, seg: Segment) -> None:
+    table = plain_rows(pq.read_table(pa.BufferReader(store.get(seg.keys))))
+    shards = key_shard(table.column("uri"))
+    order = np.argsort(shards, kind="stable")
+    bounds = np.searchsorted(shards[order], np.arange(KEY_SHARDS + 1))
+    table = table.take(pa.array(order))
+    seg._split = {s: table.slice(bounds[s], bounds[s + 1] - bounds[s]) for s in range(KEY_SHARDS)}
 
 
 def flat_segment(keys: str, units: str, keys_rows: int, units_rows: int, covers: int) -> Segment:
