@@ -25,12 +25,15 @@ log = logging.getLogger("diffseg.lake.retry")
 def release_errors(store: OutputStore, commit_log, done, keys: pa.Array, tables) -> int:
     """Releases the error rows of `keys` (keys of `done` with an error status that this invocation will
     process again): rewrites their units' errors files without them and appends one ``retry`` entry.
-    Returns how many keys were released. `tables`: the job's diffseg.lake.schemas.TableSet."""
-    from diffseg.lake.done_index import OK, replay
+    Returns how many keys were released. `tables`: the job's diffseg.lake.schemas.TableSet.
+
+    Finds the error rows through the done index, shard by shard (diffseg.lake.done_index.DoneSet.held_rows):
+    pass the planner's `held` keys (DoneSet.exclude_shard), not every key it plans, to read few shards; a run
+    without error rows reads none."""
+    from diffseg.lake.done_index import replay
     from diffseg.lake.units import read_file
 
-    held = done.uris.filter(pc.and_(pc.is_in(done.uris.column("uri"), value_set=keys),
-                                    pc.not_equal(done.uris.column("status"), OK)))
+    held = done.held_rows(keys)  # read shard by shard: only the shards `keys` fall in
     if not held.num_rows:
         return 0
     by_unit: dict[str, list[str]] = {}

@@ -686,7 +686,7 @@ def test_two_index_writers_never_pair_one_writers_keys_with_the_others_units(tmp
     store = OutputStore(output)
     state, truth = load_state(store, RUN), full_replay(store)
     assert state.units == truth.units
-    assert sorted(state.uris.column("uri").to_pylist()) == sorted(truth.uris.column("uri").to_pylist()) == uris
+    assert sorted(state.all_keys().column("uri").to_pylist()) == sorted(truth.all_keys().column("uri").to_pylist()) == uris
     assert state.duplicates() == 0
     assert committed_outcome(output) == exactly_once(uris)
     newest = max(e["version"] for e in _entries(store) if e["kind"] == "index")

@@ -73,7 +73,7 @@ def test_error_keys_carry_their_status_and_only_retryable_ones_are_planned_again
          "retryable": True, "run_id": "r"}], schema=ERRORS_SCHEMA)
     write_unit(store, "r", unit, {**empty_tables(), "errors": errors})
     done = load_state(store, "r")
-    status = dict(zip(done.uris["uri"].to_pylist(), done.uris["status"].to_pylist()))
+    status = dict(zip(*(done.all_keys()[c].to_pylist() for c in ("uri", "status"))))
     assert status == {"s3://lake/a.jpg": FINAL, "s3://lake/b.jpg": RETRY, "s3://lake/c.jpg": OK}
     listing = list(unit.uris) + ["s3://lake/d.jpg"]
     assert done.exclude(listing) == ["s3://lake/b.jpg", "s3://lake/d.jpg"]

@@ -38,7 +38,7 @@ def test_v02_markers_are_imported_once_and_their_debris_removed(tmp_path):
     assert import_markers(store, commit_log, SEGMENT_TABLES) == 2
     done = load_state(store, "default")
     assert sorted(done.units) == sorted(u.unit_id for u in units)
-    status = dict(zip(done.uris["uri"].to_pylist(), done.uris["status"].to_pylist()))
+    status = dict(zip(*(done.all_keys()[c].to_pylist() for c in ("uri", "status"))))
     assert status["s3://lake/0.jpg"] == 1 and status["s3://lake/1.jpg"] == 0  # tables_for: first URI is an error
     assert not store.exists(debris) and store.list("_commits") == []
     assert read_committed(str(tmp_path), "masks").num_rows == 4
