@@ -60,7 +60,12 @@ log = logging.getLogger("diffseg.inputs.listing")
 
 
 class ListingError(InputError):
-    """The prefix cannot be listed (missing bucket or folder, no permission, no filesystem)."""
+    """The prefix cannot be listed (missing bucket or folder, no permission, no filesystem); `missing`:
+    True when the bucket or folder does not exist (not a permission or network failure)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 def list_keys(uri: str, extensions: Iterable[str] | None = None, *, concurrency: int = CONCURRENCY,
@@ -148,7 +153,7 @@ def _list_local(uri: str, exts: tuple[str, ...] | None, concurrency: int):
         root, start = os.path.split(path)
         if path.endswith("/") or not os.path.isdir(root):
             raise ListingError(f"INPUT {uri!r}: no such folder {path.rstrip('/')!r}. Check the path (a partial "
-                               "name such as /data/images/2024- needs its folder /data/images to exist)")
+                               "name such as /data/images/2024- needs its folder /data/images to exist)", missing=True)
     skipped = [0]
 
     def list_dir(folder: str, first: bool = False):
@@ -169,9 +174,11 @@ def _list_local(uri: str, exts: tuple[str, ...] | None, concurrency: int):
             except OSError:
                 skipped[0] += 1
                 continue
+            if not _keep(entry.name, exts):
+                continue
             if not entry.is_file():
                 skipped[0] += 1
-            elif _keep(entry.name, exts):
+            else:
                 names.append(escape_name(entry.path))
                 sizes.append(st.st_size)
         return (names, sizes), folders
@@ -193,7 +200,7 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
     except (ImportError, ValueError) as exc:
         raise ListingError(f"INPUT {uri!r}: no filesystem for it ({exc}); install the fsspec package of that "
                            "scheme") from exc
-    base = uri.split("://", 1)[0] + "://"
+    base = ""  # names are whole URIs: the filesystem's own spelling of its protocol (gcs:// lists as gs://)
 
     def list_dir(folder: str, start: str = ""):
         try:
@@ -211,7 +218,7 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
             if info.get("type") == "directory":
                 folders.append(name)
             elif info.get("type") == "file" and _keep(name, exts):
-                names.append(fs.unstrip_protocol(name)[len(base):])
+                names.append(fs.unstrip_protocol(name))
                 sizes.append(int(info.get("size") or 0))
         return (names, sizes), folders
 
@@ -231,4 +238,4 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
         from diffseg.redact import redact_text
 
         raise ListingError(f"INPUT {redact_text(uri)!r}: no such folder or prefix ({redact_text(exc, [uri])}); "
-                           "check the path") from exc
+                           "check the path", missing=True) from exc

@@ -306,7 +306,7 @@ class S3Walk:
         if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
             return ListingError(
                 f"INPUT {uri!r}: bucket {self.bucket!r} does not exist{where}. Check the bucket name, or "
-                "point AWS_ENDPOINT_URL (or storage_options endpoint_url) at the store that holds it")
+                "point AWS_ENDPOINT_URL (or storage_options endpoint_url) at the store that holds it", missing=True)
         if isinstance(exc, PermissionError) or "AccessDenied" in text:
             return ListingError(
                 f"INPUT {uri!r}: listing is not allowed{where} ({text}). Give these credentials "
