@@ -170,14 +170,11 @@ def _auto_below(spec: str, fs, path: str, options: InputOptions) -> Listing:
     except Exception:
         return _list(spec, "files", options, None, "auto")  # files says why (missing, unreadable)
     counts = count_kinds(look)
-    if not complete and counts[1] == counts[2] == 0 and counts[0]:  # only images in a big lake: loose files
-        return _list(spec, "files", options, None, f"auto: image files ({counts[0]:,} in the first {PEEK_KEYS:,} "
-                     "keys listed)")
-    if not complete:  # shards or tables in view, or nothing yet: every key is counted (no key is held)
+    if not complete and not any(counts[:3]):  # nothing recognisable in view: every key is counted (none held)
         from diffseg.inputs.listing import list_keys
 
-        counts = count_kinds(b.column("uri") for b in list_keys(uri))
-    form, what = _decide(spec, counts)
+        counts, complete = count_kinds(b.column("uri") for b in list_keys(uri)), True
+    form, what = _decide(spec, counts, "" if complete else f" in the first {PEEK_KEYS:,} keys listed")
     return _list(spec, form, options, None, what, look=(look, complete) if form == "files" else None)
 
 
@@ -189,12 +186,18 @@ def look_at(uri: str, keys: int | None = None) -> tuple[list, bool]:
 
     keys = PEEK_KEYS if keys is None else keys
     batches = list_keys(uri, concurrency=1, batch_rows=keys)
+    look, seen, complete = [], 0, False
     try:
-        first = next(batches, None)
+        for batch in batches:
+            look.append(batch.column("uri"))
+            seen += batch.num_rows
+            if seen >= keys:
+                break
+        else:
+            complete = True
     finally:
         batches.close()
-    look = [] if first is None else [first.column("uri")]
-    return look, first is None or first.num_rows < keys
+    return look, complete
 
 
 def count_kinds(batches) -> tuple[int, int, int, str | None]:
@@ -239,8 +242,9 @@ def _auto_glob(spec: str, fs, path: str, options: InputOptions) -> Listing:
     return _list(spec, form, options, found, what)
 
 
-def _decide(spec: str, counts: tuple[int, int, int, str | None]) -> tuple[str, str]:
-    """(form, how it was chosen) from the kinds counted; InputError when two forms hold images."""
+def _decide(spec: str, counts: tuple[int, int, int, str | None], where: str = "") -> tuple[str, str]:
+    """(form, how it was chosen) from the kinds counted (`where`: which keys were looked at, for the
+    log); InputError when two forms hold images."""
     images, shards, tables, first_table = counts
     image_tables = tables if tables and _holds_images(first_table) else 0
     kinds = [(form, n, what) for form, n, what in (
@@ -252,7 +256,7 @@ def _decide(spec: str, counts: tuple[int, int, int, str | None]) -> tuple[str, s
         raise InputError(f"INPUT {redact(spec)!r} is ambiguous: it holds {held}; choose one with {choices}")
     if not kinds:
         return "files", "auto"
-    return kinds[0][0], f"auto: {kinds[0][1]} {kinds[0][2]}"
+    return kinds[0][0], f"auto: {kinds[0][1]:,} {kinds[0][2]}{where}"
 
 
 def _holds_images(uri: str) -> bool:

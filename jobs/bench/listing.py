@@ -166,6 +166,22 @@ def serve_moto(port: int, n: int, latency_s: float, ready=None) -> None:
     server.serve_forever()
 
 
+def listed_by_find(spec: str) -> list[str]:
+    """The loose-file listing of a folder or prefix as the job made it before the stream (the reference
+    the tests compare with): ``fs.find(detail=True)`` of the folder (or of the parent of a partial prefix),
+    the image names kept, FIFOs/devices/sockets skipped, canonical URIs; unsorted."""
+    from diffseg.inputs.files import find_below, image_extensions, regular_files
+    from diffseg.inputs.uri import exact_fs, full_uri, invalidate
+
+    fs, path = exact_fs(spec)
+    invalidate(fs)
+    found = find_below(fs, path, spec)
+    if found is None:
+        return [full_uri(fs, path)]
+    images = {p: info for p, info in found.items() if p.lower().endswith(image_extensions())}
+    return [full_uri(fs, p) for p in regular_files(fs, images)]
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
