@@ -9,11 +9,19 @@ both hold images:
 - a single ``.parquet``: rows with image bytes (parquet) when it has an image column or Hugging Face
   metadata; a URI manifest (files) when it has a ``uri``/``path`` or a single string column; both: ambiguous;
 - a ``.txt`` manifest: webdataset when the entries in its first 64 KiB are all shards, else files;
-- a folder, prefix or glob: listed once; its image files, shards (.tar...) and Parquet/Arrow files
-  with an image column (the first one's schema is read) are counted. One kind: that form (other files are
-  ignored: img2dataset's per-shard ``.parquet``/``.json`` beside its shards hold no image). Images and
-  shards, or images and image tables, or shards and image tables: ambiguous. None: the files form (a
-  glob then takes every file it matches, as before; a folder says it holds no images).
+- a folder or prefix: a bounded look, never the whole listing: the first PEEK_KEYS (10,000) keys that
+  :func:`~diffseg.inputs.listing.list_keys` lists one request (or folder) at a time (the same keys on
+  every run for an unchanged lake: on S3 the top level first, then its sub-folders in key order); all of
+  it when it holds fewer. Its image files, shards (.tar...) and Parquet/Arrow files with an image column
+  (the first one's schema is read) are counted. One kind: that form (other files are ignored:
+  img2dataset's per-shard ``.parquet``/``.json`` beside its shards hold no image); two kinds: ambiguous
+  (the counts are those of the look). When the look holds none of the three (captions first, say),
+  every key is counted (streamed, none held) before deciding. A lake that mixes forms only beyond its
+  first keys is taken in the form of its first keys, and the other form's files are ignored (as any
+  non-image file is): name the form with ``--input-format`` for such a lake;
+- a glob: fs.glob, the whole match listed once and counted the same way (globs are for small inputs; a
+  folder, prefix or manifest is the way for big lakes). None of the three kinds: the files form (a glob
+  then takes every file it matches, as before; a folder says it holds no images).
 
 Ambiguous INPUT raises InputError naming what was found and the ``--input-format`` choices (the job
 exits 2). Any explicit form skips detection.
@@ -62,11 +70,9 @@ class Listing:
         if self.form != "files":
             return None
         if self._uris is None:
-            import pyarrow as pa
-
             from diffseg.inputs.files import sorted_unique
 
-            self._uris = sorted_unique(pa.chunked_array(list(self.batches()), pa.string()))
+            self._uris = sorted_unique(list(self.batches()))
         return self._uris
 
     def batches(self) -> Iterator:
