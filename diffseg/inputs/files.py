@@ -265,6 +265,30 @@ def _holds_anything(uri: str) -> bool:
         batches.close()
 
 
+def files_named(spec: str, fs, path: str, suffixes: tuple[str, ...], found: dict[str, dict] | None = None) -> list[str]:
+    """Canonical URIs (unsorted) of the files INPUT `spec` (on `fs` at `path`) names whose names end with
+    one of `suffixes` (any case): a container form's shards or table files. A glob: its matches
+    (``fs.glob``; `found`: that listing already made), regular files only. One file: itself, when its
+    name fits. A folder or prefix: listed by :func:`~diffseg.inputs.listing.list_keys` (parallel, no
+    directory cache). FileNotFoundError when nothing is there."""
+    if has_magic(path):
+        found = fs.glob(path, detail=True) if found is None else found
+        return [full_uri(fs, p) for p in regular_files(fs, {p: i for p, i in found.items() if p.lower().endswith(suffixes)})]
+    kind = below_kind(fs, path, spec)
+    if kind == "file":
+        return [full_uri(fs, path)] if path.lower().endswith(suffixes) else []
+    uri = listing_uri(fs, path, kind)
+    try:
+        uris = [u for b in list_keys(uri, suffixes) for u in b.column("uri").to_pylist()]
+    except InputError as exc:
+        if getattr(exc, "missing", False):
+            raise FileNotFoundError(path) from exc
+        raise
+    if not uris and kind == "prefix" and not (is_local(fs) and os.path.lexists(path)) and not _holds_anything(uri):
+        raise FileNotFoundError(path)
+    return uris
+
+
 def find_below(fs, path: str, spec: str) -> dict[str, dict] | None:
     """Every entry below folder or key prefix `path` ({path: info}, recursive), or None when `path` is
     one file. FileNotFoundError when there is nothing (a prefix that is not a folder, such as

@@ -143,8 +143,9 @@ LIMIT = 60  # rows a listing may hand out before the test's lister refuses: a fr
 
 @pytest.fixture
 def bounded(monkeypatch):
-    """list_keys in batches of 10 rows that raises once one listing has handed out LIMIT rows; detection
-    looks at the first 20 keys."""
+    """list_keys in batches of 10 rows that raises once a listing of every key (detection) or of images
+    (the files form) has handed out LIMIT rows (a container form lists its shards or tables whole);
+    detection looks at the first 20 keys."""
     from diffseg.inputs import listing
 
     real = listing.list_keys
@@ -156,7 +157,7 @@ def bounded(monkeypatch):
         handed = 0
         for batch in real(uri, extensions, **kwargs):
             handed += batch.num_rows
-            if handed > LIMIT:
+            if handed > LIMIT and (extensions is None or ".jpg" in extensions):
                 raise AssertionError(f"{uri} listed past {LIMIT} keys")
             yield batch
 
@@ -205,6 +206,8 @@ def test_auto_decides_each_form_of_a_big_folder_from_its_first_keys(tmp_path, bo
         listing = list_input(many(tmp_path / name, make))
         assert listing.form == form and "in the first 20 keys listed" in listing.detected, listing.detected
         assert bounded[0][1] is None and all(ext is not None for _, ext in bounded[1:])  # no second full look
+        if form != "files":  # the containers themselves: all of them, through list_keys too
+            assert len(listing.sources) == 200 and len(bounded) == 2
     with pytest.raises(InputError, match="listed past"):  # the lister does refuse: the bound is real
         list(list_input(str(tmp_path / "images" / "lake"), "files").batches())
 
@@ -231,3 +234,42 @@ def test_auto_counts_every_key_when_its_first_keys_hold_no_image(tmp_path, monke
     put_files(str(lake / "c-images"), {"x.jpg": b"x"})
     with pytest.raises(InputError, match="1 image files and 1 WebDataset shards"):
         list_input(str(lake))
+
+
+def old_containers(spec: str, suffixes) -> list[str]:
+    """The shards or table files the fs.find listing gave (find_below, regular files, canonical URIs)."""
+    from diffseg.inputs.files import find_below, regular_files
+    from diffseg.inputs.uri import exact_fs, full_uri
+
+    fs, path = exact_fs(spec)
+    found = find_below(fs, path, spec) or {path: {"type": "file"}}
+    return sorted({full_uri(fs, p) for p in regular_files(fs, {p: i for p, i in found.items()
+                                                               if p.lower().endswith(suffixes)})})
+
+
+def test_shards_and_tables_are_listed_as_the_fs_find_listing_did(tmp_path, bucket):
+    from diffseg.inputs.parquet import TABLE_SUFFIXES
+    from diffseg.inputs.webdataset import TAR_SUFFIXES
+
+    table = pa.BufferOutputStream()
+    pq.write_table(pa.table({"jpg": [b"x"]}), table)
+    lake = {"s/00000.tar": tar_bytes("a.jpg"), "s/sub/00001.TAR": tar_bytes("b.jpg"), "s/2024-00002.tgz": tar_bytes("c.jpg"),
+            "s/notes.json": b"{}", "t/train-0.parquet": table.getvalue().to_pybytes(), "t/x/train-1.parquet":
+            table.getvalue().to_pybytes(), "t/readme.md": b"x", "s-old/00009.tar": tar_bytes("d.jpg")}
+    for base in (str(tmp_path), f"s3://{bucket}"):
+        put_files(base, lake)
+        for spec, form, suffixes in ((f"{base}/s", "webdataset", TAR_SUFFIXES), (f"{base}/s/", "webdataset", TAR_SUFFIXES),
+                                     (f"{base}/s/2024-", "webdataset", TAR_SUFFIXES), (f"{base}/s/00000.tar", "webdataset",
+                                     TAR_SUFFIXES), (f"{base}/t", "parquet", TABLE_SUFFIXES)):
+            want = old_containers(spec, suffixes)
+            assert want and [s.id for s in list_input(spec, form).sources] == want, spec
+            assert [s.id for s in list_input(spec).sources] == want, spec
+        with pytest.raises(InputError, match=r"holds no WebDataset shards \(.tar, .tar.gz, .tgz files\)"):
+            list_input(f"{base}/t", "webdataset")
+        with pytest.raises(InputError, match="holds no Parquet or Arrow files"):
+            list_input(f"{base}/s", "parquet")
+        for missing in (f"{base}/nothing/", f"{base}/nothing", f"{base}/no/such/folder"):
+            with pytest.raises(InputError, match="does not exist"):
+                list_input(missing, "webdataset")
+            with pytest.raises(InputError, match="does not exist"):
+                list_input(missing, "parquet")
