@@ -9,10 +9,10 @@ both hold images:
 - a single ``.parquet``: rows with image bytes (parquet) when it has an image column or Hugging Face
   metadata; a URI manifest (files) when it has a ``uri``/``path`` or a single string column; both: ambiguous;
 - a ``.txt`` manifest: webdataset when the entries in its first 64 KiB are all shards, else files;
-- a folder or prefix: a bounded look, never the whole listing: the first PEEK_KEYS (10,000) keys that
-  :func:`~diffseg.inputs.listing.list_keys` lists one request (or folder) at a time (the same keys on
-  every run for an unchanged lake: on S3 the top level first, then its sub-folders in key order); all of
-  it when it holds fewer. Its image files, shards (.tar...) and Parquet/Arrow files with an image column
+- a folder or prefix: a bounded look, never the whole listing: its first PEEK_KEYS (10,000) keys
+  (:func:`~diffseg.inputs.listing.peek_keys`: on S3 in key order, one flat chain of 10 ListObjectsV2
+  requests; locally the first folders listed, one at a time; the same keys on every run for an
+  unchanged lake); all of it when it holds fewer. Its image files, shards (.tar...) and Parquet/Arrow files with an image column
   (the first one's schema is read) are counted. One kind: that form (other files are ignored:
   img2dataset's per-shard ``.parquet``/``.json`` beside its shards hold no image); two kinds: ambiguous
   (the counts are those of the look). When the look holds none of the three (captions first, say),
@@ -185,25 +185,13 @@ def _auto_below(spec: str, fs, path: str, options: InputOptions) -> Listing:
 
 
 def look_at(uri: str, keys: int | None = None) -> tuple[list, bool]:
-    """The first `keys` (default PEEK_KEYS) URIs listed under `uri`, one request or folder at a time (the
-    same URIs every time for an unchanged lake), as a list of ``pyarrow.StringArray``, and whether that
-    is everything under `uri`; the listing stops there (the requests in flight are cancelled)."""
-    from diffseg.inputs.listing import list_keys
+    """The first `keys` (default PEEK_KEYS) URIs under `uri` (:func:`~diffseg.inputs.listing.peek_keys`:
+    on S3 one flat chain of ListObjectsV2 pages in key order, locally one folder at a time) as a list of
+    ``pyarrow.StringArray``, and whether that is everything under `uri`."""
+    from diffseg.inputs import listing
 
-    keys = PEEK_KEYS if keys is None else keys
-    batches = list_keys(uri, concurrency=1, batch_rows=keys)
-    look, seen, complete = [], 0, False
-    try:
-        for batch in batches:
-            look.append(batch.column("uri"))
-            seen += batch.num_rows
-            if seen >= keys:
-                break
-        else:
-            complete = True
-    finally:
-        batches.close()
-    return look, complete
+    found, complete = listing.peek_keys(uri, PEEK_KEYS if keys is None else keys)
+    return ([found] if len(found) else []), complete
 
 
 def count_kinds(batches) -> tuple[int, int, int, str | None]:

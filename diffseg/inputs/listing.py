@@ -96,6 +96,33 @@ def list_keys(uri: str, extensions: Iterable[str] | None = None, *, concurrency:
     yield from _batches(pages, batch_rows)
 
 
+def peek_keys(uri: str, keys: int, storage_options: dict | None = None) -> tuple[pa.StringArray, bool]:
+    """The URIs of the first `keys` objects under `uri` (as :func:`list_keys` names them, every extension)
+    and whether that is all of them: a bounded look, the same keys every time for an unchanged lake. S3:
+    one flat ListObjectsV2 chain in key order (at most ceil(keys / 1000) requests, however small the
+    folders); a local folder or other fsspec filesystem: :func:`list_keys` one folder at a time, stopped
+    once it has `keys`. Raises ListingError (or the client's error) when `uri` cannot be listed."""
+    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if protocol in ("s3", "s3a"):
+        from diffseg.inputs.s3_listing import first_keys
+
+        names, _, complete = first_keys(uri, keys, storage_options)
+        return pa.array(names, pa.string()), complete
+    batches = list_keys(uri, concurrency=1, batch_rows=keys, storage_options=storage_options)
+    look, seen, complete = [], 0, False
+    try:
+        for batch in batches:
+            look.append(batch.column("uri"))
+            seen += batch.num_rows
+            if seen >= keys:
+                break
+        else:
+            complete = True
+    finally:
+        batches.close()
+    return pa.concat_arrays(look).cast(pa.string()) if look else pa.array([], pa.string()), complete
+
+
 def _batches(pages: Iterator[tuple[str, list[str], list[int]]], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Pages of (URI prefix, names, sizes), one URI prefix per listing, regrouped into batches of
     `batch_rows` rows (the last one shorter); the URIs are joined in Arrow, never as Python strings."""

@@ -273,3 +273,22 @@ def test_shards_and_tables_are_listed_as_the_fs_find_listing_did(tmp_path, bucke
                 list_input(missing, "webdataset")
             with pytest.raises(InputError, match="does not exist"):
                 list_input(missing, "parquet")
+
+
+def test_auto_on_s3_looks_at_the_first_keys_in_key_order_with_a_few_requests(bucket, monkeypatch):
+    from diffseg.inputs import s3_listing
+
+    put_files(f"s3://{bucket}/lake", {**{f"a{i:02d}/{i}.jpg": b"x" for i in range(12)}, "b/00000.tar": tar_bytes("k.jpg")})
+    pages, real = [], s3_listing._page_of
+    monkeypatch.setattr(s3_listing, "_page_of", lambda response: pages.append(1) or real(response))
+    monkeypatch.setattr(s3_listing, "PAGE_KEYS", 2)
+    look, complete = detect.look_at(f"s3://{bucket}/lake/", 5)  # 12 one-key folders: still 3 requests
+    assert [u for a in look for u in a.to_pylist()] == [f"s3://{bucket}/lake/a{i:02d}/{i}.jpg" for i in range(5)]
+    assert not complete and len(pages) == 3
+    monkeypatch.setattr(detect, "PEEK_KEYS", 5)  # the shard lies beyond the look: images, the shard ignored
+    listing = list_input(f"s3://{bucket}/lake")
+    assert listing.form == "files" and listing.detected == "auto: 5 image files in the first 5 keys listed"
+    assert len(listing.uris) == 12
+    monkeypatch.setattr(detect, "PEEK_KEYS", 20)  # in view: ambiguous, as before
+    with pytest.raises(InputError, match="it holds 12 image files and 1 WebDataset shards"):
+        list_input(f"s3://{bucket}/lake")
