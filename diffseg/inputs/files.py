@@ -290,8 +290,9 @@ def files_named(spec: str, fs, path: str, suffixes: tuple[str, ...], found: dict
 
 
 def find_below(fs, path: str, spec: str) -> dict[str, dict] | None:
-    """Every entry below folder or key prefix `path` ({path: info}, recursive), or None when `path` is
-    one file. FileNotFoundError when there is nothing (a prefix that is not a folder, such as
+    """Every entry below folder or key prefix `path` ({path: info}, recursive, by ``fs.find``: slow and
+    about 2.5 KB per key on S3; the listing before list_keys, kept as the reference the tests and
+    ``jobs.bench.listing`` compare with), or None when `path` is one file. FileNotFoundError when there is nothing (a prefix that is not a folder, such as
     ``s3://bucket/images/2024-``, lists its parent and keeps the names that start with it)."""
     if fs.isfile(path):
         return None
