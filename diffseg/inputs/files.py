@@ -134,7 +134,7 @@ def file_batches(spec: str, found: dict[str, dict] | None = None, first=None) ->
     the batch in flight is held. A manifest's or a glob's URIs come from their list, in batches.
 
     Raises InputError before the first batch is returned when INPUT is missing, cannot be listed or holds
-    no images (the messages of :func:`listed`), so a caller that takes the first batch knows at once;
+    no images (the messages the fs.find listing gave), so a caller that takes the first batch knows at once;
     a failure later in a long listing raises InputError from the iterator. `found`: a glob listing
     already made. `first`: a ``(batches, complete)`` look already taken at the start of the same folder
     or prefix listing, without the extension filter (format detection): reused when complete."""
