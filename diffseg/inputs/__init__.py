@@ -12,8 +12,9 @@ Forms (``--input-format``; ``auto`` detects them, :mod:`~diffseg.inputs.detect`)
 
 The contract (:mod:`~diffseg.inputs.source`; docs/inputs.md):
 
-- ``list_input(spec, input_format) -> Listing``: the form and its listing: loose files as a sorted Arrow
-  array of URIs, containers as sources. ``list_sources(spec, input_format) -> list[Source]``: the same as
+- ``list_input(spec, input_format) -> Listing``: the form and its listing: loose files as a stream of
+  Arrow batches of URIs (``batches()``, bounded memory) or a sorted unique Arrow array (``uris``, built
+  on first use), containers as sources. ``list_sources(spec, input_format) -> list[Source]``: the same as
   sources (a loose file is one source). Raises InputError: missing, empty or ambiguous INPUT (the job
   exits 2; the message names ``--input-format`` when the form is ambiguous).
 - ``read_source(source, limits) -> Iterator[Item]``: the images of one source in stored order, read front

@@ -67,12 +67,23 @@ def inventory_uris(spec: str):
     docstring); InputError when the manifest or a data file cannot be read."""
     import pyarrow as pa
 
+    parts = list(inventory_batches(spec))
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+def inventory_batches(spec: str):
+    """:func:`inventory_uris` as a stream: one ``pyarrow.StringArray`` per data file (maybe empty), the
+    data files read one at a time (only one is held). The manifest is read, and its format checked, at
+    the call; a data file that cannot be read raises InputError when its turn comes."""
     manifest = read_manifest(spec)
     file_format = str(manifest["fileFormat"]).lower()
     if file_format not in ("csv", "parquet"):
         raise InputError(f"INPUT {redact(spec)!r}: S3 Inventory format {manifest['fileFormat']!r} is not read; "
                          "configure the inventory as CSV or Parquet")
-    parts = []
+    return _data_file_batches(spec, manifest, file_format)
+
+
+def _data_file_batches(spec: str, manifest: dict, file_format: str):
     for uri in data_file_uris(spec, manifest):
         try:
             table = _read_csv(uri, manifest) if file_format == "csv" else _read_parquet(uri)
@@ -81,8 +92,8 @@ def inventory_uris(spec: str):
         except Exception as exc:
             raise InputError(f"INPUT {redact(spec)!r}: its data file {redact(uri)!r} cannot be read: "
                              f"{type(exc).__name__}: {redact(exc)}") from exc
-        parts.append(_image_uris(table, file_format == "csv"))
-    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        yield _image_uris(table, file_format == "csv")
+        del table
 
 
 def _read_csv(uri: str, manifest: dict):

@@ -60,7 +60,12 @@ log = logging.getLogger("diffseg.inputs.listing")
 
 
 class ListingError(InputError):
-    """The prefix cannot be listed (missing bucket or folder, no permission, no filesystem)."""
+    """The prefix cannot be listed (missing bucket or folder, no permission, no filesystem); `missing`:
+    True when the bucket or folder does not exist (not a permission or network failure)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 def list_keys(uri: str, extensions: Iterable[str] | None = None, *, concurrency: int = CONCURRENCY,
@@ -89,6 +94,33 @@ def list_keys(uri: str, extensions: Iterable[str] | None = None, *, concurrency:
     else:
         pages = _list_fsspec(uri, exts, concurrency, storage_options or {})
     yield from _batches(pages, batch_rows)
+
+
+def peek_keys(uri: str, keys: int, storage_options: dict | None = None) -> tuple[pa.StringArray, bool]:
+    """The URIs of the first `keys` objects under `uri` (as :func:`list_keys` names them, every extension)
+    and whether that is all of them: a bounded look, the same keys every time for an unchanged lake. S3:
+    one flat ListObjectsV2 chain in key order (at most ceil(keys / 1000) requests, however small the
+    folders); a local folder or other fsspec filesystem: :func:`list_keys` one folder at a time, stopped
+    once it has `keys`. Raises ListingError (or the client's error) when `uri` cannot be listed."""
+    protocol = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if protocol in ("s3", "s3a"):
+        from diffseg.inputs.s3_listing import first_keys
+
+        names, _, complete = first_keys(uri, keys, storage_options)
+        return pa.array(names, pa.string()), complete
+    batches = list_keys(uri, concurrency=1, batch_rows=keys, storage_options=storage_options)
+    look, seen, complete = [], 0, False
+    try:
+        for batch in batches:
+            look.append(batch.column("uri"))
+            seen += batch.num_rows
+            if seen >= keys:
+                break
+        else:
+            complete = True
+    finally:
+        batches.close()
+    return pa.concat_arrays(look).cast(pa.string()) if look else pa.array([], pa.string()), complete
 
 
 def _batches(pages: Iterator[tuple[str, list[str], list[int]]], batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -148,7 +180,7 @@ def _list_local(uri: str, exts: tuple[str, ...] | None, concurrency: int):
         root, start = os.path.split(path)
         if path.endswith("/") or not os.path.isdir(root):
             raise ListingError(f"INPUT {uri!r}: no such folder {path.rstrip('/')!r}. Check the path (a partial "
-                               "name such as /data/images/2024- needs its folder /data/images to exist)")
+                               "name such as /data/images/2024- needs its folder /data/images to exist)", missing=True)
     skipped = [0]
 
     def list_dir(folder: str, first: bool = False):
@@ -169,9 +201,11 @@ def _list_local(uri: str, exts: tuple[str, ...] | None, concurrency: int):
             except OSError:
                 skipped[0] += 1
                 continue
+            if not _keep(entry.name, exts):
+                continue
             if not entry.is_file():
                 skipped[0] += 1
-            elif _keep(entry.name, exts):
+            else:
                 names.append(escape_name(entry.path))
                 sizes.append(st.st_size)
         return (names, sizes), folders
@@ -193,7 +227,7 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
     except (ImportError, ValueError) as exc:
         raise ListingError(f"INPUT {uri!r}: no filesystem for it ({exc}); install the fsspec package of that "
                            "scheme") from exc
-    base = uri.split("://", 1)[0] + "://"
+    base = ""  # names are whole URIs: the filesystem's own spelling of its protocol (gcs:// lists as gs://)
 
     def list_dir(folder: str, start: str = ""):
         try:
@@ -211,7 +245,7 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
             if info.get("type") == "directory":
                 folders.append(name)
             elif info.get("type") == "file" and _keep(name, exts):
-                names.append(fs.unstrip_protocol(name)[len(base):])
+                names.append(fs.unstrip_protocol(name))
                 sizes.append(int(info.get("size") or 0))
         return (names, sizes), folders
 
@@ -231,4 +265,4 @@ def _list_fsspec(uri: str, exts: tuple[str, ...] | None, concurrency: int, stora
         from diffseg.redact import redact_text
 
         raise ListingError(f"INPUT {redact_text(uri)!r}: no such folder or prefix ({redact_text(exc, [uri])}); "
-                           "check the path") from exc
+                           "check the path", missing=True) from exc

@@ -30,7 +30,7 @@ import json
 
 from diffseg.codecs.images import IMAGE_EXTENSIONS
 from diffseg.inputs.errors import InputError, MemberError, NoImageError
-from diffseg.inputs.files import find_below, regular_files
+from diffseg.inputs.files import files_named
 from diffseg.inputs.read import DEFAULT_LIMITS, ReadLimits, open_stream, timed_out, too_large, with_timeout
 from diffseg.inputs.source import (
     DEFAULT_OPTIONS,
@@ -42,7 +42,7 @@ from diffseg.inputs.source import (
     position_identity,
     row_key,
 )
-from diffseg.inputs.uri import exact_fs, full_uri, has_magic, invalidate, redact
+from diffseg.inputs.uri import exact_fs, invalidate, redact
 
 TABLE_SUFFIXES = (".parquet", ".arrow")  # .arrow: Arrow IPC streams, as datasets.save_to_disk writes
 KEY_COLUMNS = ("key", "__key__")  # img2dataset, and webdataset-style keys kept as a column
@@ -62,11 +62,7 @@ def list_tables(spec: str, options: InputOptions = DEFAULT_OPTIONS,
     try:
         fs, path = exact_fs(spec)
         invalidate(fs)
-        if found is None:
-            found = fs.glob(path, detail=True) if has_magic(path) else find_below(fs, path, spec)
-        if found is None:
-            found = {path: {"type": "file"}}
-        uris = sorted({full_uri(fs, p) for p in regular_files(fs, {p: i for p, i in found.items() if is_table(p)})})
+        uris = sorted(set(files_named(spec, fs, path, TABLE_SUFFIXES, found)))
     except FileNotFoundError as exc:
         raise InputError(f"INPUT {redact(spec)!r} does not exist ({redact(exc)})") from exc
     except Exception as exc:

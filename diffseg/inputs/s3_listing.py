@@ -147,6 +147,31 @@ def _page_of(response: dict) -> dict:
     }
 
 
+def first_keys(uri: str, keys: int, storage_options: dict | None = None) -> tuple[list[str], list[int], bool]:
+    """The first `keys` keys under ``s3://bucket/prefix`` `uri` in key order (folder markers left out),
+    read by one flat ListObjectsV2 chain (no delimiter: ceil(keys / 1000) requests however the keys are
+    foldered), their sizes, and whether that is every key under it. Raises what the client raises."""
+    bucket, _, prefix = uri.split("://", 1)[1].partition("/")
+    if not bucket:
+        raise ListingError(f"INPUT {uri!r} names no bucket: write s3://BUCKET/PREFIX")
+    fs = private_s3fs(storage_options or {})
+    names: list[str] = []
+    sizes: list[int] = []
+    token = None
+    while len(names) < keys:
+        args = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": min(PAGE_KEYS, keys - len(names))}
+        if token is not None:
+            args["ContinuationToken"] = token
+        page = _page_of(fs.call_s3("list_objects_v2", **args))
+        kept = [(k, s) for k, s in zip(page["keys"], page["sizes"]) if _keep(k, None)]
+        names.extend(f"s3://{bucket}/{k}" for k, _ in kept)
+        sizes.extend(s for _, s in kept)
+        token = page["token"]
+        if not page["truncated"] or not token:
+            return names, sizes, True
+    return names, sizes, False
+
+
 @dataclass
 class _Range:
     """Keys under `prefix` in ``(start, end]`` (None: unbounded), with or without the delimiter."""
@@ -306,7 +331,7 @@ class S3Walk:
         if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
             return ListingError(
                 f"INPUT {uri!r}: bucket {self.bucket!r} does not exist{where}. Check the bucket name, or "
-                "point AWS_ENDPOINT_URL (or storage_options endpoint_url) at the store that holds it")
+                "point AWS_ENDPOINT_URL (or storage_options endpoint_url) at the store that holds it", missing=True)
         if isinstance(exc, PermissionError) or "AccessDenied" in text:
             return ListingError(
                 f"INPUT {uri!r}: listing is not allowed{where} ({text}). Give these credentials "

@@ -33,7 +33,7 @@ import tarfile
 
 from diffseg.codecs.images import IMAGE_EXTENSIONS
 from diffseg.inputs.errors import CorruptContainerError, InputError, MemberError, NoImageError
-from diffseg.inputs.files import find_below, manifest_entries, regular_files, resolve_entry
+from diffseg.inputs.files import files_named, manifest_entries, resolve_entry
 from diffseg.inputs.read import DEFAULT_LIMITS, ReadLimits, ResumingReader, timed_out, too_large, with_timeout
 from diffseg.inputs.source import (
     DEFAULT_OPTIONS,
@@ -93,11 +93,7 @@ def list_shards(spec: str, options: InputOptions = DEFAULT_OPTIONS,
                     raise InputError(f"INPUT manifest {redact(spec)!r} lists {len(others)} URI(s) that are not "
                                      f".tar shards (e.g. {redact(others[0])!r}) in --input-format webdataset")
             else:
-                if found is None:
-                    found = fs.glob(path, detail=True) if has_magic(path) else find_below(fs, path, spec)
-                if found is None:  # one file
-                    found = {path: {"type": "file"}}
-                uris = [full_uri(fs, p) for p in regular_files(fs, {p: i for p, i in found.items() if is_shard(p)})]
+                uris = files_named(spec, fs, path, TAR_SUFFIXES, found)
     except InputError:
         raise
     except FileNotFoundError as exc:

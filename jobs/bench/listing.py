@@ -1,12 +1,18 @@
 """Listing a lake's keys: ``python -m jobs.bench.listing`` (docs/benchmarks.md, section "Listing").
 
 Lists ``s3://lake/images/`` with the parallel Arrow lister (:func:`diffseg.inputs.listing.list_keys`) and
-with today's ``fs.find(detail=True)`` lister (``diffseg.inputs.files.listed``, formerly
-``diffseg.inputs.files.listed``) in the same command, each in a fresh process after a small warm-up listing (clients,
-service models, Arrow kernels): ``arrow`` keeps every batch (what a planner holding the whole listing
-holds), ``stream`` drops each batch once counted (a planner consuming batch by batch), ``find`` keeps its
-Python list of URIs. Prints keys/s (wall), the process's CPU per key (all threads), its peak RSS growth
-per key (ru_maxrss after the listing minus the RSS just before it) and the Arrow bytes per key kept.
+with the ``fs.find(detail=True)`` lister the job used before it (:func:`listed_by_find`) in the same
+command, each in a fresh process after a small warm-up listing (clients, service models, Arrow kernels):
+``arrow`` keeps every batch (what a planner holding the whole listing holds), ``stream`` drops each batch
+once counted (a planner consuming batch by batch), ``find`` keeps its Python list of URIs. Prints keys/s
+(wall), the process's CPU per key (all threads), its peak RSS growth per key (ru_maxrss after the listing
+minus the RSS just before it) and the Arrow bytes per key kept.
+
+``--job`` measures the job's own loose-file path instead: ``job-stream`` is ``list_input(INPUT, "auto")``
+(detection's look at the first 10,000 keys, the first batch) then every batch of ``batches()``, one at a
+time; ``job-uris`` is ``list_input(INPUT).uris`` (the sorted unique array, what jobs.segment plans from
+until planning consumes the stream); ``job-find`` is the path before the stream: ``fs.find``, Python
+strings, then the sorted array (``diffseg.inputs.list_inputs_array``).
 
 Two stores, both on 127.0.0.1, both adding ``--latency`` (default 50 ms) to every request:
 
@@ -166,6 +172,22 @@ def serve_moto(port: int, n: int, latency_s: float, ready=None) -> None:
     server.serve_forever()
 
 
+def listed_by_find(spec: str) -> list[str]:
+    """The loose-file listing of a folder or prefix as the job made it before the stream (the reference
+    the tests compare with): ``fs.find(detail=True)`` of the folder (or of the parent of a partial prefix),
+    the image names kept, FIFOs/devices/sockets skipped, canonical URIs; unsorted."""
+    from diffseg.inputs.files import find_below, image_extensions, regular_files
+    from diffseg.inputs.uri import exact_fs, full_uri, invalidate
+
+    fs, path = exact_fs(spec)
+    invalidate(fs)
+    found = find_below(fs, path, spec)
+    if found is None:
+        return [full_uri(fs, path)]
+    images = {p: info for p, info in found.items() if p.lower().endswith(image_extensions())}
+    return [full_uri(fs, p) for p in regular_files(fs, images)]
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -182,15 +204,15 @@ def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
     import pyarrow  # noqa: F401  (imports before the RSS baseline)
     import s3fs  # noqa: F401
 
-    from diffseg.inputs.files import listed as _listed  # the listing the job uses for loose files today
+    from diffseg.inputs import list_input
     from diffseg.inputs.listing import list_keys
 
     uri = f"s3://{BUCKET}/{PREFIX}"
     try:  # warm-up on a few keys: clients, service models, Arrow kernels and imports are not per key
-        if lister in ("arrow", "stream"):
+        if lister in ("arrow", "stream", "job-stream", "job-uris"):
             list(list_keys(f"s3://{BUCKET}/{PREFIX}000"))
         else:
-            _listed(f"s3://{BUCKET}/nothing/")
+            listed_by_find(f"s3://{BUCKET}/nothing/")
     except Exception:
         pass
     requests, before = _requests(endpoint), _rss_bytes()
@@ -202,8 +224,21 @@ def _measure(lister: str, endpoint: str, concurrency: int, result) -> None:
         count = nbytes = 0
         for b in list_keys(uri, EXTENSIONS, concurrency=concurrency):
             count, nbytes = count + b.num_rows, max(nbytes, b.nbytes)
+    elif lister == "job-stream":  # the job's path: list_input (auto: detection, first batch), then batches()
+        listing = list_input(uri, "auto")
+        count = nbytes = 0
+        for b in listing.batches():
+            count, nbytes = count + len(b), max(nbytes, b.nbytes)
+    elif lister == "job-uris":  # the job's path while planning holds the listing: the sorted unique array
+        held = list_input(uri, "auto").uris
+        count, nbytes = len(held), held.nbytes
+    elif lister == "job-find":  # the job's path before the stream: fs.find, Python strings, then the array
+        from diffseg.inputs.files import list_inputs_array
+
+        held = list_inputs_array(uri, listed_by_find(uri))
+        count, nbytes = len(held), held.nbytes
     else:
-        held = _listed(uri)
+        held = listed_by_find(uri)
         count, nbytes = len(held), 0
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -264,7 +299,7 @@ def run_case(store: str, n: int, latency_s: float, listers: list[str], concurren
             rows.append({"store": store, "keys": n, "lister": lister, "seconds": seconds, "keys_s": n / seconds,
                          "cpu_us_per_key": cpu / n * 1e6,
                          "rss_per_key": grown / n,
-                         "arrow_per_key": nbytes / n if lister == "arrow" else 0.0,
+                         "arrow_per_key": nbytes / n if lister in ("arrow", "job-uris", "job-find") else 0.0,
                          "requests": requests})
     finally:
         server.terminate()
@@ -277,11 +312,12 @@ def _print(rows: list[dict], latency_s: float) -> None:
           f"{'RSS B/key':>9} {'Arrow B/key':>11} {'LISTs':>7}")
     for r in rows:
         name = {"arrow": "list_keys, all batches kept", "stream": "list_keys, one batch at a time",
-                "find": "fs.find(detail=True) today"}[r["lister"]]
+                "find": "fs.find(detail=True) before", "job-stream": "job: list_input + batches()",
+                "job-uris": "job: list_input(...).uris", "job-find": "job before: fs.find + array"}[r["lister"]]
         print(f"{r['store']:8} {r['keys']:>11,} {name:31} {r['seconds']:8.1f} {r['keys_s']:9,.0f} "
               f"{r['cpu_us_per_key']:10.1f} {r['rss_per_key']:9.0f} {r['arrow_per_key']:11.1f} "
               f"{r['requests'] if r['requests'] >= 0 else '':>7}")
-    for lister in ("arrow", "stream", "find"):
+    for lister in ("arrow", "stream", "find", "job-stream", "job-uris", "job-find"):
         mine = sorted((r for r in rows if r["lister"] == lister and r["store"] == "standin"), key=lambda x: x["keys"])
         if not mine:
             continue
@@ -311,11 +347,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="run today's fs.find lister only up to N keys (default 10^5: it takes ~0.2 s per page)")
     p.add_argument("--latency", type=float, default=0.05, help="seconds added to every request (default 0.05)")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight for list_keys (default 32)")
+    p.add_argument("--job", action="store_true",
+                   help="measure the job's loose-file path instead: list_input(INPUT, 'auto') then batches() "
+                        "(job-stream), or its sorted .uris (job-uris), vs fs.find + the sorted array as before "
+                        "the stream (job-find, up to --find-max keys)")
     args = p.parse_args(argv)
     rows = []
     for store, sizes in (("moto", args.moto), ("standin", args.standin)):
         for n in sizes:
-            listers = ["arrow", "stream"] + (["find"] if n <= args.find_max else [])
+            fast, slow = (["job-stream", "job-uris"], "job-find") if args.job else (["arrow", "stream"], "find")
+            listers = fast + ([slow] if n <= args.find_max else [])
             rows += run_case(store, n, args.latency, listers, args.concurrency)
             print(rows[-len(listers):], file=sys.stderr, flush=True)
     _print(rows, args.latency)

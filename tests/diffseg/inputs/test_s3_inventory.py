@@ -86,3 +86,24 @@ def test_a_local_copy_of_an_inventory_and_what_is_refused(tmp_path):
         f"file://{tmp_path}/other/manifest.json"]
     with pytest.raises(InputError, match="is not an S3 Inventory manifest"):
         list_input(str(tmp_path / "other" / "manifest.json"), "inventory")
+
+
+def test_an_inventory_streams_one_batch_per_data_file_read_one_at_a_time(tmp_path, monkeypatch):
+    from diffseg.inputs import inventory
+
+    day = tmp_path / "daily" / "2026-12-07T00-00Z"
+    day.mkdir(parents=True)
+    (tmp_path / "daily" / "data").mkdir()
+    for name in ("1.csv.gz", "2.csv.gz"):
+        (tmp_path / "daily" / "data" / name).write_bytes(csv_gz(f"src{name[0]}"))
+    (day / "manifest.json").write_bytes(manifest("src", "inv", "CSV", ["d/1.csv.gz", "d/2.csv.gz"]))
+    reads, real = [], inventory._read_csv
+    monkeypatch.setattr(inventory, "_read_csv", lambda uri, m: reads.append(uri) or real(uri, m))
+    listing = list_input(str(day / "manifest.json"))
+    assert listing.streamed and len(reads) == 1  # list_input read the first data file only
+    batches = [b.to_pylist() for b in listing.batches()]
+    assert batches == [[f"s3://src1/{k}" for k in IMAGES], [f"s3://src2/{k}" for k in IMAGES]] and len(reads) == 2
+    (tmp_path / "daily" / "data" / "3.csv.gz").write_bytes(gzip.compress(b'"src","photos/notes.txt","v1","true","false","3"\n'))
+    (day / "manifest.json").write_bytes(manifest("src", "inv", "CSV", ["d/3.csv.gz"]))
+    with pytest.raises(InputError, match="the S3 Inventory lists no image objects"):
+        list_input(str(day / "manifest.json"))
