@@ -2,23 +2,24 @@
 
 The driver never holds the lake. :func:`plan_keys` consumes the listing in batches (``pyarrow.StringArray``),
 spills each key to the file of its shard (diffseg.lake.key_shards: 256 shards, a stable hash) in a local
-temporary folder (:class:`KeySpill`: Arrow IPC, a ~1 MB buffer per shard), then per shard, in order: reads its
-keys, drops duplicates and what the run has done (``DoneSet.exclude_shard``), sorts them, cuts them into
-units of ``unit_size`` (id: diffseg.lake.units.unit_id_of of the members) and writes the shard's plan to
-OUTPUT::
+temporary folder (:class:`KeySpill`: Arrow IPC, a ~1 MB buffer per shard), then per group of consecutive
+shards (:func:`shard_groups`: ~500k keys each, one group for a small lake), in order: reads their keys, drops
+duplicates and what the run has done (``DoneSet.exclude_shard``), sorts them, cuts them into units of
+``unit_size`` (id: diffseg.lake.units.unit_id_of of the members) and writes the group's plan to OUTPUT::
 
-    _plans/<run_id>/<invocation>/<shard:03d>.arrow    Arrow IPC stream, one record batch per unit:
+    _plans/<run_id>/<invocation>/<first shard:03d>.arrow    Arrow IPC stream, one record batch per unit:
                                                       uri string, unit_id string, pos int32, unit_rows int32
 
 A unit is one record batch whose byte range the :class:`StoredPlan` records, so a worker fetches one unit with
 one ranged read (a Parquet file of ~1,500 row groups would make every unit read its whole footer). What the
 driver keeps is per unit: its id, rows, shard and byte range (:class:`StoredPlan`: ~34 bytes), plus the keys
 the plan hands back from error rows (``held``: retryable ones, few); memory is one listing batch, the spill
-buffers (~256 MB at most) and one shard (~400k keys at 10^8).
+buffers (~256 MB at most) and one group of shards (~500k keys).
 
-Order: units come shard by shard, and a shard's keys are spread over the whole key range by the hash, so the
-reads in flight are never one moving range of adjacent keys (a store throttles per key prefix); images
-within a unit stay sorted. ``limit`` takes the first N keys to do in that order: N images spread by hash.
+Order: units come group by group, and a group's keys are spread over the whole key range by the hash; within
+a group units go in the order of their ids (a hash too). So at scale the reads in flight are never one moving
+range of adjacent keys (a store throttles per key prefix); images within a unit stay sorted. ``limit`` takes
+the first N keys to do in that order: N images spread by hash (the first N sorted ones of a small lake).
 
 No Ray here: jobs.segment.dataset feeds a StoredPlan to Ray Data one block per unit. The lists of units the
 other planners make (jobs.synthesize, container units) are a :class:`UnitList`; both kinds answer the same
@@ -306,11 +307,27 @@ class PlanCounts:
     to_process: int = 0
 
 
+GROUP_KEYS = 1 << 19  # keys listed per group of shards planned together (~40 MB of keys at 10^8)
+
+
+def shard_groups(listed: int, shards: int = KEY_SHARDS, group_keys: int = GROUP_KEYS) -> list[range]:
+    """Consecutive shards planned together: as many groups as `listed` keys need for about `group_keys` each
+    (one group for a small lake: its units are those of the sorted listing; 191 at 10^8 keys)."""
+    groups = int(min(shards, max(1, -(-listed // max(1, group_keys)))))
+    bounds = np.linspace(0, shards, groups + 1).round().astype(int)
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int, limit: int | None = None,
-              retry_errors: bool = False, shards: int = KEY_SHARDS) -> tuple[StoredPlan, PlanCounts]:
+              retry_errors: bool = False, shards: int = KEY_SHARDS,
+              group_keys: int = GROUP_KEYS) -> tuple[StoredPlan, PlanCounts]:
     """Plans the listed keys the run has not done (see the module docstring) and writes the plan files under
     `store` (a diffseg.lake.store.OutputStore). `listing`: a diffseg.inputs.Listing of loose files (or a
-    string array); `done`: the run's diffseg.lake.done_index.DoneSet. Returns the plan and its counts."""
+    string array); `done`: the run's diffseg.lake.done_index.DoneSet. Returns the plan and its counts.
+
+    Shards are planned in groups of consecutive shards (:func:`shard_groups`), so a small lake still gets
+    full units; a group's keys are sorted and cut, its units stored in the order of their ids (a hash) in
+    the group's file (``<first shard>.arrow``)."""
     if unit_size < 1:
         raise ValueError(f"unit size must be at least 1, got {unit_size}")
     exclude = getattr(done, "exclude_shard", None)
@@ -325,27 +342,34 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
     with KeySpill(shards) as spill:
         for batch in batches_of(listing):
             spill.add(batch)
-        for shard in range(shards):
-            keys = pc.unique(spill.read(shard))
-            counts.listed += len(keys)
-            todo, errors = exclude(keys, shard)
-            counts.already_done += len(keys) - len(todo)
+        for group in shard_groups(spill.keys, shards, group_keys):
+            todo, errors = [], []
+            for shard in group:
+                keys = pc.unique(spill.read(shard))
+                counts.listed += len(keys)
+                todo_s, errors_s = exclude(keys, shard)
+                counts.already_done += len(keys) - len(todo_s)
+                todo.append(todo_s)
+                errors.append(errors_s)
+            todo = pa.concat_arrays(todo) if todo else pa.array([], pa.string())
+            errors = pa.concat_arrays(errors) if errors else pa.array([], pa.string())
+            todo = todo.take(pc.sort_indices(todo))
             if limit is not None and counts.to_process + len(todo) > limit:
                 take = max(0, limit - counts.to_process)
-                todo = todo.take(pc.sort_indices(todo))
                 counts.limited_out += len(todo) - take
                 todo = todo.slice(0, take)
                 errors = errors.filter(pc.is_in(errors, value_set=todo)) if len(errors) else errors
             if not len(todo):
                 continue
             counts.to_process += len(todo)
-            todo = todo.take(pc.sort_indices(todo))
             batches, unit_ids = cut_units(todo, unit_size)
+            order = sorted(range(len(unit_ids)), key=unit_ids.__getitem__)  # spread within the group too
+            batches, unit_ids = [batches[i] for i in order], [unit_ids[i] for i in order]
             data, ranges = ipc_batches(batches)
-            store.put(plan_file(run_id, invocation, shard), data)
+            store.put(plan_file(run_id, invocation, group.start), data)
             ids += unit_ids
             rows += [b.num_rows for b in batches]
-            shard_of += [shard] * len(batches)
+            shard_of += [group.start] * len(batches)
             offsets += [r[0] for r in ranges]
             lengths += [r[1] for r in ranges]
             if len(errors):

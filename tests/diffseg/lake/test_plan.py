@@ -11,7 +11,15 @@ import pytest
 
 from diffseg.lake.done_index import empty_done, replay
 from diffseg.lake.key_shards import key_shard
-from diffseg.lake.plan import KeySpill, UnitList, cut_units, plan_keys, remove_plans, units_of_plan
+from diffseg.lake.plan import (
+    KeySpill,
+    UnitList,
+    cut_units,
+    plan_keys,
+    remove_plans,
+    shard_groups,
+    units_of_plan,
+)
 from diffseg.lake.store import OutputStore
 from diffseg.lake.units import make_units, unit_id_of
 
@@ -64,7 +72,7 @@ def test_plan_holds_every_key_not_done_once_in_spread_units(tmp_path):
     done = done_with([done_keys[i:i + 100] for i in range(0, 1000, 100)], failed)
     listing = pa.array(listed + listed[2000:2100])  # duplicates in the listing are planned once
     store = OutputStore(str(tmp_path))
-    plan, counts = plan_keys(listing, done, store, "default", "0123456789ab", unit_size=64, shards=16)
+    plan, counts = plan_keys(listing, done, store, "default", "0123456789ab", unit_size=64, shards=16, group_keys=1)
     units = list(units_of_plan(store, plan))
     planned = [k for u in units for k in u.uris]
     assert sorted(planned) == sorted(listed[1000:] + [listed[0]])  # the retryable error is planned again
@@ -96,7 +104,8 @@ def test_retry_errors_plans_final_errors_too(tmp_path):
 def test_limit_takes_n_keys_spread_by_hash(tmp_path):
     listed = hashed(400)
     store = OutputStore(str(tmp_path))
-    plan, counts = plan_keys(pa.array(listed), done_with([]), store, "r", "0123456789ab", 16, limit=50, shards=8)
+    plan, counts = plan_keys(pa.array(listed), done_with([]), store, "r", "0123456789ab", 16, limit=50, shards=8,
+                             group_keys=1)
     planned = [k for u in units_of_plan(store, plan) for k in u.uris]
     assert len(planned) == counts.to_process == 50 and counts.limited_out == 350
     assert planned != sorted(listed)[:50] and set(planned) <= set(listed)
@@ -116,6 +125,15 @@ def test_a_listing_that_streams_batches_is_consumed_batch_by_batch(tmp_path):
     store = OutputStore(str(tmp_path))
     plan, counts = plan_keys(Streamed(), done_with([]), store, "r", "0123456789ab", 32, shards=4)
     assert sorted(k for u in units_of_plan(store, plan) for k in u.uris) == sorted(listed)
+
+
+def test_a_small_lake_is_one_group_cut_as_the_sorted_listing(tmp_path):
+    listed = hashed(100)
+    store = OutputStore(str(tmp_path))
+    plan, _ = plan_keys(pa.array(listed), done_with([]), store, "r", "0123456789ab", 30)
+    assert shard_groups(100) == [range(0, 256)] and len(shard_groups(10**8)) == 191
+    expected = make_units(listed, 30)  # full units, in the order of their ids
+    assert [u.uris for u in units_of_plan(store, plan)] == [u.uris for u in sorted(expected, key=lambda u: u.unit_id)]
 
 
 def test_unit_list_answers_as_a_stored_plan():
