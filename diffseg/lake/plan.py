@@ -2,10 +2,11 @@
 
 The driver never holds the lake. :func:`plan_keys` consumes the listing in batches (``pyarrow.StringArray``),
 spills each key to the file of its shard (diffseg.lake.key_shards: 256 shards, a stable hash) in a local
-temporary folder (:class:`KeySpill`: Arrow IPC, a ~1 MB buffer per shard), then per group of consecutive
-shards (:func:`shard_groups`: ~500k keys each, one group for a small lake), in order: reads their keys, drops
-duplicates and what the run has done (``DoneSet.exclude_shard``), sorts them, cuts them into units of
-``unit_size`` (id: diffseg.lake.units.unit_id_of of the members) and writes the group's plan to OUTPUT::
+temporary folder (:class:`KeySpill`: Arrow IPC, a ~1 MB buffer per shard). Then per shard it drops
+duplicates and what the run has done (``DoneSet.exclude_shard``) and spills what is left back; and per group
+of consecutive shards (:func:`shard_groups`: ~500k keys to do each, one group for a small lake or a nightly
+delta), in order, it sorts their keys, cuts them into units of ``unit_size`` (id:
+diffseg.lake.units.unit_id_of of the members) and writes the group's plan to OUTPUT::
 
     _plans/<run_id>/<invocation>/<first shard:03d>.arrow    Arrow IPC stream, one record batch per unit:
                                                       uri string, unit_id string, pos int32, unit_rows int32
@@ -14,7 +15,7 @@ A unit is one record batch whose byte range the :class:`StoredPlan` records, so 
 one ranged read (a Parquet file of ~1,500 row groups would make every unit read its whole footer). What the
 driver keeps is per unit: its id, rows, shard and byte range (:class:`StoredPlan`: ~34 bytes), plus the keys
 the plan hands back from error rows (``held``: retryable ones, few); memory is one listing batch, the spill
-buffers (~256 MB at most) and one group of shards (~500k keys).
+buffers (~256 MB at most) and one group of shards (~500k keys to do).
 
 Order: units come group by group, and a group's keys are spread over the whole key range by the hash; within
 a group units go in the order of their ids (a hash too). So at scale the reads in flight are never one moving
@@ -108,6 +109,12 @@ class KeySpill:
 
     def _path(self, shard: int) -> str:
         return os.path.join(self.folder, f"{shard:03d}.arrow")
+
+    def put(self, shard: int, keys: pa.Array) -> None:
+        """Makes `keys` the shard's spill (after :meth:`read` took what it held)."""
+        self._buffers[shard], self._sizes[shard] = [keys], keys.nbytes
+        if keys.nbytes >= self.flush_bytes:
+            self._flush(shard)
 
     def read(self, shard: int) -> pa.Array:
         """Every key spilled to `shard` (in spill order, duplicates kept), one string array."""
@@ -307,15 +314,22 @@ class PlanCounts:
     to_process: int = 0
 
 
-GROUP_KEYS = 1 << 19  # keys listed per group of shards planned together (~40 MB of keys at 10^8)
+GROUP_KEYS = 1 << 19  # keys to do per group of shards planned together (~40 MB of keys)
 
 
-def shard_groups(listed: int, shards: int = KEY_SHARDS, group_keys: int = GROUP_KEYS) -> list[range]:
-    """Consecutive shards planned together: as many groups as `listed` keys need for about `group_keys` each
-    (one group for a small lake: its units are those of the sorted listing; 191 at 10^8 keys)."""
-    groups = int(min(shards, max(1, -(-listed // max(1, group_keys)))))
-    bounds = np.linspace(0, shards, groups + 1).round().astype(int)
-    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+def shard_groups(todo: np.ndarray, group_keys: int = GROUP_KEYS) -> list[range]:
+    """Consecutive shards planned together, given each shard's number of keys to do (`todo`, (shards,)
+    int): a group closes once it holds at least `group_keys` of them, so units are full whatever the size
+    of the delta (a nightly 10^3 new images are one group: the units of their sorted URIs)."""
+    groups, start, held = [], 0, 0
+    for shard, n in enumerate(np.asarray(todo, dtype=np.int64)):
+        held += int(n)
+        if held >= group_keys:
+            groups.append(range(start, shard + 1))
+            start, held = shard + 1, 0
+    if start < len(todo):
+        groups.append(range(start, len(todo)))
+    return groups
 
 
 def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int, limit: int | None = None,
@@ -325,9 +339,10 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
     `store` (a diffseg.lake.store.OutputStore). `listing`: a diffseg.inputs.Listing of loose files (or a
     string array); `done`: the run's diffseg.lake.done_index.DoneSet. Returns the plan and its counts.
 
-    Shards are planned in groups of consecutive shards (:func:`shard_groups`), so a small lake still gets
-    full units; a group's keys are sorted and cut, its units stored in the order of their ids (a hash) in
-    the group's file (``<first shard>.arrow``)."""
+    Two passes over the spill: per shard, the keys to do replace the shard's spill (and are counted); then
+    per group of consecutive shards (:func:`shard_groups`, by keys to do, so a small delta still gets full
+    units) they are sorted and cut, the group's units stored in the order of their ids (a hash) in the
+    group's file (``<first shard>.arrow``)."""
     if unit_size < 1:
         raise ValueError(f"unit size must be at least 1, got {unit_size}")
     exclude = getattr(done, "exclude_shard", None)
@@ -342,23 +357,25 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
     with KeySpill(shards) as spill:
         for batch in batches_of(listing):
             spill.add(batch)
-        for group in shard_groups(spill.keys, shards, group_keys):
-            todo, errors = [], []
-            for shard in group:
-                keys = pc.unique(spill.read(shard))
-                counts.listed += len(keys)
-                todo_s, errors_s = exclude(keys, shard)
-                counts.already_done += len(keys) - len(todo_s)
-                todo.append(todo_s)
+        todo_counts, errors = np.zeros(shards, np.int64), []
+        for shard in range(shards):  # pass 1: what is to do, per shard
+            keys = pc.unique(spill.read(shard))
+            todo, errors_s = exclude(keys, shard)
+            counts.listed += len(keys)
+            counts.already_done += len(keys) - len(todo)
+            todo_counts[shard] = len(todo)
+            spill.put(shard, todo)
+            if len(errors_s):
                 errors.append(errors_s)
+        errors = pa.concat_arrays(errors) if errors else pa.array([], pa.string())
+        for group in shard_groups(todo_counts, group_keys):  # pass 2: units, group by group
+            todo = [spill.read(shard) for shard in group]
             todo = pa.concat_arrays(todo) if todo else pa.array([], pa.string())
-            errors = pa.concat_arrays(errors) if errors else pa.array([], pa.string())
             todo = todo.take(pc.sort_indices(todo))
             if limit is not None and counts.to_process + len(todo) > limit:
                 take = max(0, limit - counts.to_process)
                 counts.limited_out += len(todo) - take
                 todo = todo.slice(0, take)
-                errors = errors.filter(pc.is_in(errors, value_set=todo)) if len(errors) else errors
             if not len(todo):
                 continue
             counts.to_process += len(todo)
@@ -373,7 +390,7 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
             offsets += [r[0] for r in ranges]
             lengths += [r[1] for r in ranges]
             if len(errors):
-                held.append(errors)
+                held.append(errors.filter(pc.is_in(errors, value_set=todo)))
     plan = StoredPlan(store.output, folder, np.array([u.encode() for u in ids], dtype="S16"),
                       np.array(rows, np.int32), np.array(shard_of, np.int16), np.array(offsets, np.int64),
                       np.array(lengths, np.int64),

@@ -127,13 +127,19 @@ def test_a_listing_that_streams_batches_is_consumed_batch_by_batch(tmp_path):
     assert sorted(k for u in units_of_plan(store, plan) for k in u.uris) == sorted(listed)
 
 
-def test_a_small_lake_is_one_group_cut_as_the_sorted_listing(tmp_path):
+def test_a_small_lake_or_delta_is_one_group_cut_as_its_sorted_keys(tmp_path):
     listed = hashed(100)
     store = OutputStore(str(tmp_path))
     plan, _ = plan_keys(pa.array(listed), done_with([]), store, "r", "0123456789ab", 30)
-    assert shard_groups(100) == [range(0, 256)] and len(shard_groups(10**8)) == 191
+    assert shard_groups(np.full(256, 4)) == [range(0, 256)]
+    assert shard_groups([3, 0, 2, 5, 1], group_keys=4) == [range(0, 3), range(3, 4), range(4, 5)]
     expected = make_units(listed, 30)  # full units, in the order of their ids
     assert [u.uris for u in units_of_plan(store, plan)] == [u.uris for u in sorted(expected, key=lambda u: u.unit_id)]
+    # a delta of 40 new keys against 2,000 done ones: full units too, whatever the number of groups
+    done = done_with([hashed(2000, start=1000)[i:i + 500] for i in range(0, 2000, 500)])
+    delta = pa.array(hashed(2000, start=1000) + hashed(40, start=5000))
+    plan, counts = plan_keys(delta, done, store, "r", "0123456789ac", 16, shards=16)
+    assert counts.to_process == 40 and sorted(plan.rows.tolist()) == [8, 16, 16]
 
 
 def test_unit_list_answers_as_a_stored_plan():
