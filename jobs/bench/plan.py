@@ -9,6 +9,13 @@ plan it keeps (numpy arrays). Each N runs in a fresh process (maxrss only grows)
 
     python -m jobs.bench.plan 1000000            # 10^6 listed keys
     python -m jobs.bench.plan 100000 1000000     # several sizes
+
+``--ray 1000 5000``: the driver's memory per unit when Ray Data runs a plan's units, as jobs.segment feeds
+them (one read task per unit: jobs.segment.dataset.plan_source), beside today's alternative of one
+``from_arrow`` block per unit (jobs.segment.dataset.input_blocks, still used for container units): units of
+2 keys, read and counted by the driver on a local Ray runtime of 2 CPUs; RSS (/proc/self/statm, plasma pages
+the driver wrote included) before, once the first batch arrived (every input created) and at its peak. The
+per-unit cost is the slope between two sizes.
 """
 
 from __future__ import annotations
@@ -84,22 +91,76 @@ def measure(n: int, output: str, unit_size: int = 256) -> dict:
             "arrow_now_mb": round(pa.total_allocated_bytes() / 2**20, 1), "plan_bytes_per_unit": round(kept / len(plan), 1)}
 
 
+def measure_ray(mode: str, n_units: int, output: str) -> dict:
+    """Driver RSS while Ray Data runs `n_units` units of 2 keys: ``plan`` (read tasks) or ``from_arrow``."""
+    import gc
+
+    import pyarrow as pa
+    import ray
+
+    from diffseg.lake.done_index import empty_done
+    from diffseg.lake.plan import plan_keys, units_of_plan
+    from diffseg.lake.store import OutputStore
+    from jobs.segment.dataset import input_blocks, plan_source
+
+    def rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    store = OutputStore(output)
+    plan, _ = plan_keys(pa.concat_arrays(list(fake_batches(2 * n_units))), empty_done(), store, "r", "0" * 12, 2)
+    units = list(units_of_plan(store, plan)) if mode == "from_arrow" else None
+    ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    gc.collect()
+    r0 = rss()
+    t0 = time.perf_counter()
+    if mode == "plan":
+        ds = ray.data.read_datasource(plan_source(plan), override_num_blocks=len(plan), num_cpus=0.5)
+    else:
+        ds = ray.data.from_arrow(input_blocks(units))
+        units = None
+    rows, first, peak = 0, None, r0
+    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
+        rows += batch.num_rows
+        first = rss() if first is None else first
+        peak = max(peak, rss()) if i % 100 == 0 else peak
+    peak = max(peak, rss())
+    ray.shutdown()
+    assert rows == 2 * len(plan), rows
+    return {"mode": mode, "units": len(plan), "s": round(time.perf_counter() - t0, 1), "rss0_mb": round(r0, 1),
+            "first_batch_growth_mb": round(first - r0, 1), "peak_growth_mb": round(peak - r0, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.bench.plan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sizes", type=int, nargs="*", default=[1_000_000], help="listed keys (default 10^6)")
     p.add_argument("--unit-size", type=int, default=256)
+    p.add_argument("--ray", action="store_true", help="the sizes are units run through Ray Data (see above)")
+    p.add_argument("--mode", default="plan", help=argparse.SUPPRESS)
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.output, args.unit_size)))
+        result = (measure_ray(args.mode, args.one, args.output) if args.ray else
+                  measure(args.one, args.output, args.unit_size))
+        print(json.dumps(result))
         return 0
-    for n in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run([sys.executable, "-m", "jobs.bench.plan", "--one", str(n), "--output", tmp,
-                                  "--unit-size", str(args.unit_size)], capture_output=True, text=True, check=True)
-            print(out.stdout.strip().splitlines()[-1], flush=True)
+    rows = []
+    for mode in ("plan", "from_arrow") if args.ray else ("plan",):
+        for n in args.sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, "-m", "jobs.bench.plan", "--one", str(n), "--output", tmp, "--unit-size",
+                       str(args.unit_size), "--mode", mode] + ["--ray"] * args.ray
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(rows[-1]), flush=True)
+        if args.ray and len(args.sizes) > 1:
+            a, b = (r for r in rows if r["mode"] == mode and r["units"] in (min(args.sizes), max(args.sizes)))
+            for key in ("first_batch_growth_mb", "peak_growth_mb"):
+                slope = (b[key] - a[key]) * 2**20 / (b["units"] - a["units"])
+                print(f"{mode}: {key.removesuffix('_mb')} per unit = {slope:,.0f} bytes", flush=True)
     return 0
 
 
