@@ -1,4 +1,4 @@
-"""Planning loose files as a stream: the listing spilled by key shard, units cut shard by shard and stored.
+"""Planning loose files as a stream: the listing spilled by key shard, units cut group by group and stored.
 
 The driver never holds the lake. :func:`plan_keys` consumes the listing in batches (``pyarrow.StringArray``),
 spills each key to the file of its shard (diffseg.lake.key_shards: 256 shards, a stable hash) in a local
@@ -8,27 +8,27 @@ of consecutive shards (:func:`shard_groups`: ~500k keys to do each, one group fo
 delta), in order, it sorts their keys, cuts them into units of ``unit_size`` (id:
 diffseg.lake.units.unit_id_of of the members) and writes the group's plan to OUTPUT::
 
-    _plans/<run_id>/<invocation>/<first shard:03d>.arrow    Arrow IPC stream, one record batch per unit:
-                                                      uri string, unit_id string, pos int32, unit_rows int32
+    _plans/<run_id>/<invocation>/<first shard:03d>.arrow   Arrow IPC stream, one record batch per unit
+                                                           (uri, unit_id, pos int32, unit_rows int32)
 
-A unit is one record batch whose byte range the :class:`StoredPlan` records, so a worker fetches one unit with
-one ranged read (a Parquet file of ~1,500 row groups would make every unit read its whole footer). What the
-driver keeps is per unit: its id, rows, shard and byte range (:class:`StoredPlan`: ~34 bytes), plus the keys
-the plan hands back from error rows (``held``: retryable ones, few); memory is one listing batch, the spill
-buffers (~256 MB at most) and one group of shards (~500k keys to do).
+A worker fetches a unit with one ranged read of its record batch (a Parquet file of ~1,500 row groups would
+make every unit read its footer). The driver keeps per unit its id, rows, file and byte range (38 bytes:
+:class:`StoredPlan`) and the keys of error rows planned again (``held``); its memory is one listing batch,
+the spill buffers (256 MB at most) and one group of shards.
 
 Order: units come group by group, and a group's keys are spread over the whole key range by the hash; within
 a group units go in the order of their ids (a hash too). So at scale the reads in flight are never one moving
 range of adjacent keys (a store throttles per key prefix); images within a unit stay sorted. ``limit`` takes
 the first N keys to do in that order: N images spread by hash (the first N sorted ones of a small lake).
 
-No Ray here: jobs.segment.dataset feeds a StoredPlan to Ray Data one block per unit. The lists of units the
-other planners make (jobs.synthesize, container units) are a :class:`UnitList`; both kinds answer the same
-questions (len, ``total_items``, ``facts()``, ``without()``, ``held_keys()``).
+No Ray here (jobs.segment.dataset feeds a StoredPlan to Ray Data, one block per unit). Units the other
+planners make (jobs.synthesize, containers) are a :class:`UnitList`; both answer len, ``total_items``,
+``facts()``, ``without()`` and ``held_keys()``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -49,12 +49,11 @@ KEYS_SCHEMA = pa.schema([("uri", pa.string())])
 SPILL_FLUSH_BYTES = 1 << 20  # a shard's spill buffer is written out at this size
 
 
-def plan_folder(run_id: str, invocation: str) -> str:
-    """The folder (relative to OUTPUT) of an invocation's plan files."""
+def plan_folder(run_id: str, invocation: str) -> str:  # relative to OUTPUT
     return f"{PLANS}/{run_id}/{invocation}"
 
 
-def plan_file(run_id: str, invocation: str, shard: int) -> str:
+def plan_file(run_id: str, invocation: str, shard: int) -> str:  # the plan of the group starting at `shard`
     return f"{plan_folder(run_id, invocation)}/{shard:03d}.arrow"
 
 
@@ -78,11 +77,9 @@ class KeySpill:
 
     def add(self, keys: pa.Array) -> None:
         """Spills a batch of keys (a pyarrow string array; nulls are not keys)."""
-        if isinstance(keys, pa.ChunkedArray):
-            for chunk in keys.chunks:
-                self.add(chunk)
-            return
-        if not len(keys):
+        for chunk in keys.chunks if isinstance(keys, pa.ChunkedArray) else ():
+            self.add(chunk)
+        if isinstance(keys, pa.ChunkedArray) or not len(keys):
             return
         if keys.null_count:
             keys = keys.drop_null()
@@ -219,15 +216,12 @@ class StoredPlan:
         """(unit ids as bytes, rows) of every unit, in plan order."""
         return self.unit_ids, self.rows
 
-    def held_keys(self) -> pa.Array:
+    def held_keys(self) -> pa.Array:  # keys of error rows planned again
         return self.held
-
-    def file(self, shard: int) -> str:
-        return f"{self.folder}/{int(shard):03d}.arrow"
 
     def where(self, i: int) -> tuple[str, int, int]:
         """(plan file relative to OUTPUT, offset, length) of unit `i`."""
-        return self.file(self.shards[i]), int(self.offsets[i]), int(self.lengths[i])
+        return f"{self.folder}/{int(self.shards[i]):03d}.arrow", int(self.offsets[i]), int(self.lengths[i])
 
     def without(self, unit_ids: Iterable[str]) -> StoredPlan:
         """The plan of the units not in `unit_ids` (e.g. the committed ones), same order."""
@@ -236,16 +230,10 @@ class StoredPlan:
         return StoredPlan(self.output, self.folder, self.unit_ids[keep], self.rows[keep], self.shards[keep],
                           self.offsets[keep], self.lengths[keep], self.held)
 
-    def read_unit(self, store, i: int) -> pa.Table:
-        """Unit `i`'s PLAN_SCHEMA rows (one ranged read of its plan file)."""
-        rel, offset, length = self.where(i)
-        return read_unit(store, rel, offset, length)
-
 
 def read_unit(store, rel: str, offset: int, length: int) -> pa.Table:
-    """A unit's PLAN_SCHEMA rows from a plan file of `store` (a diffseg.lake.store.OutputStore)."""
-    data = store.fs.cat_file(store.path(rel), start=offset, end=offset + length)
-    return unit_from_bytes(data)
+    """A unit's PLAN_SCHEMA rows from a plan file of `store` (a diffseg.lake.store.OutputStore): one ranged read."""
+    return unit_from_bytes(store.fs.cat_file(store.path(rel), start=offset, end=offset + length))
 
 
 class UnitList(list):
@@ -345,12 +333,10 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
     group's file (``<first shard>.arrow``)."""
     if unit_size < 1:
         raise ValueError(f"unit size must be at least 1, got {unit_size}")
-    exclude = getattr(done, "exclude_shard", None)
-    if exclude is None:
+    if hasattr(done, "exclude_shard"):
+        exclude = functools.partial(done.exclude_shard, retry_errors=retry_errors)
+    else:  # a done index without shards
         exclude = _DoneShards(done, retry_errors, shards).exclude_shard
-    else:
-        def exclude(keys, shard, _f=exclude):
-            return _f(keys, shard, retry_errors=retry_errors)
     folder = plan_folder(run_id, invocation)
     ids, rows, shard_of, offsets, lengths, held = [], [], [], [], [], []
     counts = PlanCounts()
@@ -369,8 +355,7 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
                 errors.append(errors_s)
         errors = pa.concat_arrays(errors) if errors else pa.array([], pa.string())
         for group in shard_groups(todo_counts, group_keys):  # pass 2: units, group by group
-            todo = [spill.read(shard) for shard in group]
-            todo = pa.concat_arrays(todo) if todo else pa.array([], pa.string())
+            todo = pa.concat_arrays([spill.read(shard) for shard in group])
             todo = todo.take(pc.sort_indices(todo))
             if limit is not None and counts.to_process + len(todo) > limit:
                 take = max(0, limit - counts.to_process)
@@ -411,5 +396,4 @@ def remove_plans(store, run_id: str, invocations: Iterable[str]) -> None:
 def units_of_plan(store, plan: StoredPlan) -> Iterator[Unit]:
     """The plan's units as diffseg.lake.units.Unit objects (tests and tools: a Python string per key)."""
     for i in range(len(plan)):
-        table = plan.read_unit(store, i)
-        yield Unit(plan.unit_ids[i].decode(), tuple(table.column("uri").to_pylist()))
+        yield Unit(plan.unit_ids[i].decode(), tuple(read_unit(store, *plan.where(i)).column("uri").to_pylist()))

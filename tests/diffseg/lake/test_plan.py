@@ -7,6 +7,7 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pytest
 
 from diffseg.lake.done_index import empty_done, replay
@@ -148,3 +149,22 @@ def test_unit_list_answers_as_a_stored_plan():
     assert ids.tolist() == [u.unit_id.encode() for u in units] and rows.tolist() == [2, 1]
     assert units.total_items == 3 and units.held_keys().to_pylist() == ["a", "b", "c"]
     assert [u.unit_id for u in units.without([units[0].unit_id])] == [units[1].unit_id]
+
+
+def test_a_sharded_done_index_is_asked_shard_by_shard(tmp_path):
+    listed = hashed(200)
+
+    class ShardedDone:  # what diffseg.lake.done_index offers once it is sharded
+        asked = []
+
+        def exclude_shard(self, keys, shard, retry_errors=False):
+            self.asked.append((shard, retry_errors))
+            done = pa.array(listed[:50])
+            todo = keys.filter(pa.compute.invert(pa.compute.is_in(keys, value_set=done)))
+            return todo, todo.filter(pa.compute.equal(todo, listed[60]))
+
+    store = OutputStore(str(tmp_path))
+    plan, counts = plan_keys(pa.array(listed), ShardedDone(), store, "r", "0123456789ab", 64, retry_errors=True,
+                             shards=8)
+    assert ShardedDone.asked == [(s, True) for s in range(8)]
+    assert (counts.to_process, plan.held_keys().to_pylist()) == (150, [listed[60]])
