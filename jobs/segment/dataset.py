@@ -18,7 +18,8 @@ actor runs the model on runs of ``--batch-size`` images inside its batch.
 The driver holds no URI: the plan is stored under OUTPUT, and each read task (Ray Data puts one small
 object per task: its plan file, byte range and size) reads its unit's rows itself, so the driver's cost is
 per unit (measured: jobs.bench.plan). ``override_num_blocks`` is the number of units, so Ray Data never
-splits a unit's block to reach a parallelism of its own. Container units and units held in memory
+splits a unit's block to reach a parallelism of its own. The read tasks are not fused with decoding (Ray
+Data does not fuse a read into a ``map_batches`` with a batch size), so they reserve :data:`READ_CPUS` only. Container units and units held in memory
 (diffseg.lake.plan.UnitList) still go in as blocks (:func:`input_blocks`, jobs.segment.containers).
 """
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from diffseg.lake.plan import StoredPlan, read_unit
+from diffseg.lake.plan import StoredPlan
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
@@ -34,6 +35,7 @@ from jobs.common.ray_env import TASK_RETRIES, accept_remote_args, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 BLOCK_SLACK = 1.25  # a block target this much above a decoded unit's bytes (row overhead, URIs, columns)
+READ_CPUS = 0.25  # what a read task of the plan reserves (one ranged GET of a unit's URIs)
 
 
 def block_target_bytes(unit_size: int, resolution: int, current: int) -> int:
@@ -52,19 +54,20 @@ def input_blocks(units: list[Unit]) -> list[pa.Table]:
                       "unit_rows": pa.array([len(unit.uris)] * len(unit.uris), pa.int32())}) for unit in units]
 
 
-def read_plan_unit(output: str, rel: str, offset: int, length: int):
-    """A read task's block: one unit's rows (uri, unit_id, pos, unit_rows) from its plan file under OUTPUT."""
-    from diffseg.lake.store import OutputStore
-
-    yield read_unit(OutputStore(output), rel, offset, length)
-
-
 def plan_source(plan: StoredPlan):
     """A ray.data Datasource of `plan`: one read task per unit, in plan order (the spread order)."""
     import functools
 
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
+
+    def read_fn(output: str, rel: str, offset: int, length: int) -> list:
+        # nested, so cloudpickle ships it by value: a read task imports diffseg.lake.plan, not this module
+        # (whose imports, the actor's, take ~250 MB per worker)
+        from diffseg.lake.plan import read_unit
+        from diffseg.lake.store import OutputStore
+
+        return [read_unit(OutputStore(output), rel, offset, length)]
 
     class PlanSource(Datasource):
         def estimate_inmemory_data_size(self):
@@ -78,7 +81,7 @@ def plan_source(plan: StoredPlan):
             for i in range(len(plan)):
                 rel, offset, length = plan.where(i)
                 meta = BlockMetadata(num_rows=int(plan.rows[i]), size_bytes=None, input_files=None, exec_stats=None)
-                tasks.append(ReadTask(functools.partial(read_plan_unit, plan.output, rel, offset, length), meta))
+                tasks.append(ReadTask(functools.partial(read_fn, plan.output, rel, offset, length), meta))
             return tasks
 
     return PlanSource()
@@ -101,9 +104,10 @@ def build_dataset(units, config: JobConfig, resources: Resources, vocab, target=
     udf_config = UdfConfig.placed(config, resources, target, encode_stage=encode_stage and target is not None, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params, recipe=config.recipe_kwargs())
-    decode_args = dict(num_cpus=resources.decode_cpus, memory=resources.decode_memory)
-    if isinstance(units, StoredPlan):  # read tasks with the decode tasks' resources: Ray Data fuses the two
-        ds = ray.data.read_datasource(plan_source(units), override_num_blocks=max(1, len(units)), **decode_args)
+    if isinstance(units, StoredPlan):  # one small read per unit: Ray Data never fuses a read with map_batches of
+        # a batch_size (the read could change the row count), so read tasks reserve little of their own
+        ds = ray.data.read_datasource(plan_source(units), override_num_blocks=max(1, len(units)),
+                                      num_cpus=min(READ_CPUS, resources.decode_cpus))
     elif units and units[0].source:  # containers: one read task per shard or row group, read front to back
         from jobs.segment.containers import container_blocks, read_container
 
