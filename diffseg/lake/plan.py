@@ -95,9 +95,7 @@ class KeySpill:
                 self._flush(int(s))
         self.keys += len(keys)
 
-    def _flush(self, shard: int) -> None:
-        if not self._buffers[shard]:
-            return
+    def _flush(self, shard: int) -> None:  # called with keys in the buffer
         writer = self._writers.get(shard)
         if writer is None:
             writer = self._writers[shard] = pa.ipc.new_stream(self._path(shard), KEYS_SCHEMA)
@@ -139,9 +137,7 @@ def unit_ids_of_sorted(keys: pa.Array, unit_size: int) -> list[str]:
     n = len(keys)
     if not n:
         return []
-    starts = np.arange(0, n + unit_size, unit_size, dtype=np.int32)
-    starts[-1] = n
-    starts = np.unique(starts)
+    starts = np.unique(np.append(np.arange(0, n, unit_size), n)).astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(starts, pa.int32()), keys)
     joined = pc.binary_join(lists, "\n")
     return [hashlib.sha256(j.as_buffer().to_pybytes()).hexdigest()[:16] for j in joined]
@@ -234,6 +230,13 @@ class StoredPlan:
 def read_unit(store, rel: str, offset: int, length: int) -> pa.Table:
     """A unit's PLAN_SCHEMA rows from a plan file of `store` (a diffseg.lake.store.OutputStore): one ranged read."""
     return unit_from_bytes(store.fs.cat_file(store.path(rel), start=offset, end=offset + length))
+
+
+def read_unit_blocks(output: str, rel: str, offset: int, length: int) -> list[pa.Table]:
+    """[read_unit] from OUTPUT's URL: a Ray Data read task's blocks (a light import for its worker)."""
+    from diffseg.lake.store import OutputStore
+
+    return [read_unit(OutputStore(output), rel, offset, length)]
 
 
 class UnitList(list):
@@ -338,7 +341,7 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
     else:  # a done index without shards
         exclude = _DoneShards(done, retry_errors, shards).exclude_shard
     folder = plan_folder(run_id, invocation)
-    ids, rows, shard_of, offsets, lengths, held = [], [], [], [], [], []
+    ids, rows, shard_of, spans, held = [], [], [], [], []
     counts = PlanCounts()
     with KeySpill(shards) as spill:
         for batch in batches_of(listing):
@@ -372,13 +375,12 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
             ids += unit_ids
             rows += [b.num_rows for b in batches]
             shard_of += [group.start] * len(batches)
-            offsets += [r[0] for r in ranges]
-            lengths += [r[1] for r in ranges]
+            spans += ranges
             if len(errors):
                 held.append(errors.filter(pc.is_in(errors, value_set=todo)))
-    plan = StoredPlan(store.output, folder, np.array([u.encode() for u in ids], dtype="S16"),
-                      np.array(rows, np.int32), np.array(shard_of, np.int16), np.array(offsets, np.int64),
-                      np.array(lengths, np.int64),
+    spans = np.array(spans, np.int64).reshape(-1, 2)  # (offset, length) of each unit's record batch
+    plan = StoredPlan(store.output, folder, np.array([u.encode() for u in ids], dtype="S16"), np.array(rows, np.int32),
+                      np.array(shard_of, np.int16), spans[:, 0].copy(), spans[:, 1].copy(),
                       pa.concat_arrays(held) if held else pa.array([], pa.string()))
     return plan, counts
 
@@ -386,9 +388,7 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
 def remove_plans(store, run_id: str, invocations: Iterable[str]) -> None:
     """Deletes the plan files of `invocations` of the run (their plans are over)."""
     for inv in invocations:
-        rels = store.list(plan_folder(run_id, inv))
-        if rels:
-            store.remove(rels)
+        store.remove(store.list(plan_folder(run_id, inv)))
         if store.local:  # a local disk keeps empty folders
             shutil.rmtree(store.path(plan_folder(run_id, inv)), ignore_errors=True)
 

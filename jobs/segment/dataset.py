@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from diffseg.lake.plan import StoredPlan
+from diffseg.lake.plan import StoredPlan, read_unit_blocks
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
@@ -61,14 +61,6 @@ def plan_source(plan: StoredPlan):
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
-    def read_fn(output: str, rel: str, offset: int, length: int) -> list:
-        # nested, so cloudpickle ships it by value: a read task imports diffseg.lake.plan, not this module
-        # (whose imports, the actor's, take ~250 MB per worker)
-        from diffseg.lake.plan import read_unit
-        from diffseg.lake.store import OutputStore
-
-        return [read_unit(OutputStore(output), rel, offset, length)]
-
     class PlanSource(Datasource):
         def estimate_inmemory_data_size(self):
             return None
@@ -81,7 +73,9 @@ def plan_source(plan: StoredPlan):
             for i in range(len(plan)):
                 rel, offset, length = plan.where(i)
                 meta = BlockMetadata(num_rows=int(plan.rows[i]), size_bytes=None, input_files=None, exec_stats=None)
-                tasks.append(ReadTask(functools.partial(read_fn, plan.output, rel, offset, length), meta))
+                # read_unit_blocks lives in diffseg.lake.plan: a read task imports it, not this module (whose
+                # imports, the actor's, take ~250 MB per worker); pickled by reference, ~400 bytes a task
+                tasks.append(ReadTask(functools.partial(read_unit_blocks, plan.output, rel, offset, length), meta))
             return tasks
 
     return PlanSource()
