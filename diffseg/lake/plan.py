@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffseg.lake.key_shards import KEY_SHARDS, key_shard
-from diffseg.lake.units import Unit
+from diffseg.lake.units import Unit, UnitList
 
 PLANS = "_plans"  # _plans/<run_id>/<invocation>/<shard:03d>.arrow
 PLAN_SCHEMA = pa.schema([("uri", pa.string()), ("unit_id", pa.string()), ("pos", pa.int32()), ("unit_rows", pa.int32())])
@@ -239,28 +239,6 @@ def read_unit_blocks(output: str, rel: str, offset: int, length: int) -> list[pa
     return [read_unit(OutputStore(output), rel, offset, length)]
 
 
-class UnitList(list):
-    """Units held as diffseg.lake.units.Unit objects (jobs.synthesize, container units: 10^4-10^5 of them):
-    a list that answers what a :class:`StoredPlan` answers."""
-
-    @property
-    def total_items(self) -> int:
-        return sum(len(u.uris) for u in self)
-
-    def facts(self) -> tuple[np.ndarray, np.ndarray]:
-        """(unit ids as bytes, rows: 0 for a container whose keys the workers discover)."""
-        return (np.array([u.unit_id.encode() for u in self], dtype="S16") if self else np.zeros(0, "S16"),
-                np.array([len(u.uris) for u in self], dtype=np.int32))
-
-    def held_keys(self) -> pa.Array:
-        """Every key the units name (release_errors keeps those with an error row)."""
-        return pa.array([k for u in self for k in u.uris], pa.string())
-
-    def without(self, unit_ids: Iterable[str]) -> UnitList:
-        gone = set(unit_ids)
-        return UnitList(u for u in self if u.unit_id not in gone)
-
-
 def as_plan(units) -> StoredPlan | UnitList:
     """`units` as a plan: a StoredPlan or UnitList as it is, a list of Units as a UnitList."""
     return units if isinstance(units, (StoredPlan, UnitList)) else UnitList(units)
@@ -295,6 +273,26 @@ class _DoneShards:
         todo = keys.filter(pc.invert(pc.is_in(keys, value_set=self.done[shard]))) if len(self.done[shard]) else keys
         held = todo.filter(pc.is_in(todo, value_set=self.errors[shard])) if len(self.errors[shard]) else todo.slice(0, 0)
         return todo, held
+
+
+def _todo_by_shard(done, spill: KeySpill, retry_errors: bool) -> Iterator[tuple[int, int, pa.Array, pa.Array]]:
+    """(shard, unique keys listed, todo, held) per shard in order, from the done index's exclude_shards (a few
+    shards read at once) or exclude_shard, or the fallback for an index without shards."""
+    listed = {}
+
+    def keys():
+        for shard in range(spill.shards):
+            listed[shard] = len(k := pc.unique(spill.read(shard)))
+            yield shard, k
+
+    if hasattr(done, "exclude_shards"):
+        results = done.exclude_shards(keys(), retry_errors=retry_errors)
+    else:
+        one = (functools.partial(done.exclude_shard, retry_errors=retry_errors) if hasattr(done, "exclude_shard")
+               else _DoneShards(done, retry_errors, spill.shards).exclude_shard)
+        results = ((shard, *one(k, shard)) for shard, k in keys())
+    for shard, todo, held in results:
+        yield shard, listed.pop(shard), todo, held
 
 
 @dataclass
@@ -336,10 +334,6 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
     group's file (``<first shard>.arrow``)."""
     if unit_size < 1:
         raise ValueError(f"unit size must be at least 1, got {unit_size}")
-    if hasattr(done, "exclude_shard"):
-        exclude = functools.partial(done.exclude_shard, retry_errors=retry_errors)
-    else:  # a done index without shards
-        exclude = _DoneShards(done, retry_errors, shards).exclude_shard
     folder = plan_folder(run_id, invocation)
     ids, rows, shard_of, spans, held = [], [], [], [], []
     counts = PlanCounts()
@@ -347,11 +341,9 @@ def plan_keys(listing, done, store, run_id: str, invocation: str, unit_size: int
         for batch in batches_of(listing):
             spill.add(batch)
         todo_counts, errors = np.zeros(shards, np.int64), []
-        for shard in range(shards):  # pass 1: what is to do, per shard
-            keys = pc.unique(spill.read(shard))
-            todo, errors_s = exclude(keys, shard)
-            counts.listed += len(keys)
-            counts.already_done += len(keys) - len(todo)
+        for shard, listed, todo, errors_s in _todo_by_shard(done, spill, retry_errors):  # pass 1: what is to do
+            counts.listed += listed
+            counts.already_done += listed - len(todo)
             todo_counts[shard] = len(todo)
             spill.put(shard, todo)
             if len(errors_s):

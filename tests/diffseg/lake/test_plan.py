@@ -168,3 +168,24 @@ def test_a_sharded_done_index_is_asked_shard_by_shard(tmp_path):
                              shards=8)
     assert ShardedDone.asked == [(s, True) for s in range(8)]
     assert (counts.to_process, plan.held_keys().to_pylist()) == (150, [listed[60]])
+
+
+def test_a_done_index_reading_shards_ahead_is_used_through_exclude_shards(tmp_path):
+    listed = hashed(300)
+    inner = done_with([listed[:100]], {listed[5]: True})
+
+    class Prefetching:  # exclude_shards over (shard, keys) pairs, as diffseg.lake.done_index offers it
+        seen = []
+
+        def exclude_shards(self, groups, retry_errors=False):
+            for shard, keys in list(groups):  # reads every shard before answering: order must not matter
+                self.seen.append(shard)
+                todo = keys.filter(pa.compute.invert(pa.compute.is_in(keys, value_set=inner.done_keys())))
+                yield shard, todo, todo.filter(pa.compute.equal(todo, listed[5]))
+
+    store = OutputStore(str(tmp_path))
+    plan, counts = plan_keys(pa.array(listed), Prefetching(), store, "r", "0123456789ab", 64, shards=8)
+    assert Prefetching.seen == list(range(8))
+    assert (counts.listed, counts.already_done, counts.to_process) == (300, 99, 201)
+    assert plan.held_keys().to_pylist() == [listed[5]]
+    assert sorted(k for u in units_of_plan(store, plan) for k in u.uris) == sorted(listed[100:] + [listed[5]])
