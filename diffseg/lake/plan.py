@@ -285,11 +285,12 @@ def _todo_by_shard(done, spill: KeySpill, retry_errors: bool) -> Iterator[tuple[
             listed[shard] = len(k := pc.unique(spill.read(shard)))
             yield shard, k
 
-    if hasattr(done, "exclude_shards"):
+    sharded = spill.shards == KEY_SHARDS  # the index's shards are key_shard's 256 (tests plan with fewer)
+    if sharded and hasattr(done, "exclude_shards"):
         results = done.exclude_shards(keys(), retry_errors=retry_errors)
     else:
-        one = (functools.partial(done.exclude_shard, retry_errors=retry_errors) if hasattr(done, "exclude_shard")
-               else _DoneShards(done, retry_errors, spill.shards).exclude_shard)
+        one = (functools.partial(done.exclude_shard, retry_errors=retry_errors)
+               if sharded and hasattr(done, "exclude_shard") else _DoneShards(done, retry_errors, spill.shards).exclude_shard)
         results = ((shard, *one(k, shard)) for shard, k in keys())
     for shard, todo, held in results:
         yield shard, listed.pop(shard), todo, held

@@ -164,9 +164,8 @@ def test_a_sharded_done_index_is_asked_shard_by_shard(tmp_path):
             return todo, todo.filter(pa.compute.equal(todo, listed[60]))
 
     store = OutputStore(str(tmp_path))
-    plan, counts = plan_keys(pa.array(listed), ShardedDone(), store, "r", "0123456789ab", 64, retry_errors=True,
-                             shards=8)
-    assert ShardedDone.asked == [(s, True) for s in range(8)]
+    plan, counts = plan_keys(pa.array(listed), ShardedDone(), store, "r", "0123456789ab", 64, retry_errors=True)
+    assert ShardedDone.asked == [(s, True) for s in range(256)]
     assert (counts.to_process, plan.held_keys().to_pylist()) == (150, [listed[60]])
 
 
@@ -184,8 +183,8 @@ def test_a_done_index_reading_shards_ahead_is_used_through_exclude_shards(tmp_pa
                 yield shard, todo, todo.filter(pa.compute.equal(todo, listed[5]))
 
     store = OutputStore(str(tmp_path))
-    plan, counts = plan_keys(pa.array(listed), Prefetching(), store, "r", "0123456789ab", 64, shards=8)
-    assert Prefetching.seen == list(range(8))
+    plan, counts = plan_keys(pa.array(listed), Prefetching(), store, "r", "0123456789ab", 64)
+    assert Prefetching.seen == list(range(256))
     assert (counts.listed, counts.already_done, counts.to_process) == (300, 99, 201)
     assert plan.held_keys().to_pylist() == [listed[5]]
     assert sorted(k for u in units_of_plan(store, plan) for k in u.uris) == sorted(listed[100:] + [listed[5]])
