@@ -57,7 +57,7 @@ META_SCHEMA = pa.schema([
     ("files", pa.string()),  # JSON {table: {"path", "bytes", "md5", "rows"}}
     ("final", pa.bool_()),  # the files are in the table folders (the batch held the whole unit)
     ("unit_rows", pa.int32()),  # the unit's size
-    ("keys", pa.list_(pa.string())),  # the keys of `positions` when the workers discover them (containers), else null
+    ("keys", pa.list_(pa.string())),  # the keys of `positions`: the driver learns a unit's keys from them
 ])
 
 
@@ -151,12 +151,14 @@ def write_tables(store: OutputStore, paths: dict[str, str], split: dict[str, pa.
 
 
 def write_results(store: OutputStore, target: WriteTarget, tables: TableSet, results: pa.Table,
-                  positions: np.ndarray, unit_rows: np.ndarray, send_keys: bool = False) -> pa.Table:
+                  positions: np.ndarray, unit_rows: np.ndarray, send_keys: bool = True) -> pa.Table:
     """Writes a batch's result rows (``tables.result_schema``) to OUTPUT; returns :data:`META_SCHEMA` rows.
 
     `positions` (N,) int: each row's position in its unit; `unit_rows` (N,) int: its unit's size. Rows
     are written per unit, in position order; to the table folders when the batch holds the whole unit.
-    `send_keys`: the metadata carries the rows' keys (units whose keys only the workers know: containers).
+    The metadata carries the rows' keys (``keys``): the driver keeps no keys of the plan and learns a unit's
+    keys from them (diffseg.lake.writer). `send_keys` is ignored (every unit sends its keys; callers written
+    when only container units did still pass it).
     """
     positions = np.asarray(positions, dtype=np.int32)
     unit_ids = results.column("unit_id")
@@ -177,7 +179,7 @@ def write_results(store: OutputStore, target: WriteTarget, tables: TableSet, res
         meta.append({"unit_id": unit_id, "positions": pos.tolist(), "errors": errors, "retry": retry,
                      "counts": json.dumps(table_counts(tables, split, len(pos))), "files": json.dumps(files),
                      "final": final, "unit_rows": int(unit_rows[rows[0]]),
-                     "keys": unit_results.column(tables.key_column).to_pylist() if send_keys else None})
+                     "keys": unit_results.column(tables.key_column).to_pylist()})
     return pa.Table.from_pylist(meta, schema=META_SCHEMA)
 
 

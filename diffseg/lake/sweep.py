@@ -1,4 +1,5 @@
-"""Removing what no commit will ever name: the files of invocations that are over (killed, fenced, finished).
+"""Removing what no commit will ever name: the files of invocations that are over (killed, fenced, finished),
+and their stored plans (``_plans/<run>/<invocation>/``, diffseg.lake.plan).
 
 Only what is provably dead is swept. A file is removed when (1) its name says which run and invocation wrote
 it (``<table>/part-<run>-<invocation>-...``, ``_staging/<run>/<invocation>/...``), (2) no commit entry of the
@@ -39,6 +40,7 @@ def sweep(store: OutputStore, commit_log, done, invocations: list[str], schemas:
     debris = [rel for inv in invocations for rel in invocation_files(store, commit_log.run_id, inv, schemas)
               if rel not in keep]
     commit_log.append("swept", {"invocations": sorted(invocations), "files": len(debris)})
+    _remove_plans(store, commit_log.run_id, invocations)
     if debris:
         log.info("run %r: removing %d uncommitted file(s) of %d ended invocation(s): %s%s", commit_log.run_id,
                  len(debris), len(invocations), ", ".join(debris[:3]), " ..." if len(debris) > 3 else "")
@@ -47,6 +49,17 @@ def sweep(store: OutputStore, commit_log, done, invocations: list[str], schemas:
         state = done.invocations.setdefault(inv, {})
         state["swept"] = int(state.get("swept") or 0) + 1
     return debris
+
+
+def _remove_plans(store: OutputStore, run_id: str, invocations: list[str]) -> None:
+    """The stored plans of swept invocations (``_plans/<run>/<invocation>/``: only their own read tasks read
+    them, and those are over)."""
+    from diffseg.lake.plan import remove_plans
+
+    try:
+        remove_plans(store, run_id, invocations)
+    except Exception as exc:  # a plan is no row: the next sweep tries again
+        log.warning("run %r: could not remove the plans of %d invocation(s) (%s)", run_id, len(invocations), exc)
 
 
 def sweep_other_runs(store: OutputStore, current_run: str, schemas: Mapping, stale_s: float) -> dict[str, int]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -52,6 +53,28 @@ class Unit:
     def discovered(self) -> bool:
         """True when the workers tell the unit's keys (a whole container)."""
         return bool(self.source) and not self.uris
+
+
+class UnitList(list):
+    """Units held as diffseg.lake.units.Unit objects (jobs.synthesize, container units: 10^4-10^5 of them):
+    a list that answers what a diffseg.lake.plan.StoredPlan answers."""
+
+    @property
+    def total_items(self) -> int:
+        return sum(len(u.uris) for u in self)
+
+    def facts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(unit ids as bytes, rows: 0 for a container whose keys the workers discover)."""
+        return (np.array([u.unit_id.encode() for u in self], dtype="S16") if self else np.zeros(0, "S16"),
+                np.array([len(u.uris) for u in self], dtype=np.int32))
+
+    def held_keys(self) -> pa.Array:
+        """Every key the units name (release_errors keeps those with an error row)."""
+        return pa.array([k for u in self for k in u.uris], pa.string())
+
+    def without(self, unit_ids: Iterable[str]) -> UnitList:
+        gone = set(unit_ids)
+        return UnitList(u for u in self if u.unit_id not in gone)
 
 
 def check_run_id(run_id: str) -> str:

@@ -33,7 +33,6 @@ import pyarrow as pa
 from diffseg.lake.commit import Compaction, Part
 from diffseg.lake.schemas import SEGMENT_TABLES, TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit
 
 log = logging.getLogger("diffseg.lake.writer")
 
@@ -44,7 +43,10 @@ INDEX_EVERY_S = 300.0  # a done-index snapshot at most this often while committi
 
 class UnitCommitter:
     """Consumes worker metadata (diffseg.lake.commit.META_SCHEMA batches) and commits complete units to the
-    run's log (`commit_log`, a begun diffseg.lake.log.CommitLog); counts what it committed: ``items``,
+    run's log (`commit_log`, a begun diffseg.lake.log.CommitLog). `units`: the plan (a
+    diffseg.lake.plan.StoredPlan or UnitList, or a list of Units): the committer keeps of it only each unit's
+    id and size (compact arrays: ~30 bytes a unit), learns a unit's keys from its rows' metadata, and keeps
+    per committed unit only its item count (``committed_units``). Counts what it committed: ``items``,
     ``done`` (items without an error row), ``errors``, ``errors_<stage>``, ``errors_retryable`` and the
     tables' row counters (``tables.row_counters``).
 
@@ -52,29 +54,34 @@ class UnitCommitter:
     records the run identity with the first commit). `background`: commit from a thread (group commit);
     False commits synchronously in :meth:`add` (tests, tools)."""
 
-    def __init__(self, store: OutputStore, commit_log, units: list[Unit], tables: TableSet = SEGMENT_TABLES,
+    def __init__(self, store: OutputStore, commit_log, units, tables: TableSet = SEGMENT_TABLES,
                  before_commit: Callable[[], None] | None = None, background: bool = True, done=None,
                  index_every_s: float = INDEX_EVERY_S):
+        from diffseg.lake.plan import as_plan
+
         self.store, self.log, self.tables = store, commit_log, tables
         self.run_id = commit_log.run_id
-        self.units = {u.unit_id: u for u in units}
+        ids, rows = as_plan(units).facts()  # per planned unit: its id and size (0: the workers tell it)
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._rows = ids[order], np.array(rows[order], dtype=np.int64)
+        self._closed = np.zeros(len(ids), dtype=bool)  # queued or committed (later parts of them are stale)
+        self._committed = np.zeros(len(ids), dtype=bool)
         self.covered: dict[str, np.ndarray] = {}  # unit_id -> bool per position, for units in flight
         self.parts: dict[str, list[Part]] = {}
-        self.discovered_keys: dict[str, list[str | None]] = {}  # container units: keys told by the workers so far
-        self.committed_units: dict[str, dict] = {}  # unit_id -> what its entry recorded, in commit order
-        self.closed: set[str] = set()  # units queued or committed (later parts of them are stale)
+        self.keys: dict[str, list[str | None]] = {}  # units in flight: their keys as the workers told them
+        self.committed_units: dict[str, int] = {}  # unit_id -> items committed, in commit order (no keys)
         self.compacting: set[str] = set()
         self.stale: list[str] = []  # files no commit names (late attempts, merged staging parts)
         self.counts = Counter()
         self.bytes_received = 0
         self.entries = 0
-        self.total_items = sum(len(u.uris) for u in units)
+        self.total_items = int(self._rows.sum())
         self.before_commit = before_commit
         self.done = done  # the run's diffseg.lake.done_index.DoneSet, kept current: what a snapshot writes
         self.index_every_s = index_every_s
         self._last_index = time.monotonic()
         self.index_snapshots = 0
-        self._queue: list[tuple[dict, dict, list[str]]] = []  # (unit record, counts, staging files to delete)
+        self._queue: list[tuple[dict, dict, list[str], int]] = []  # (unit record, counts, staging files, index)
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._busy = False
@@ -84,10 +91,19 @@ class UnitCommitter:
             self._thread = threading.Thread(target=self._commit_loop, name="unit-committer", daemon=True)
             self._thread.start()
 
+    def _find(self, unit_id: str) -> int:
+        """The index of a planned unit, -1 for a unit this committer does not know."""
+        key = np.array(unit_id.encode(), dtype=self._ids.dtype) if len(self._ids) else None
+        if key is None or len(unit_id) > self._ids.dtype.itemsize:
+            return -1
+        i = int(np.searchsorted(self._ids, key))
+        return i if i < len(self._ids) and self._ids[i] == key else -1
+
     # -- intake ---------------------------------------------------------------------------------------
     def add(self, meta: pa.Table) -> list[Compaction]:
         """Takes one batch of metadata rows; queues the units they complete with one final part and
-        returns the compactions of units completed by several parts."""
+        returns the compactions of units completed by several parts. A unit's keys come with its rows
+        (META_SCHEMA ``keys``): the committer holds the keys of the units in flight only."""
         self._raise_error()
         self.bytes_received += meta.nbytes
         todo = []
@@ -95,62 +111,65 @@ class UnitCommitter:
         columns = (meta.column(c).to_pylist() if c in meta.column_names else [None] * meta.num_rows for c in names)
         for unit_id, positions, errors, retry, counts, files, final, unit_rows, keys in zip(*columns):
             files = json.loads(files)
-            unit = self.units.get(unit_id)
-            if unit is None or unit_id in self.closed or unit_id in self.compacting:
+            i = self._find(unit_id)
+            if i < 0 or self._closed[i] or unit_id in self.compacting:
                 self._discard(files)
                 continue
-            if unit.discovered:  # a container: its keys come from the workers
-                unit = self._learn_keys(unit, positions, keys, unit_rows)
+            if keys is None or len(keys) != len(positions):
+                raise ValueError(f"metadata of unit {unit_id} carries {0 if keys is None else len(keys)} key(s) for "
+                                 f"{len(positions)} position(s): the workers must send every row's key "
+                                 f"(diffseg.lake.commit.write_results)")
+            if not self._rows[i]:  # a container: its size is what the workers read
+                self._rows[i] = int(unit_rows)
+                self.total_items += int(unit_rows)
+            size = int(self._rows[i])
+            known = self.keys.setdefault(unit_id, [None] * size)
             if final:
+                known = [None] * size
+                for position, key in zip(positions, keys):
+                    known[position] = key
+                self.keys.pop(unit_id, None)
                 self._discard([f for p in self.parts.pop(unit_id, []) for f in p.files.values()])
                 self.covered.pop(unit_id, None)
-                self._enqueue(unit, files, errors, retry, json.loads(counts), [])
+                self._enqueue(i, unit_id, known, files, errors, retry, json.loads(counts), [])
                 continue
-            covered = self.covered.setdefault(unit_id, np.zeros(len(unit.uris), dtype=bool))
-            pos = np.unique(np.asarray(positions, dtype=np.int64))
-            new = pos[~covered[pos]]
+            covered = self.covered.setdefault(unit_id, np.zeros(size, dtype=bool))
+            pos = np.asarray(positions, dtype=np.int64)
+            pos, first = np.unique(pos, return_index=True)
+            fresh = ~covered[pos]
+            new = pos[fresh]
             if not len(new):
                 self._discard(files)
                 continue
+            for position, j in zip(new, first[fresh]):
+                known[position] = keys[j]
             covered[new] = True
             self.parts.setdefault(unit_id, []).append(Part(files, tuple(int(p) for p in new)))
             if covered.all():
                 del self.covered[unit_id]
                 self.compacting.add(unit_id)
-                todo.append(Compaction(self.store.output, self.run_id, self.log.invocation, unit_id, unit.uris,
+                todo.append(Compaction(self.store.output, self.run_id, self.log.invocation, unit_id, tuple(known),
                                        tuple(self.parts[unit_id])))
         self._sync_commit()
         return todo
-
-    def _learn_keys(self, unit: Unit, positions: list[int], keys: list[str] | None, unit_rows: int) -> Unit:
-        """The unit with the keys the workers told so far (its size from `unit_rows`); once every position
-        is known, the unit holds its keys like a unit of loose files."""
-        known = self.discovered_keys.setdefault(unit.unit_id, [None] * int(unit_rows))
-        for position, key in zip(positions, keys or ()):
-            known[position] = key
-        if all(k is not None for k in known):
-            unit = Unit(unit.unit_id, tuple(known), unit.source)
-            self.units[unit.unit_id] = unit
-            self.total_items += len(known)
-            del self.discovered_keys[unit.unit_id]
-        return Unit(unit.unit_id, tuple(k or "" for k in known), unit.source) if not all(known) else unit
 
     def compacted(self, spec: Compaction, result: dict) -> None:
         """Queues a unit whose parts :func:`diffseg.lake.commit.compact_unit` merged (`result`: its return)."""
         self._raise_error()
         parts = self.parts.pop(spec.unit_id, [])
         self.compacting.discard(spec.unit_id)
+        self.keys.pop(spec.unit_id, None)
         staging = [f["path"] for p in parts for f in p.files.values()]
-        self._enqueue(self.units[spec.unit_id], result["files"], result["errors"], result["retry"], result["counts"],
-                      staging)
+        self._enqueue(self._find(spec.unit_id), spec.unit_id, list(spec.keys), result["files"], result["errors"],
+                      result["retry"], result["counts"], staging)
         self._sync_commit()
 
-    def _enqueue(self, unit: Unit, files: dict, errors: list, retry: list, counts: dict, staging: list[str]) -> None:
-        self.closed.add(unit.unit_id)
-        record = {"unit_id": unit.unit_id, "keys": list(unit.uris), "files": files, "errors": sorted(errors),
-                  "retry": sorted(retry)}
+    def _enqueue(self, i: int, unit_id: str, keys: list[str], files: dict, errors: list, retry: list, counts: dict,
+                 staging: list[str]) -> None:
+        self._closed[i] = True
+        record = {"unit_id": unit_id, "keys": keys, "files": files, "errors": sorted(errors), "retry": sorted(retry)}
         with self._cond:
-            self._queue.append((record, counts, staging))
+            self._queue.append((record, counts, staging, i))
             self._cond.notify_all()
 
     def abandon_in_flight(self) -> None:
@@ -160,7 +179,7 @@ class UnitCommitter:
         self.parts.clear()
         self.covered.clear()
         self.compacting.clear()
-        self.discovered_keys.clear()
+        self.keys.clear()
 
     def _discard(self, files) -> None:
         paths = [f["path"] for f in (files.values() if isinstance(files, dict) else files)]
@@ -195,13 +214,14 @@ class UnitCommitter:
         if batch:
             if self.before_commit is not None:
                 self.before_commit()
-            entry = self.log.append("commit", {"units": [record for record, _, _ in batch]})
+            entry = self.log.append("commit", {"units": [record for record, _, _, _ in batch]})
             self.entries += 1
             self._keep_index(entry)
-            for record, counts, _ in batch:
-                self.committed_units[record["unit_id"]] = record
+            for record, counts, _, i in batch:
+                self.committed_units[record["unit_id"]] = len(record["keys"])
+                self._committed[i] = True
                 self.counts.update({k: int(v) for k, v in counts.items()})
-            stale += [f for _, _, staging in batch for f in staging]
+            stale += [f for _, _, staging, _ in batch for f in staging]
         if stale:
             try:
                 self.store.remove(stale)
@@ -269,7 +289,7 @@ class UnitCommitter:
     @property
     def incomplete(self) -> list[str]:
         """Units not committed (after the dataset is exhausted and :meth:`finish` this should be empty)."""
-        return [u for u in self.units if u not in self.committed_units]
+        return [u.decode() for u in self._ids[~self._committed]]
 
     def errors_by_stage(self) -> dict[str, int]:
         return {k.removeprefix("errors_"): v for k, v in self.counts.items()

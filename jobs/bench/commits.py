@@ -93,7 +93,8 @@ def meta_rows(units, run_id: str, invocation: str, stale: bool) -> list[pa.Table
             out.append(pa.Table.from_pylist([{
                 "unit_id": unit.unit_id, "positions": list(range(n)), "errors": [], "retry": [],
                 "counts": json.dumps({"items": n, "done": n, "errors": 0, "masks_rows": n, "stats_rows": 6 * n}),
-                "files": json.dumps(files), "final": True}], schema=META_SCHEMA))
+                "files": json.dumps(files), "final": True, "unit_rows": n, "keys": list(unit.uris)}],
+                schema=META_SCHEMA))
     return out
 
 

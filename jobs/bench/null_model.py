@@ -279,26 +279,27 @@ def write_index(folder: str, n: int) -> None:
 
 
 def replan(folder: str, n: int) -> dict:
-    """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as
-    diffseg.inputs.list_inputs_array returns it (a pyarrow StringArray), as jobs.segment plans:
-    load the run's state, filter the listing, cut units, count duplicates. The peak RSS includes the listing."""
+    """Planning of run "r" under `folder` (see write_index) against a listing of n + 1000 URIs held as a
+    pyarrow StringArray, as jobs.segment plans (diffseg.lake.plan.plan_keys: spill by key shard, exclude the
+    done keys shard by shard, cut and store the units of what is left), then the duplicate count. The peak
+    RSS includes the listing."""
     import pyarrow as pa
 
     from diffseg.lake.done_index import describe_done, load_state
+    from diffseg.lake.plan import plan_keys
     from diffseg.lake.store import OutputStore
-    from diffseg.lake.units import units_of_sorted
 
     listing = pa.array((_uri(i) for i in range(n)), pa.string(), size=n)
     listing = pa.concat_arrays([listing, pa.array([f"s3://lake/images/new/{i:06d}.jpg" for i in range(1000)])])
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    done = load_state(OutputStore(folder), "r")
-    todo = done.exclude(listing)
-    units = units_of_sorted(todo.sort() if hasattr(todo, "sort") else todo, 256)
+    store = OutputStore(folder)
+    done = load_state(store, "r")
+    plan, c = plan_keys(listing, done, store, "r", "1" * 12, 256)
     counts = describe_done(done)
     seconds = time.perf_counter() - t0
-    assert len(todo) == 1000 and len(units) == 4 and counts["duplicate_items"] == 0, (len(todo), counts)
-    return {"done": n, "replan_s": round(seconds, 2), "listing": n + 1000, "todo": len(todo),
+    assert c.to_process == 1000 and len(plan) == 4 and counts["duplicate_items"] == 0, (c, len(plan), counts)
+    return {"done": n, "replan_s": round(seconds, 2), "listing": n + 1000, "todo": c.to_process,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_with_listing_mb": round(rss0, 1)}
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 
 def release_retried(run) -> None:
-    """Hands the error rows of planned keys back (a fenced ``retry`` entry; diffseg.lake.retry)."""
-    import pyarrow as pa
-
+    """Hands the error rows of planned keys back (a fenced ``retry`` entry; diffseg.lake.retry): the keys the
+    plan holds from error rows (diffseg.lake.plan: ``held_keys``), not every planned key."""
     from diffseg.lake.retry import release_errors
 
-    keys = pa.array([k for unit in run.planned.units for k in unit.uris], pa.string())
+    keys = run.planned.units.held_keys()
     released = release_errors(run.checked.store, run.commit_log, run.done_set, keys, run.job.tables)
     run.planned.counts["errors_retried"] = released
     if released:
@@ -19,13 +18,19 @@ def release_retried(run) -> None:
 
 
 def end_invocation(run) -> None:
-    """After the pipeline: sweeps this invocation's uncommitted files and writes the done index (a failure
-    only costs re-reads: the log stays the truth)."""
+    """After the pipeline: removes this invocation's plan, sweeps its uncommitted files and writes the done
+    index (a failure only costs re-reads: the log stays the truth; a plan left behind goes with the
+    invocation's sweep by the next run)."""
     from diffseg.lake.done_index import load_state, write_index
     from diffseg.lake.log import LogFencedError
+    from diffseg.lake.plan import remove_plans
     from diffseg.lake.sweep import sweep
 
     store, log = run.checked.store, run.job.log
+    try:
+        remove_plans(store, run.config.run_id, [run.commit_log.invocation])
+    except Exception as exc:
+        log.warning("could not remove this invocation's plan (%s); the next run's sweep does", exc)
     try:
         if run.writer is not None:
             run.writer.finish()

@@ -117,10 +117,10 @@ class StallAlarm:
         os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def restart_pipeline(run, reason: str) -> list:
+def restart_pipeline(run, reason: str):
     """After a pipeline lost a worker: commits what is whole, abandons the units in flight and returns the
-    units to run again, with the actor pool re-sized from the alive nodes once the dead pipeline's actors
-    are gone (jobs.common.restarts)."""
+    units to run again (the plan without the committed units: diffseg.lake.plan), with the actor pool
+    re-sized from the alive nodes once the dead pipeline's actors are gone (jobs.common.restarts)."""
     import dataclasses
 
     from jobs.common.config import resolve_resources
@@ -128,7 +128,7 @@ def restart_pipeline(run, reason: str) -> list:
     wait_actors_gone("MapWorker")
     run.writer.flush()
     run.writer.abandon_in_flight()
-    units = [u for u in run.planned.units if u.unit_id not in run.writer.committed_units]
+    units = run.planned.units.without(run.writer.committed_units)
     nodes = settled_nodes(run.nodes_at_start)
     run.resources = dataclasses.replace(resolve_resources(run.config, nodes), counter=run.resources.counter)
     run.pipeline_restarts += 1

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from diffseg.lake.manifest import RunInfo, build_manifest, check_run_identity, utc_stamp, write_manifest
 from diffseg.lake.schemas import TableSet
 from diffseg.lake.store import OutputStore
-from diffseg.lake.units import Unit, check_run_id
+from diffseg.lake.units import check_run_id
 from jobs.common.config import ConfigError, Resources, resolve_resources
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS = 0, 1, 2, 3
@@ -60,11 +60,18 @@ class Checked:
 
 @dataclass(frozen=True)
 class Planned:
-    """A job's plan: the units to run and the planning counts of the manifest."""
+    """A job's plan: the units to run and the planning counts of the manifest. `units`: a
+    diffseg.lake.plan.StoredPlan (loose files: stored under OUTPUT, a few numbers per unit in memory) or a
+    UnitList (a list of Units is made one): both give len, ``total_items``, ``held_keys()``, ``without()``."""
 
-    units: list[Unit]
+    units: object
     counts: dict  # "already_done", "units_to_process" and the job's own counts
     everything: str  # what "nothing to do" says is committed: "12 input images"
+
+    def __post_init__(self):
+        from diffseg.lake.plan import as_plan
+
+        object.__setattr__(self, "units", as_plan(self.units))
 
 
 class Job:
@@ -78,13 +85,15 @@ class Job:
         """All checks that read no input (raise ValueError naming the option: exit 2)."""
         raise NotImplementedError
 
-    def plan(self, config, checked: Checked, done) -> Planned:
+    def plan(self, config, checked: Checked, done, invocation: str) -> Planned:
         """The units of the work items not in `done` (the run's committed items: a
-        diffseg.lake.done_index.DoneSet; ``key in done``, ``done.exclude(keys)``)."""
+        diffseg.lake.done_index.DoneSet; ``key in done``, ``done.exclude(keys)``). `invocation`: this
+        invocation's id (a stored plan's folder, diffseg.lake.plan.plan_folder)."""
         raise NotImplementedError
 
-    def dataset(self, config, checked: Checked, units: list[Unit], resources: Resources, target):
-        """The lazy Ray dataset whose actors write the units' rows to `target` (a
+    def dataset(self, config, checked: Checked, units, resources: Resources, target):
+        """The lazy Ray dataset of `units` (the plan, or after a restart the part of it not committed) whose
+        actors write the units' rows to `target` (a
         diffseg.lake.commit.WriteTarget) and return diffseg.lake.commit.META_SCHEMA rows. It sets Ray Data's
         progress output (jobs.common.progress.configure_ray_data) before the dataset executes."""
         raise NotImplementedError
@@ -239,7 +248,7 @@ def _run_leased(job: Job, config, checked: Checked, lease, t0: float, started_at
         new_run = False
     debris = sweep(store, commit_log, done, done.unswept(commit_log.invocation), job.tables.schemas)
     others = sweep_other_runs(store, run_id, job.tables.schemas, config.lease_stale_s)
-    planned = job.plan(config, checked, done)
+    planned = job.plan(config, checked, done, commit_log.invocation)
     planned.counts.update(debris_files_removed=len(debris) + sum(others.values()), **describe_done(done))
     if planned.counts["duplicate_items"]:
         job.log.warning("run %r holds %d item(s) in two committed units; a plain read sees them twice: read with "
@@ -335,7 +344,7 @@ def _run_on_ray(run: _Invocation) -> int:
                              vocabulary=tuple(run.checked.vocab.names), invocation=run.commit_log.invocation)
         run.writer = UnitCommitter(run.checked.store, run.commit_log, run.planned.units, job.tables,
                                    before_commit=run.before_commit, done=run.done_set.copy())
-        progress = Progress(sum(len(u.uris) for u in run.planned.units), items=job.words.items)
+        progress = Progress(run.planned.units.total_items, items=job.words.items)
         counter = batch_counter()  # the actors count per model batch: progress moves per batch, not per unit
         run.resources = dataclasses.replace(run.resources, counter=counter)
         units = run.planned.units

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_actor_options(g)
     g.add_argument("--unit-size", type=int, default=256,
                    help="images per work unit = per output file and commit (default 256)")
-    g.add_argument("--limit", type=int, help="process at most N of the images not yet done (smoke tests)")
+    g.add_argument("--limit", type=int, help="process at most N of the images not yet done, taken in the plan's spread (hashed) order, "
+                   "not the first N by name (smoke tests)")
     m = p.add_argument_group("model and outputs")
     m.add_argument("--resolution", type=positive_int, default=512,
                    help="square model input side in pixels, a multiple of the model's total downsampling (64 for "

@@ -1,6 +1,7 @@
 """The segment job's Ray Data pipeline::
 
-    from_arrow(URI blocks, one per unit)
+    read_datasource(PlanSource)                one read task per unit of the stored plan (diffseg.lake.plan):
+                                               one ranged read of its plan file, one block of its URIs
       -> map_batches(decode_batch)             CPU tasks: read + decode + resize (jobs.segment.actor)
       -> map_batches(SegmentUDF, ActorPool)    device actors: model, methods, argmax; compact outcomes
       -> map_batches(encode_and_write)         CPU tasks: masks, stats, error rows, written to OUTPUT
@@ -13,12 +14,20 @@ One block per unit, so a unit reaches an actor as one batch and its rows go stra
 files (no compaction): the input is one block per unit, Ray Data's block target is raised so that a
 decoded unit stays one block (:func:`block_target_bytes`), and the actor returns one row per unit. The
 actor runs the model on runs of ``--batch-size`` images inside its batch.
+
+The driver holds no URI: the plan is stored under OUTPUT, and each read task (Ray Data puts one small
+object per task: its plan file, byte range and size) reads its unit's rows itself, so the driver's cost is
+per unit (measured: jobs.bench.plan). ``override_num_blocks`` is the number of units, so Ray Data never
+splits a unit's block to reach a parallelism of its own. The read tasks are not fused with decoding (Ray
+Data does not fuse a read into a ``map_batches`` with a batch size), so they reserve :data:`READ_CPUS` only. Container units and units held in memory
+(diffseg.lake.plan.UnitList) still go in as blocks (:func:`input_blocks`, jobs.segment.containers).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
+from diffseg.lake.plan import StoredPlan, read_unit_blocks
 from diffseg.lake.units import Unit
 from jobs.common.config import JobConfig, Resources
 from jobs.common.progress import configure_ray_data
@@ -26,6 +35,7 @@ from jobs.common.ray_env import TASK_RETRIES, accept_remote_args, map_actors
 from jobs.segment.actor import SegmentUDF, UdfConfig, decode_batch
 
 BLOCK_SLACK = 1.25  # a block target this much above a decoded unit's bytes (row overhead, URIs, columns)
+READ_CPUS = 0.25  # what a read task of the plan reserves (one ranged GET of a unit's URIs)
 
 
 def block_target_bytes(unit_size: int, resolution: int, current: int) -> int:
@@ -44,13 +54,41 @@ def input_blocks(units: list[Unit]) -> list[pa.Table]:
                       "unit_rows": pa.array([len(unit.uris)] * len(unit.uris), pa.int32())}) for unit in units]
 
 
-def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vocab, target=None,
+def plan_source(plan: StoredPlan):
+    """A ray.data Datasource of `plan`: one read task per unit, in plan order (the spread order)."""
+    import functools
+
+    from ray.data import Datasource, ReadTask
+    from ray.data.block import BlockMetadata
+
+    class PlanSource(Datasource):
+        def estimate_inmemory_data_size(self):
+            return None
+
+        def get_name(self) -> str:
+            return "ReadPlan"
+
+        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+            tasks = []
+            for i in range(len(plan)):
+                rel, offset, length = plan.where(i)
+                meta = BlockMetadata(num_rows=int(plan.rows[i]), size_bytes=None, input_files=None, exec_stats=None)
+                # read_unit_blocks lives in diffseg.lake.plan: a read task imports it, not this module (whose
+                # imports, the actor's, take ~250 MB per worker); pickled by reference, ~400 bytes a task
+                tasks.append(ReadTask(functools.partial(read_unit_blocks, plan.output, rel, offset, length), meta))
+            return tasks
+
+    return PlanSource()
+
+
+def build_dataset(units, config: JobConfig, resources: Resources, vocab, target=None,
                   actor_class=SegmentUDF, encode_stage: bool = True):
     """The lazy Ray Data pipeline. With a write `target` (diffseg.lake.commit.WriteTarget) its rows are
     diffseg.lake.commit.META_SCHEMA metadata (the encode tasks wrote the tables); without one they are
     diffseg.lake.schemas.RESULT_SCHEMA rows. `actor_class`: SegmentUDF or a stand-in (the benchmark's
     null model, jobs.bench.null_model). `encode_stage`: encoding and writing on CPU tasks after the actors
-    (the job); False: in the actors (jobs.bench.pipeline --in-actor compares)."""
+    (the job); False: in the actors (jobs.bench.pipeline --in-actor compares). `units`: a
+    diffseg.lake.plan.StoredPlan (loose files), or a list of Units (containers, tools)."""
     import ray
 
     configure_ray_data(config.verbose)  # the runner's Progress lines replace Ray Data's (-v: its own too)
@@ -60,7 +98,11 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
     udf_config = UdfConfig.placed(config, resources, target, encode_stage=encode_stage and target is not None, methods=tuple(config.methods),
                                   resolution=config.resolution, save_scores=config.save_scores,
                                   method_params=config.method_params, recipe=config.recipe_kwargs())
-    if units and units[0].source:  # containers: one read task per shard or row group, read front to back
+    if isinstance(units, StoredPlan):  # one small read per unit: Ray Data never fuses a read with map_batches of
+        # a batch_size (the read could change the row count), so read tasks reserve little of their own
+        ds = ray.data.read_datasource(plan_source(units), override_num_blocks=max(1, len(units)),
+                                      num_cpus=min(READ_CPUS, resources.decode_cpus))
+    elif units and units[0].source:  # containers: one read task per shard or row group, read front to back
         from jobs.segment.containers import container_blocks, read_container
 
         ds = ray.data.from_arrow(container_blocks(units)).map_batches(
@@ -70,7 +112,8 @@ def build_dataset(units: list[Unit], config: JobConfig, resources: Resources, vo
                        "chunk": config.unit_size},
             num_cpus=resources.decode_cpus, memory=resources.decode_memory, max_retries=TASK_RETRIES)
         return map_actors(ds, actor_class, (config.model, vocab, udf_config), resources, config.unit_size)
-    ds = ray.data.from_arrow(input_blocks(units))
+    else:
+        ds = ray.data.from_arrow(input_blocks(units))
     ds = ds.map_batches(
         decode_batch,
         batch_size=config.batch_size,

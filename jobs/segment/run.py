@@ -3,18 +3,17 @@ does the rest, shared with jobs.synthesize; its docstring lists the steps and ex
 
 Checks that need no image: methods, vocabulary, model URI (and that it runs at ``--resolution`` and
 builds the vocabulary's prompt with the run's recipe: --context, --template, --separator), OUTPUT
-writable, INPUT listable, run identity. Planning: the listed URIs the run does not have yet, at most
-``--limit`` of them, cut into sorted units of ``--unit-size``.
+writable, INPUT listable, run identity. Planning (diffseg.lake.plan): the listed URIs the run does not have
+yet, streamed through a local spill by key shard, at most ``--limit`` of them, cut shard by shard into sorted
+units of ``--unit-size`` and stored under OUTPUT (``_plans/<run>/<invocation>/``), so the driver holds per
+unit a few numbers and no URI; container inputs (shards, row groups) are a list of units, one per container.
 """
 
 from __future__ import annotations
 
 import logging
 
-import pyarrow as pa
-
 from diffseg.lake.schemas import SEGMENT_TABLES
-from diffseg.lake.units import units_of_sorted
 from jobs.common.checks import check_model, check_model_setup, load_vocabulary, writable_store
 from jobs.common.config import ConfigError, JobConfig
 from jobs.common.runner import Checked, Job, Planned, Words
@@ -38,31 +37,29 @@ class SegmentJob(Job):
         check_model(config.model)
         check_prompt(config, vocab)
         store = writable_store(config.output)
-        uris = listed_images(config)  # Arrow strings: no Python str per URI while planning
+        listing = listed_images(config)  # planned as a stream: jobs.segment.run.SegmentJob.plan
         vocab_hash = vocab.hash(redact_uri(config.model))
         identity = run_identity(config.model, vocab_hash, config.methods, config.resolution, config.method_params,
                                 config.recipe_changes())
-        return Checked(store, vocab, config.vocab, vocab_hash, identity, uris)
+        return Checked(store, vocab, config.vocab, vocab_hash, identity, listing)
 
-    def plan(self, config: JobConfig, checked: Checked, done) -> Planned:
+    def plan(self, config: JobConfig, checked: Checked, done, invocation: str = "000000000000") -> Planned:
+        from diffseg.lake.plan import plan_keys
         from diffseg.model import redact_uri
 
-        if not isinstance(checked.inputs, pa.Array):  # containers: a unit per shard or row group
-            return self._plan_containers(config, checked.inputs, done)
-        uris = checked.inputs
-        todo = done.exclude(uris, retry_errors=config.retry_errors)
-        limited_out = 0
-        if config.limit is not None and len(todo) > config.limit:
-            limited_out = len(todo) - config.limit
-            todo = todo.slice(0, config.limit)
-        units = spread(units_of_sorted(todo, config.unit_size))
-        counts = {"listed": len(uris), "already_done": len(uris) - len(todo) - limited_out, "limited_out": limited_out,
-                  "to_process": len(todo), "units_to_process": len(units)}
+        listing = checked.inputs
+        if getattr(listing, "form", "files") != "files":  # containers: a unit per shard or row group
+            return self._plan_containers(config, listing, done)
+        plan, c = plan_keys(listing, done, checked.store, config.run_id, invocation, config.unit_size,
+                            limit=config.limit, retry_errors=config.retry_errors)
+        counts = {"listed": c.listed, "already_done": c.already_done, "limited_out": c.limited_out,
+                  "to_process": c.to_process, "units_to_process": len(plan)}
         self.log.info("INPUT %s: %d images listed, %d already done in run %r, %d to process in %d unit(s)",
-                      redact_uri(config.input), len(uris), counts["already_done"], config.run_id, len(todo), len(units))
-        return Planned(units, counts, f"{len(uris)} input images")
+                      redact_uri(config.input), c.listed, c.already_done, config.run_id, c.to_process, len(plan))
+        return Planned(plan, counts, f"{c.listed} input images")
 
     def _plan_containers(self, config: JobConfig, listing, done) -> Planned:
+        """One unit per container (jobs.segment.containers): 10^4-10^5 of them, held as a list."""
         from diffseg.model import redact_uri
         from jobs.segment.containers import plan_containers
 
@@ -88,15 +85,15 @@ class SegmentJob(Job):
 
 
 def listed_images(config: JobConfig):
-    """INPUT in ``--input-format`` (InputError, exit 2: a missing, empty or ambiguous INPUT): loose files as
-    a sorted pyarrow StringArray of URIs, containers (WebDataset shards, Parquet files with image bytes) as
-    their diffseg.inputs.Listing (planned one unit per shard or row group: jobs.segment.containers)."""
+    """INPUT in ``--input-format`` as its diffseg.inputs.Listing (InputError, exit 2: a missing, empty or
+    ambiguous INPUT): loose files are planned from its batches (diffseg.lake.plan), containers (WebDataset
+    shards, Parquet files with image bytes) one unit per shard or row group (jobs.segment.containers)."""
     from diffseg.inputs import list_input
     from diffseg.model import redact_uri
 
     listing = list_input(config.input, config.input_format)
     SegmentJob.log.info("INPUT %s: %s (%s)", redact_uri(config.input), listing.form, listing.detected or "auto")
-    return listing.uris if listing.form == "files" else listing
+    return listing
 
 
 def check_prompt(config: JobConfig, vocab) -> None:
@@ -118,5 +115,6 @@ def run(config: JobConfig) -> int:
 
 def spread(units: list) -> list:
     """Units in a spread order (by their id, a hash), so the reads in flight are not one moving range of
-    adjacent keys (a store throttles per key prefix); images within a unit stay sorted."""
+    adjacent keys (a store throttles per key prefix); images within a unit stay sorted. (Container units;
+    loose files are spread by their plan: shard by shard of a key hash, diffseg.lake.plan.)"""
     return sorted(units, key=lambda u: u.unit_id)

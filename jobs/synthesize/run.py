@@ -64,7 +64,7 @@ class SynthesizeJob(Job):
         names_hash = classes_hash(vocab.names, config.prompt, model)
         return Checked(store, vocab, config.classes, names_hash, synth_identity(config, model, names_hash))
 
-    def plan(self, config: SynthConfig, checked: Checked, done) -> Planned:
+    def plan(self, config: SynthConfig, checked: Checked, done, invocation: str = "") -> Planned:
         names = checked.vocab.names
         requested = len(names) * config.per_class
         units = make_synth_units(names, config.seeds, config.unit_size, done)

@@ -338,6 +338,7 @@ def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invoca
 
     from diffseg.lake.lease import lease_path
     from diffseg.lake.manifest import MANIFEST, run_manifest_path
+    from diffseg.lake.plan import units_of_plan
     from jobs.common.bookkeeping import end_invocation as _end_invocation
     from jobs.common.config import JobConfig
     from jobs.common.runner import _Invocation
@@ -351,19 +352,19 @@ def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invoca
     def start(break_lease: bool) -> tuple[Invocation, _Invocation]:
         checked = job.check(config)
         inv = invocations(checked.store, break_lease=break_lease)
-        planned = job.plan(config, checked, inv.done)
+        planned = job.plan(config, checked, inv.done, inv.log.invocation)
         run = _Invocation(job, config, checked, planned, inv.done, "2026-01-01T00:00:00Z", 0.0, 0.0,
                           commit_log=inv.log)
         run.write_manifest("running")
         return inv, run
 
     a, a_run = start(break_lease=False)
-    units = a_run.planned.units
+    units = list(units_of_plan(a.store, a_run.planned.units))  # the stored plan's units, read back
     a_run.writer = a.committer(units)
     a_run.writer.add(a.write(units[0]))
 
     b, b_run = start(break_lease=True)  # --break-lease: b plans what a has not committed
-    assert [u.uris for u in b_run.planned.units] == [units[1].uris]  # (units are planned in a spread order)
+    assert [u.uris for u in units_of_plan(b.store, b_run.planned.units)] == [units[1].uris]  # (spread order)
     assert sorted(units[0].uris + units[1].uris) == uris
     a.lease.beat()  # a's next heartbeat finds the lease rewritten
     with pytest.raises(LeaseLostError, match="taken over"):

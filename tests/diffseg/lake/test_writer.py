@@ -130,3 +130,34 @@ def test_the_committer_writes_done_index_snapshots_while_it_commits(tmp_path):
     assert done.entries_read == 0 and sorted(done.done_keys().to_pylist()) == uris
     named = {f for s in done.segments for f in (s.keys, s.units)}  # the live segments (keys and units files)
     assert set(store.list("_index/default")) == named and len(done.segments) < len(units)  # merged ones are gone
+
+
+def test_a_stored_plan_is_committed_from_the_keys_the_workers_send(tmp_path):
+    """The committer holds only ids and sizes of the plan: each unit's keys come with its rows' metadata,
+    and what it keeps of a committed unit is its count."""
+    import pyarrow as pa
+    import pytest
+
+    from diffseg.lake.plan import plan_keys, units_of_plan
+
+    uris = [f"s3://lake/{i:03d}.jpg" for i in range(40)]
+    store = OutputStore(str(tmp_path))
+    commit_log = begun(store)
+    plan, _ = plan_keys(pa.array(uris), load_state(store, "default"), store, "default", commit_log.invocation, 8,
+                        shards=4)
+    units = list(units_of_plan(store, plan))
+    target = WriteTarget(str(tmp_path), "default", "tiny", "h", invocation="0123456789ab")
+    committer = UnitCommitter(store, commit_log, plan, background=False)
+    assert committer.total_items == 40 and sorted(committer.incomplete) == sorted(u.unit_id for u in units)
+    keyless = worker_batch(store, target, units, [(0, p) for p in range(len(units[0].uris))])
+    with pytest.raises(ValueError, match="must send every row's key"):
+        committer.add(keyless.set_column(8, "keys", pa.nulls(keyless.num_rows, keyless.schema.field("keys").type)))
+    for u, unit in enumerate(units):
+        picks = [(u, p) for p in range(len(unit.uris))]
+        for half in (picks[::2], picks[1::2]):  # two parts: compacted with the keys the parts told
+            for spec in committer.add(worker_batch(store, target, units, half)):
+                committer.compacted(spec, compact_unit(spec, SEGMENT_TABLES))
+    committer.finish()
+    assert committer.incomplete == [] and sum(committer.committed_units.values()) == 40
+    done = load_state(store, "default")
+    assert sorted(done.done_keys().to_pylist()) == uris and len(done.units) == len(units)
