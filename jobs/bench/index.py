@@ -105,8 +105,9 @@ def _state(folder: str):
     return load_state(OutputStore(folder), "r")
 
 
-def build(folder: str, n: int, appends: int) -> dict:
-    """Run "r" with `n` keys in `appends` index writes (each a delta of n / appends keys)."""
+def build(folder: str, n: int, appends: int, keys: pa.Array | None = None) -> dict:
+    """Run "r" with `n` keys (`keys`, else :func:`hash_keys`) in `appends` index writes (each a delta of
+    n / appends keys)."""
     from diffseg.lake.done_index import HELD_KEYS_SCHEMA, write_index
     from diffseg.lake.log import CommitLog
     from diffseg.lake.store import OutputStore
@@ -115,7 +116,7 @@ def build(folder: str, n: int, appends: int) -> dict:
     store = OutputStore(folder)
     commit_log = CommitLog(store, "r", "0123456789ab")
     commit_log.begin()
-    keys = hash_keys(n, seed=0)
+    keys = hash_keys(n, seed=0) if keys is None else keys
     writes, t0 = [], time.perf_counter()
     step = -(-n // appends)
     for i, start in enumerate(range(0, n, step)):

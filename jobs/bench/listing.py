@@ -110,12 +110,13 @@ def _xml_page(bucket: str, prefix: str, keys, prefixes, truncated: bool, last: s
     return "".join(parts).encode()
 
 
-def serve_standin(port: int, n: int, latency_s: float, ready=None) -> None:
-    """Serve :class:`VirtualKeys` of `n` keys in bucket ``lake`` on 127.0.0.1:`port` (ListObjectsV2 only;
-    every other request gets 404), sleeping `latency_s` before each answer. Runs until killed."""
+def serve_standin(port: int, n: int, latency_s: float, ready=None, prefix: str = PREFIX) -> None:
+    """Serve :class:`VirtualKeys` of `n` keys under `prefix` in bucket ``lake`` on 127.0.0.1:`port`
+    (ListObjectsV2 only; every other request gets 404), sleeping `latency_s` before each answer. Runs until
+    killed."""
     from aiohttp import web
 
-    keys = VirtualKeys(n)
+    keys = VirtualKeys(n, prefix)
 
     served = [0]
 

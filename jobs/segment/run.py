@@ -19,6 +19,9 @@ from jobs.common.config import ConfigError, JobConfig
 from jobs.common.runner import Checked, Job, Planned, Words
 from jobs.common.runner import run as run_job
 
+MANY_UNITS = 200_000  # a plan beyond this many units warns about the driver's memory (--unit-size)
+RAY_BYTES_PER_UNIT = 6_600  # Ray Data's driver bookkeeping per unit, measured (docs/benchmarks.md, "Planning")
+
 
 class SegmentJob(Job):
     log = logging.getLogger("jobs.segment")
@@ -56,6 +59,11 @@ class SegmentJob(Job):
                   "to_process": c.to_process, "units_to_process": len(plan)}
         self.log.info("INPUT %s: %d images listed, %d already done in run %r, %d to process in %d unit(s)",
                       redact_uri(config.input), c.listed, c.already_done, config.run_id, c.to_process, len(plan))
+        if len(plan) > MANY_UNITS:
+            self.log.warning("%d units to process: Ray Data keeps about %.0f KB per unit on the driver (~%.1f GB here); "
+                             "--unit-size %d would need ~%.1f GB", len(plan), RAY_BYTES_PER_UNIT / 1e3,
+                             len(plan) * RAY_BYTES_PER_UNIT / 1e9, 4 * config.unit_size,
+                             len(plan) * RAY_BYTES_PER_UNIT / 4e9)
         return Planned(plan, counts, f"{c.listed} input images")
 
     def _plan_containers(self, config: JobConfig, listing, done) -> Planned:
