@@ -74,5 +74,7 @@ def build_tiny_tokenizer(model_max_length: int = 77):
     except TypeError:  # transformers 4.x takes files, not objects
         import tempfile
 
-        folder = write_tiny_tokenizer(tempfile.mkdtemp(prefix="diffseg-tok-"))
-        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=model_max_length)
+        with tempfile.TemporaryDirectory(prefix="diffseg-tok-") as tmp:  # read whole by the constructor
+            folder = write_tiny_tokenizer(tmp)
+            return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                                 model_max_length=model_max_length)

@@ -7,7 +7,7 @@ a local OUTPUT folder, serves a listing from the ListObjectsV2 stand-in of jobs.
 ``jobs.segment`` runs before Ray starts: ``diffseg.inputs.list_input(INPUT, "files")`` (the listing as a
 stream, diffseg.inputs.listing.list_keys) then ``diffseg.lake.plan.plan_keys`` (spill by key shard, probe
 the index shard by shard, cut and store the units), with ``load_state`` first. Printed: wall seconds,
-the process's CPU seconds, its peak RSS growth over the imports, keys listed, keys to do, units.
+the process's CPU seconds, its peak RSS (VmHWM) above its RSS after the imports, keys listed, keys to do, units.
 
 - ``delta``: a nightly delta of M new keys under their own prefix (``s3://lake/new/``) against D done
   (every shard of the index is read once);
@@ -28,7 +28,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -74,9 +73,14 @@ def build_index(folder: str, done: int) -> dict:
     return build(folder, done, 10, keys=virtual_keys(done))
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc (VmHWM is this program's own: ru_maxrss
+    would carry over the RSS of the process that forked it, here the one that built a 10^7-key index)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def replan(folder: str, endpoint: str, prefix: str) -> dict:
@@ -93,13 +97,13 @@ def replan(folder: str, endpoint: str, prefix: str) -> dict:
     from diffseg.lake.store import OutputStore
 
     store = OutputStore(folder)
-    before, t0, cpu0 = _rss(), time.perf_counter(), time.process_time()
+    before, t0, cpu0 = _status_bytes("VmRSS"), time.perf_counter(), time.process_time()
     done = load_state(store, "r")
     t_load = time.perf_counter() - t0
     listing = list_input(f"s3://{BUCKET}/{prefix}", "files")
     plan, counts = plan_keys(listing, done, store, "r", "0" * 12, 256)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     return {"listed": counts.listed, "todo": counts.to_process, "units": len(plan), "seconds": round(seconds, 1),
             "load_s": round(t_load, 2), "cpu_s": round(cpu, 1), "peak_rss_mb": round((peak - before) / 2**20)}
 
