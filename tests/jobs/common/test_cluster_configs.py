@@ -82,3 +82,17 @@ def test_quoted_commands_are_accepted_by_the_parser(name):
         assert commands, f"{name} quotes no command"
     for command in commands:
         check_command(command)
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "raycluster.yaml"])
+def test_the_head_plans_into_a_volume_of_its_own(name):
+    """Planning spills the listing to the driver's TMPDIR (~60 B per listed key: ~6 GB at 10^8 images); the
+    head pod gives it a sized emptyDir instead of the container's writable layer."""
+    doc = yaml.safe_load((CLUSTER / name).read_text())
+    head = (doc["spec"].get("rayClusterSpec") or doc["spec"])["headGroupSpec"]["template"]["spec"]
+    container = head["containers"][0]
+    tmpdir = {e["name"]: e["value"] for e in container["env"]}["TMPDIR"]
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = {v["name"]: v for v in head["volumes"]}[mounted[tmpdir]]
+    assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"].endswith("Gi")
+    assert int(volume["emptyDir"]["sizeLimit"][:-2]) >= 8
