@@ -1,6 +1,6 @@
 """An invocation's bookkeeping around its pipeline (the runner calls these): handing retried error rows
-back before it, sweeping its own leftovers and writing the done index after it (jobs.common.runner's
-_Invocation is the `run` they take)."""
+back before it, sweeping its own leftovers and writing the done index after it (a
+jobs.common.invocation.Invocation is the `run` they take)."""
 
 from __future__ import annotations
 

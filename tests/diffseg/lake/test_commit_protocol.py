@@ -341,7 +341,7 @@ def test_break_lease_holder_cannot_commit_or_write_the_manifest(tmp_path, invoca
     from diffseg.lake.plan import units_of_plan
     from jobs.common.bookkeeping import end_invocation as _end_invocation
     from jobs.common.config import JobConfig
-    from jobs.common.runner import _Invocation
+    from jobs.common.invocation import Invocation as _Invocation
     from jobs.segment.run import SegmentJob
 
     uris = put_files(str(tmp_path / "in"), {f"{i:02d}.jpg": b"x" for i in range(6)})
