@@ -142,8 +142,10 @@ def test_killed_job_resumes_without_duplicates_and_removes_debris(ray_local, tmp
     (killed,) = {store.get_json(r)["invocation"] for r in store.list("_log/default") if r.endswith(".json")
                  and not r.rsplit("/", 1)[1].startswith("_")}
     (output / "masks" / f"part-default-{killed}-00000000deadbeef-0badc0de.parquet").write_bytes(b"half-written")
+    assert store.list(f"_plans/default/{killed}")  # the killed invocation's stored plan is left behind
 
     assert run(config(str(tmp_path / "in"), str(output), unit_size=2, batch_size=2)) == 0
+    assert store.list("_plans") == []  # gone with the killed invocation's sweep; the resume removed its own
     counts = OutputStore(str(output)).get_json("manifest.json")["counts"]
     assert counts["already_done"] == 2 * committed and counts["processed"] == 18 - 2 * committed
     assert counts["debris_files_removed"] >= 1
