@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from diffseg.lake.index_segments import map_ordered, shard_parts
-from diffseg.lake.key_shards import KEY_SHARDS, key_shard
+from diffseg.lake.key_shards import KEY_SHARDS, key_shard, shard_order
 from diffseg.lake.key_state import (
     FINAL,
     NO_ROW,
@@ -121,10 +121,8 @@ class DoneSet:
         of each shard, and the duplicates inside it."""
         if self._view is None:
             rows = stack(self.delta)
-            shards = key_shard(rows.column("uri")) if rows.num_rows else np.zeros(0, np.int32)
-            order = np.argsort(shards, kind="stable")
+            order, bounds = shard_order(rows.column("uri"))
             rows = rows.take(pa.array(order)) if rows.num_rows else rows
-            bounds = np.searchsorted(shards[order], np.arange(KEY_SHARDS + 1))
             dups = duplicates_of(resolve(rows)) if rows.num_rows else 0
             self._view = (rows, bounds, dups)
         return self._view
@@ -164,9 +162,7 @@ class DoneSet:
 
     def _grouped(self, array: pa.Array):
         """(shard, positions) of `array`'s keys, shards ascending."""
-        shards = key_shard(array)
-        order = np.argsort(shards, kind="stable")
-        bounds = np.searchsorted(shards[order], np.arange(KEY_SHARDS + 1))
+        order, bounds = shard_order(array)
         return [(s, order[bounds[s]: bounds[s + 1]]) for s in range(KEY_SHARDS) if bounds[s + 1] > bounds[s]]
 
     def exclude(self, keys, retry_errors: bool = False):

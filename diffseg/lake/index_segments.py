@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diffseg.lake.key_shards import KEY_SHARDS, key_shard
+from diffseg.lake.key_shards import KEY_SHARDS, shard_order
 from diffseg.lake.key_state import FINAL, RETRY, ROWS_SCHEMA, plain_rows
 from diffseg.lake.store import TMP_PREFIX, OutputStore
 
@@ -207,9 +207,7 @@ def _flat_shard(store: OutputStore, seg: Segment, shard: int) -> pa.Table:
 
 def _split_flat(store: OutputStore, seg: Segment) -> None:
     table = plain_rows(pq.read_table(pa.BufferReader(store.get(seg.keys))))
-    shards = key_shard(table.column("uri"))
-    order = np.argsort(shards, kind="stable")
-    bounds = np.searchsorted(shards[order], np.arange(KEY_SHARDS + 1))
+    order, bounds = shard_order(table.column("uri"))
     table = table.take(pa.array(order))
     seg._split = {s: table.slice(bounds[s], bounds[s + 1] - bounds[s]) for s in range(KEY_SHARDS)}
 

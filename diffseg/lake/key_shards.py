@@ -70,6 +70,14 @@ def key_shard(keys, shards: int = KEY_SHARDS) -> np.ndarray:
     return (key_hash(keys) % np.uint64(shards)).astype(np.int32)
 
 
+def shard_order(keys, shards: int = KEY_SHARDS) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds) of `keys` grouped by shard: ``order`` sorts them by shard, stably (their own order
+    kept within a shard), and the keys of shard s are ``order[bounds[s]:bounds[s + 1]]`` (bounds: shards + 1)."""
+    shard = key_shard(keys, shards) if len(keys) else np.zeros(0, np.int32)
+    order = np.argsort(shard, kind="stable")
+    return order, np.searchsorted(shard[order], np.arange(shards + 1))
+
+
 def reference_key_hash(key: str) -> int:
     """:func:`key_hash` of one key in plain Python (the definition; tests compare the two)."""
     mask = (1 << 64) - 1

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diffseg.lake.key_shards import KEY_SHARDS, key_shard
+from diffseg.lake.key_shards import KEY_SHARDS, key_shard, shard_order
 from diffseg.lake.units import Unit, UnitList
 
 PLANS = "_plans"  # _plans/<run_id>/<invocation>/<shard:03d>.arrow
@@ -83,9 +83,7 @@ class KeySpill:
             return
         if keys.null_count:
             keys = keys.drop_null()
-        shard = key_shard(keys, self.shards)
-        order = np.argsort(shard, kind="stable")
-        bounds = np.searchsorted(shard[order], np.arange(self.shards + 1))
+        order, bounds = shard_order(keys, self.shards)
         ordered = keys.take(pa.array(order))
         for s in np.flatnonzero(np.diff(bounds)):
             part = ordered.slice(int(bounds[s]), int(bounds[s + 1] - bounds[s]))

@@ -37,3 +37,17 @@ def test_empty_and_null_inputs():
     assert key_shard(pa.array([], pa.string())).tolist() == []
     with pytest.raises(ValueError):
         key_hash(pa.array(["a", None]))
+
+
+def test_shard_order_groups_keys_by_shard_keeping_their_order():
+    from diffseg.lake.key_shards import shard_order
+
+    keys = [f"s3://b/{i}.jpg" for i in range(500)]
+    order, bounds = shard_order(keys, 7)
+    shards = key_shard(keys, 7)
+    assert len(bounds) == 8 and bounds[0] == 0 and bounds[-1] == 500
+    for s in range(7):
+        members = order[bounds[s]: bounds[s + 1]].tolist()
+        assert members == [i for i in range(500) if shards[i] == s]
+    empty_order, empty_bounds = shard_order(pa.array([], pa.string()), 7)
+    assert len(empty_order) == 0 and empty_bounds.tolist() == [0] * 8
